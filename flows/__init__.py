@@ -1,0 +1,1 @@
+"""Prefect flows: thin tasks over `curation`, `prevad` and `lagovad` functions."""
