@@ -1,0 +1,176 @@
+"""The ``prevad`` command line: init, import/export, query, stats, card, manifest.
+
+Errors print one line (``error: ...``) and exit with code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prevad.errors import PrevadError
+from prevad.store import Store
+
+app = typer.Typer(help="PreVAD dataset layer: Parquet + DuckDB store.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Fmt(StrEnum):
+    """Output formats of `prevad query`."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _clean_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (PrevadError, OSError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_table(tbl: pa.Table, title: str | None = None) -> None:
+    t = Table(title=title)
+    for c in tbl.column_names:
+        t.add_column(c)
+    for r in tbl.to_pylist():
+        t.add_row(*("" if r[c] is None else str(r[c]) for c in tbl.column_names))
+    Console(width=200).print(t)
+
+
+@app.command()
+@_clean_errors
+def init(root: Path) -> None:
+    """Create a store at ROOT (idempotent)."""
+    store = Store.init(root)
+    typer.echo(f"store ready at {store.root}")
+
+
+@app.command("import-benchmark")
+@_clean_errors
+def import_benchmark(root: Path, name: str, file: Path) -> None:
+    """Import an official benchmark FILE (test_annotations.json) as dataset NAME."""
+    from prevad import interop
+
+    res = interop.import_benchmark(Store(root), name, file)
+    typer.echo(f"{name}: {res.written} rows written, {res.skipped} identical rows skipped")
+
+
+@app.command("export-benchmark")
+@_clean_errors
+def export_benchmark(root: Path, name: str, out: Path) -> None:
+    """Export dataset NAME in the official benchmark format to OUT."""
+    from prevad import interop
+
+    typer.echo(str(interop.export_benchmark(Store(root), name, out)))
+
+
+@app.command("import-prevad")
+@_clean_errors
+def import_prevad(
+    root: Path, file: Path, split: str = typer.Option("train", help="train | val | test")
+) -> None:
+    """Import a PreVAD training-format annotation FILE into split SPLIT."""
+    from prevad import interop
+
+    res = interop.import_prevad(Store(root), file, split)
+    typer.echo(f"prevad/{split}: {res.written} rows written, {res.skipped} skipped")
+
+
+@app.command("export-prevad")
+@_clean_errors
+def export_prevad(root: Path, out: Path, split: str = typer.Option("train")) -> None:
+    """Export the PreVAD annotations of SPLIT in the training format to OUT."""
+    from prevad import interop
+
+    typer.echo(str(interop.export_prevad(Store(root), out, split)))
+
+
+@app.command()
+@_clean_errors
+def manifest(
+    root: Path,
+    out: Path = typer.Argument(..., help="output .parquet or .jsonl"),
+    dataset: str | None = typer.Option(None),
+    split: str | None = typer.Option(None),
+    model_id: str | None = typer.Option(None),
+    require_features: bool = typer.Option(False, help="fail if a video has no feature"),
+) -> None:
+    """Write a trainer-ready manifest (video, feature location, label, category, spans)."""
+    from prevad import interop
+
+    tbl = interop.manifest(Store(root), dataset, split, model_id, require_features)
+    typer.echo(f"{interop.write_manifest(tbl, out)}: {tbl.num_rows} rows")
+
+
+@app.command()
+@_clean_errors
+def query(
+    root: Path,
+    sql: str,
+    format: Fmt = typer.Option(Fmt.table, "--format", "-f", help="table | csv | json"),
+) -> None:
+    """Run a read-only SQL query over the store's views (tables: videos, annotations, ...)."""
+    tbl = Store(root).query(sql)
+    if format is Fmt.table:
+        _print_table(tbl)
+    elif format is Fmt.csv:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(tbl.column_names)
+        for r in tbl.to_pylist():
+            w.writerow(["" if r[c] is None else r[c] for c in tbl.column_names])
+        typer.echo(buf.getvalue(), nl=False)
+    else:
+        typer.echo(json.dumps(tbl.to_pylist(), default=str))
+
+
+@app.command()
+@_clean_errors
+def stats(root: Path) -> None:
+    """Counts by dataset, category, split, source and stage status; duration distribution."""
+    from prevad.stats import compute_stats
+
+    s = compute_stats(Store(root))
+    _print_table(s.datasets, "videos / abnormal per dataset")
+    _print_table(s.splits, "splits")
+    _print_table(s.sources, "sources")
+    _print_table(s.categories, "categories")
+    _print_table(s.stages, "stage status (latest)")
+    summ = s.duration_summary()
+    _print_table(pa.table({k: [v] for k, v in summ.items()}), "durations (s)")
+
+
+@app.command()
+@_clean_errors
+def card(
+    root: Path,
+    out: Path = typer.Option(Path("data_cards/PreVAD.md"), "--out", "-o"),
+    title: str = typer.Option("PreVAD"),
+) -> None:
+    """Write a Markdown data card with stats tables and PNG plots next to it."""
+    from prevad.card import write_card
+
+    typer.echo(str(write_card(Store(root), out, title)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,50 @@
+"""Domain exceptions of the dataset layer. Each message names the bad value and states the rule."""
+
+from __future__ import annotations
+
+
+class PrevadError(Exception):
+    """Base class of every error raised by :mod:`prevad`."""
+
+
+class ValidationError(PrevadError, ValueError):
+    """A record field breaks its rule (enum, range, type)."""
+
+
+class UnknownCategoryError(ValidationError):
+    """A category name is not in the taxonomy (or the benchmark's class list)."""
+
+
+class SchemaMismatchError(PrevadError, TypeError):
+    """A pa.Table does not have the exact schema of the table it is written to."""
+
+
+class DuplicateIdError(PrevadError):
+    """A key already stored (or repeated in one batch) comes with different content."""
+
+
+class StoreNotFoundError(PrevadError, FileNotFoundError):
+    """The folder is not a PreVAD store (no store.json)."""
+
+
+class UnknownTableError(PrevadError, KeyError):
+    """A table name is not one of the store's tables."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ReadOnlyQueryError(PrevadError):
+    """A query would write (INSERT, COPY, ATTACH, ...); store queries are read-only."""
+
+
+class QueryError(PrevadError):
+    """DuckDB rejected a read-only query (syntax error, unknown column, ...)."""
+
+
+class MalformedFileError(PrevadError, ValueError):
+    """An input file cannot be parsed or has the wrong layout; the message gives file + position."""
+
+
+class FeatureFileMissingError(PrevadError, FileNotFoundError):
+    """A Feature row points at an .npy file that does not exist."""

@@ -1,0 +1,271 @@
+"""Import/export of the official annotation formats, and trainer-ready manifests.
+
+Benchmark format (the authors' ``data/other_datasets/*.json``, as in
+``shared/benchmarks/<name>/test_annotations.json``): a JSON list of entries
+``{"path": feature .npy, "video_path": video, "class_name": str, "descriptions": list|null,
+"anomaly_span": [[start, end], ...] relative in [0, 1]}``.
+
+PreVAD training format: the authors' ``src/datasets/PreVAD.py`` is not in the reference index
+this was written from, so the layout is the same entry layout as the benchmark files (one file per
+split), with ``class_name`` a PreVAD taxonomy name (a sub-category, a top-level class when only
+that is known, or "Normal") and ``descriptions`` the list of anomaly descriptions (null for
+normal videos). The class hierarchy is not repeated in the file: it comes from
+:mod:`prevad.taxonomy`. Import accepts taxonomy aliases and stores canonical names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prevad import queries, taxonomy
+from prevad.errors import MalformedFileError, UnknownCategoryError, ValidationError
+from prevad.io import atomic_write, atomic_write_text
+from prevad.records import Annotation, Video, make_id, to_table, video_id_for
+from prevad.store import TABLES, AppendResult, Store
+
+ENTRY_KEYS = ("path", "video_path", "class_name", "descriptions", "anomaly_span")
+OFFICIAL_ANNOTATOR = "official"
+
+
+def load_json(path: str | Path) -> Any:
+    """Parse a JSON file.
+
+    Raises:
+        MalformedFileError: naming the file, line and column of the first error.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MalformedFileError(f"{path}: file not found") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedFileError(
+            f"{path}:{exc.lineno}:{exc.colno}: malformed JSON ({exc.msg}, char {exc.pos})"
+        ) from None
+
+
+def read_entries(path: str | Path) -> list[dict[str, Any]]:
+    """Read and check an official annotation file (benchmark or PreVAD training layout).
+
+    Raises:
+        MalformedFileError: bad JSON, not a list, or an entry with missing/mistyped keys
+            (the message names the file and the entry index).
+    """
+    data = load_json(path)
+    if not isinstance(data, list):
+        raise MalformedFileError(
+            f"{path}: top level must be a JSON list of entries, got {type(data).__name__}"
+        )
+    for i, e in enumerate(data):
+        where = f"{path}: entry {i}"
+        if not isinstance(e, dict):
+            raise MalformedFileError(f"{where} must be an object, got {type(e).__name__}")
+        missing = [k for k in ENTRY_KEYS if k not in e]
+        if missing:
+            raise MalformedFileError(f"{where} lacks key {missing[0]!r}; needs {ENTRY_KEYS}")
+        for k in ("path", "video_path", "class_name"):
+            if not isinstance(e[k], str) or not e[k]:
+                raise MalformedFileError(f"{where}: {k!r} must be a non-empty string, got {e[k]!r}")
+        d = e["descriptions"]
+        if not (d is None or isinstance(d, str) or
+                (isinstance(d, list) and all(isinstance(x, str) for x in d))):
+            raise MalformedFileError(
+                f"{where}: 'descriptions' must be null, a string or a list of strings, got {d!r}"
+            )
+        if not isinstance(e["anomaly_span"], list):
+            raise MalformedFileError(
+                f"{where}: 'anomaly_span' must be a list of [start, end], "
+                f"got {e['anomaly_span']!r}"
+            )
+    return data
+
+
+def _descriptions(d: Any) -> tuple[str | None, list[str] | None]:
+    if d is None:
+        return None, None
+    lst = [d] if isinstance(d, str) else list(d)
+    return (lst[0] if lst else None), lst
+
+
+def _records(
+    entries: list[dict[str, Any]], path: str | Path, dataset: str, source: str, split: str,
+    category_of: Any,
+) -> tuple[list[Video], list[Annotation]]:
+    videos, anns = [], []
+    for i, e in enumerate(entries):
+        try:
+            category = category_of(e["class_name"])
+            vid = video_id_for(source, e["video_path"])
+            desc, descs = _descriptions(e["descriptions"])
+            videos.append(Video(vid, source, e["video_path"], uri=e["video_path"],
+                                feature_uri=e["path"]))
+            anns.append(Annotation(
+                annotation_id=make_id(dataset, vid, OFFICIAL_ANNOTATOR, split),
+                video_id=vid, dataset=dataset, annotator_kind="human",
+                annotator=OFFICIAL_ANNOTATOR, category=category,
+                is_anomaly=category != taxonomy.NORMAL, description=desc,
+                spans=e["anomaly_span"], split=split, descriptions=descs, source_index=i,
+            ))
+        except ValidationError as exc:
+            raise type(exc)(f"{path}: entry {i} ({e['video_path']}): {exc}") from None
+    return videos, anns
+
+
+def _append_pair(store: Store, videos: list[Video], anns: list[Annotation]) -> AppendResult:
+    """Append videos then annotations; conflicts are checked on both before anything is written."""
+    with store._locked():
+        store._dedup(TABLES["videos"], to_table(videos, Video))
+        store._dedup(TABLES["annotations"], to_table(anns, Annotation))
+        rv = store.append("videos", videos)
+        ra = store.append("annotations", anns)
+    return AppendResult(rv.written + ra.written, rv.skipped + ra.skipped)
+
+
+def benchmark_classes(entries: list[dict[str, Any]]) -> list[str]:
+    """The class list of a benchmark file: its class names in order of first appearance."""
+    return list(dict.fromkeys(e["class_name"] for e in entries))
+
+
+def import_benchmark(
+    store: Store, name: str, path: str | Path, classes: list[str] | None = None
+) -> AppendResult:
+    """Import an official benchmark test file as Video + Annotation rows (split "test").
+
+    Args:
+        store: target store.
+        name: benchmark name, used as video source and annotation dataset (e.g. "ucf").
+        path: the ``test_annotations.json`` file.
+        classes: the benchmark's class list; default: computed from the file.
+
+    Raises:
+        MalformedFileError, UnknownCategoryError, ValidationError, DuplicateIdError.
+    """
+    if name == "prevad":
+        raise ValidationError("benchmark name 'prevad' is reserved for the PreVAD training set")
+    entries = read_entries(path)
+    allowed = classes if classes is not None else benchmark_classes(entries)
+
+    def check(c: str) -> str:
+        if c not in allowed:
+            hint = taxonomy.close_matches(c, list(allowed))
+            raise UnknownCategoryError(
+                f"class {c!r} is not in the {name} class list {allowed}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+            )
+        return c
+
+    videos, anns = _records(entries, path, name, name, "test", check)
+    return _append_pair(store, videos, anns)
+
+
+def import_prevad(store: Store, path: str | Path, split: str = "train") -> AppendResult:
+    """Import a PreVAD training/validation annotation file (dataset "prevad").
+
+    Raises:
+        MalformedFileError, UnknownCategoryError (with close matches), ValidationError,
+        DuplicateIdError.
+    """
+    entries = read_entries(path)
+    videos, anns = _records(entries, path, "prevad", "prevad", split, taxonomy.canonical)
+    return _append_pair(store, videos, anns)
+
+
+def export_entries(store: Store, dataset: str, split: str | None = None) -> list[dict[str, Any]]:
+    """The official entries of a stored dataset, in the imported order."""
+    rows = store.query(
+        queries.ANNOTATIONS_OF_DATASET, {"dataset": dataset, "split": split}
+    ).to_pylist()
+    if not rows:
+        raise ValidationError(
+            f"no annotations of dataset {dataset!r}"
+            + (f" split {split!r}" if split else "") + " in the store"
+        )
+    return [
+        {
+            "path": r["feature_uri"],
+            "video_path": r["uri"] if r["uri"] is not None else r["source_video_id"],
+            "class_name": r["category"],
+            "descriptions": r["descriptions"],
+            "anomaly_span": r["spans"],
+        }
+        for r in rows
+    ]
+
+
+def export_benchmark(store: Store, name: str, out: str | Path) -> Path:
+    """Write a stored benchmark back in the official format (4-space indented JSON, atomic)."""
+    out = Path(out)
+    atomic_write_text(out, json.dumps(export_entries(store, name), indent=4) + "\n")
+    return out
+
+
+def export_prevad(store: Store, out: str | Path, split: str = "train") -> Path:
+    """Write the stored PreVAD annotations of one split in the training format."""
+    out = Path(out)
+    atomic_write_text(out, json.dumps(export_entries(store, "prevad", split), indent=4) + "\n")
+    return out
+
+
+MANIFEST_SQL = """
+SELECT a.video_id, a.dataset, a.split, a.category, a.is_anomaly,
+       CAST(a.is_anomaly AS INTEGER) AS label, a.description, a.descriptions, a.spans,
+       f.model_id, f.location AS feature_location, f.count AS feature_count, f.dim AS feature_dim,
+       f.frame_stride, f.frame_offset, v.uri AS video_uri, v.duration_s
+FROM annotations AS a
+JOIN videos AS v USING (video_id)
+LEFT JOIN (SELECT * FROM features WHERE $model_id::VARCHAR IS NULL
+           OR model_id = $model_id::VARCHAR) AS f USING (video_id)
+WHERE ($dataset::VARCHAR IS NULL OR a.dataset = $dataset::VARCHAR)
+  AND ($split::VARCHAR IS NULL OR a.split = $split::VARCHAR)
+ORDER BY a.dataset, a.split, a.source_index NULLS LAST, a.video_id
+"""
+
+
+def manifest(
+    store: Store, dataset: str | None = None, split: str | None = None,
+    model_id: str | None = None, require_features: bool = False,
+) -> pa.Table:
+    """Trainer-ready rows: video id, feature location, label, category, parent, text, spans.
+
+    ``parent_category`` is the PreVAD top-level class (the class itself for top-level labels,
+    "Normal" for normal videos); null for benchmark datasets.
+
+    Raises:
+        ValidationError: ``require_features`` and some video has no feature of ``model_id``.
+    """
+    tbl = store.query(MANIFEST_SQL, {"dataset": dataset, "split": split, "model_id": model_id})
+    parents = [
+        taxonomy.top_level(c) if d == "prevad" else None
+        for c, d in zip(tbl.column("category").to_pylist(), tbl.column("dataset").to_pylist(),
+                        strict=True)
+    ]
+    tbl = tbl.append_column("parent_category", pa.array(parents, pa.string()))
+    if require_features:
+        missing = tbl.column("feature_location").null_count
+        if missing:
+            raise ValidationError(
+                f"{missing} of {tbl.num_rows} manifest rows have no feature"
+                + (f" of model {model_id!r}" if model_id else "")
+            )
+    return tbl
+
+
+def write_manifest(tbl: pa.Table, out: str | Path) -> Path:
+    """Write a manifest atomically as Parquet (``.parquet``) or JSON lines (``.jsonl``)."""
+    out = Path(out)
+    if out.suffix == ".parquet":
+        with atomic_write(out) as fh:
+            pq.write_table(tbl, fh)
+    elif out.suffix == ".jsonl":
+        lines = [json.dumps(r, default=str) for r in tbl.to_pylist()]
+        atomic_write_text(out, "".join(line + "\n" for line in lines))
+    else:
+        raise ValidationError(f"manifest file must end in .parquet or .jsonl, got {out.name!r}")
+    return out
