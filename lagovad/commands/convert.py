@@ -1,0 +1,39 @@
+"""`lagovad convert-official CKPT OUT`: the authors' Lightning checkpoint -> our checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``convert-official`` command to ``app``."""
+
+    @app.command("convert-official")
+    def convert_official_cmd(
+        ckpt: Path = typer.Argument(..., help="The authors' Lightning .ckpt (or a state dict)."),
+        out: Path = typer.Argument(..., help="Output checkpoint directory."),
+        model: str = typer.Option("lagovad-b16", "--model", help="Our model config name."),
+        clip: str | None = typer.Option(
+            None, "--clip",
+            help="Hugging Face id or local directory of the CLIP text model to record in the "
+            "checkpoint (default: the config's, openai/clip-vit-base-patch16).",
+        ),
+    ) -> None:
+        """Map the authors' checkpoint onto LaGoVAD; save model.safetensors + config.json."""
+        from lagovad.convert import ConversionError, convert_official
+        from lagovad.factory import UnknownModelError
+
+        console = Console(stderr=True)
+        override = {"backend": "hf", "name": clip} if clip else None
+        try:
+            report = convert_official(ckpt, out, model_name=model, clip=override)
+        except (ConversionError, UnknownModelError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=2) from exc
+        console.print(
+            f"converted {len(report.mapped)} tensors from {ckpt} -> {out} "
+            f"(prefix {report.prefix!r}, ignored {len(report.ignored)} CLIP/buffer keys)"
+        )
