@@ -15,8 +15,6 @@ is written last, so a directory with a config.json is a complete checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from lagovad.model import LaGoVAD
+from prevad.io import atomic_write_bytes
 
 FORMAT = "lagovad-checkpoint"
 FORMAT_VERSION = 1
@@ -38,22 +37,6 @@ FROZEN_PREFIX = "text.backbone."
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, malformed or does not fit the model."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` atomically (temp file in the same folder + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_bytes(obj: Any) -> bytes:
