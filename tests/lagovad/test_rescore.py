@@ -1,0 +1,97 @@
+"""Rescoring stored videos under a new definition, and the "which videos contain X" query."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lagovad.definition import AnomalyDefinition
+from lagovad.detect import encoder_for, load_detector, score_features
+from lagovad.extract import extract
+from lagovad.rescore import (
+    CLASS_INTERVALS_SQL,
+    RescoreError,
+    rescore,
+    videos_with_class,
+)
+from prevad import Store
+from tests.lagovad.test_video import write_video
+
+
+@pytest.fixture(scope="module")
+def scored_store(tmp_path_factory, tiny_lagovad_checkpoint, tiny_open_clip_checkpoint):
+    """A store with two extracted gray videos whose files are then deleted, plus the model."""
+    root = tmp_path_factory.mktemp("rescore")
+    videos = [write_video(root / "gray120.mp4", 120),
+              write_video(root / "noise90.mp4", 90, frame_fn=lambda i: np.random.default_rng(i)
+                          .integers(0, 255, (48, 64, 3), dtype=np.uint8))]
+    model, label = load_detector(tiny_lagovad_checkpoint, device="cpu")
+    encoder = encoder_for(model, clip_pretrained=str(tiny_open_clip_checkpoint), device="cpu")
+    store = Store.init(root / "store")
+    summary = extract(videos, encoder, store=store, progress=False)
+    assert summary.extracted == 2
+    for v in videos:
+        v.unlink()  # rescoring must work from the cached features alone
+    return store, model, label
+
+
+def _expected_runs(store, model, definition, class_name, min_prob, min_score):
+    """Runs of consecutive steps meeting both thresholds, computed from the features."""
+    c = definition.labels.index(class_name)
+    out = []
+    for row in store.read("features").to_pylist():
+        scores, probs, _ = score_features(model, store.load_features(row), definition)
+        hit = (probs[:, c] >= min_prob) & (scores >= min_score)
+        idx = np.flatnonzero(hit)
+        for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1) if len(idx) else []:
+            out.append((row["video_id"], int(run[0]), int(run[-1])))
+    return sorted(out)
+
+
+def test_rescore_writes_one_row_per_step_and_class(scored_store):
+    store, model, label = scored_store
+    definition = AnomalyDefinition.from_strings(["Robbery", "Fighting"])
+    summary = rescore(store, model, definition, label, progress=False)
+    steps = sum(r["count"] for r in store.read("features").to_pylist())
+    assert steps == len(range(4, 120, 8)) + len(range(4, 90, 8))
+    assert (summary.scored, summary.rows) == (2, steps * 3)
+    rows = store.query(
+        "SELECT class_name, COUNT(*) AS n, MIN(time_s) AS t0 FROM scores "
+        "WHERE definition_id = $d GROUP BY class_name ORDER BY class_name",
+        {"d": definition.id},
+    ).to_pylist()
+    assert [r["class_name"] for r in rows] == ["Fighting", "Normal", "Robbery"]
+    assert all(r["n"] == steps for r in rows)
+    assert rows[0]["t0"] == pytest.approx(4 / 25)
+    again = rescore(store, model, definition, label, progress=False)
+    assert (again.scored, again.skipped, again.rows) == (0, 2, 0)
+
+
+def test_class_interval_query_matches_the_scores(scored_store):
+    store, model, label = scored_store
+    definition = AnomalyDefinition.from_strings(["Robbery", "A person steals from a shop."])
+    rescore(store, model, definition, label, progress=False)
+    name = "Robbery"
+    probs = store.query(
+        "SELECT class_prob FROM scores WHERE definition_id = $d AND class_name = $c",
+        {"d": definition.id, "c": name},
+    ).column("class_prob").to_numpy()
+    for min_prob, min_score in ((0.8, 0.8), (float(np.median(probs)), 0.0)):
+        got = videos_with_class(store, definition, label, name, min_prob, min_score)
+        expected = _expected_runs(store, model, definition, name, min_prob, min_score)
+        assert sorted((r["video_id"], r["first_index"], r["last_index"]) for r in got) == expected
+        for r in got:
+            assert r["peak_prob"] >= min_prob and r["start_s"] <= r["end_s"]
+            assert r["steps"] == r["last_index"] - r["first_index"] + 1
+            assert r["uri"].endswith(".mp4")
+    assert len(expected) > 0  # the median threshold finds something
+    assert "$class_name" in CLASS_INTERVALS_SQL
+
+
+def test_rescore_errors(scored_store):
+    store, model, label = scored_store
+    definition = AnomalyDefinition.from_strings(["Fighting"])
+    with pytest.raises(RescoreError, match="Shooting"):
+        videos_with_class(store, definition, label, "Shooting")
+    with pytest.raises(RescoreError, match="no-such-model"):
+        rescore(store, model, definition, label, model_id="no-such-model", progress=False)
