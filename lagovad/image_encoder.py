@@ -18,6 +18,10 @@ import open_clip
 import torch
 from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
+from lagovad.text import register_open_clip_configs
+
+register_model_configs = register_open_clip_configs  # TEMP alias until eval/baseline.py moves
+
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -31,13 +35,6 @@ class ImageEncoderError(Exception):
 
 class PretrainedWeightsUnavailable(ImageEncoderError):
     """A pretrained tag's weights are not cached locally and cannot be downloaded."""
-
-
-def register_model_configs() -> None:
-    """Make the open_clip configs shipped in `lagovad/model_configs` (e.g. lagovad-clip-tiny)
-    known to open_clip; non-open_clip JSON files there are ignored by open_clip's scan."""
-    if "lagovad-clip-tiny" not in open_clip.list_models():
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
 def default_device() -> torch.device:
@@ -140,7 +137,7 @@ def load_image_encoder(
             cannot be downloaded (offline).
         ImageEncoderError: If the name or checkpoint is unknown or does not fit the model.
     """
-    register_model_configs()
+    register_open_clip_configs()
     device = torch.device(device) if device is not None else default_device()
     half = device.type == "cuda" if half is None else half
     if half and device.type == "cpu":
