@@ -1,0 +1,197 @@
+"""`lagovad eval` and `lagovad gt`: zero-shot evaluation on the seven benchmarks."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from lagovad.eval.benchmarks import BENCHMARKS, EvalError, check_name, load_benchmark, load_native
+from lagovad.eval.gt import GT_RESOLUTIONS
+
+DEFAULT_OUT = Path("runs/eval")
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _names(benchmark: list[str] | None, all_: bool) -> list[str]:
+    if all_:
+        return list(BENCHMARKS)
+    if not benchmark:
+        _fail("pass --benchmark NAME (repeatable) or --all; benchmarks: " + ", ".join(BENCHMARKS))
+    names = [check_name(n) for item in benchmark for n in item.split(",") if n.strip()]
+    return list(dict.fromkeys(names))
+
+
+def _feature_scorer(features: Path, allow_missing: bool, feature_model: str | None, score_fn):
+    from lagovad.eval.sources import feature_source
+
+    coverage: dict[str, dict] = {}
+
+    def scorer(bench, defn):
+        src = feature_source(features, bench, allow_missing, feature_model)
+        coverage[bench.name] = {"found": len(src.loaders), "missing": len(src.missing),
+                                "origin": src.origin}
+        if src.missing:
+            typer.echo(f"{bench.name}: features for {len(src.loaders)}/{len(bench.videos)} "
+                       f"videos ({len(src.missing)} missing, e.g. {src.missing[0]})", err=True)
+        return score_fn(bench, defn, src.loaders)
+
+    return scorer, coverage
+
+
+def _scores_scorer(scores_file: Path, allow_missing: bool):
+    from lagovad.eval.protocol import VideoScores
+    from lagovad.eval.sources import MissingFeaturesError, missing_message, read_scores
+
+    table = read_scores(scores_file)
+
+    def scorer(bench, defn):
+        missing = [v.name for v in bench.videos if v.name not in table]
+        if missing and not allow_missing:
+            raise MissingFeaturesError(missing_message("scores", bench.name, missing,
+                                                       len(bench.videos)))
+        return {v.name: VideoScores(table[v.name]) for v in bench.videos if v.name in table}
+
+    return scorer
+
+
+def eval_command(
+    benchmark: list[str] | None = typer.Option(None, "--benchmark", "-b",
+                                               help=f"One of {', '.join(BENCHMARKS)}."),
+    all_: bool = typer.Option(False, "--all", help="Evaluate all seven benchmarks."),
+    features: Path | None = typer.Option(
+        None, help="Folder of <video>.npy [T, D] (flat or one sub-folder per benchmark), or a "
+                   "prevad store root (holds catalog.duckdb)."),
+    checkpoint: Path | None = typer.Option(None, help="LaGoVAD checkpoint directory or file."),
+    clip_baseline: str | None = typer.Option(
+        None, help="Run the training-free CLIP baseline with this open_clip model name "
+                   "(e.g. ViT-B-16) instead of a checkpoint."),
+    clip_pretrained: str | None = typer.Option(
+        "openai", help="open_clip pretrained tag or local weights file for --clip-baseline."),
+    scores: Path | None = typer.Option(
+        None, help="External per-video scores (.npz or .parquet keyed by video name)."),
+    score_stride: int | None = typer.Option(
+        None, help="Frames per score in --scores (required with --scores)."),
+    frames: Path | None = typer.Option(
+        None, help="Per-video frame counts (csv/json) for frame-resolution ground truth."),
+    gt_resolution: str = typer.Option(
+        "feature", help="feature (official: spans x T, round half-even, end-exclusive) or "
+                        "frame16 (scores repeated per frame, VadCLIP/PEL)."),
+    frame_repeat: int = typer.Option(16, help="Frames per feature step for frame16."),
+    native: bool = typer.Option(False, help="Use native UCF/XD frame annotations (frame16)."),
+    annotations: Path | None = typer.Option(None, help="Override the annotation JSON "
+                                                       "(single benchmark)."),
+    allow_missing: bool = typer.Option(False, help="Evaluate the videos present; report "
+                                                   "coverage instead of failing."),
+    feature_model: str | None = typer.Option(None, help="Feature model_id inside a store."),
+    prompts: str = typer.Option("descriptions", help="descriptions (official) or names."),
+    out: Path | None = typer.Option(None, help="Output folder (default runs/eval/<method>)."),
+    method: str | None = typer.Option(None, help="Row label in the tables."),
+    device: str | None = typer.Option(None, help="Torch device (default: cuda if present)."),
+    batch_size: int = typer.Option(16, help="Chunks per forward pass."),
+    plots: bool = typer.Option(True, help="Write PNG curves and timelines."),
+) -> None:
+    """Evaluate a checkpoint, the CLIP baseline or external scores on the benchmarks."""
+    from lagovad.eval import report, runner
+
+    try:
+        names = _names(benchmark, all_)
+        if gt_resolution not in GT_RESOLUTIONS:
+            _fail(f"--gt-resolution must be one of {GT_RESOLUTIONS}, got {gt_resolution!r}")
+        sources = sum(x is not None for x in (checkpoint, clip_baseline, scores))
+        if sources != 1:
+            _fail("pass exactly one of --checkpoint, --clip-baseline or --scores")
+        if annotations and len(names) != 1:
+            _fail("--annotations overrides one benchmark; pass a single --benchmark")
+        if native and gt_resolution != "frame16":
+            _fail("--native frame annotations need --gt-resolution frame16")
+        repeat = frame_repeat
+        if scores is not None:
+            if score_stride is None or score_stride < 1:
+                _fail(f"--score-stride must be an integer >= 1 with --scores, got {score_stride}")
+            repeat = score_stride
+            scorer, label = _scores_scorer(scores, allow_missing), method or scores.stem
+            coverage = {}
+        else:
+            if features is None:
+                _fail("--features DIR|STORE is needed with --checkpoint or --clip-baseline")
+            dev = runner.pick_device(device)
+            if checkpoint is not None:
+                import lagovad
+
+                model, _ = lagovad.load_checkpoint(checkpoint, device=dev)
+                scorer_obj = runner.ModelScorer(model, dev, prompts, batch_size)
+                label = method or f"LaGoVAD ({checkpoint.name})"
+            else:
+                from lagovad.eval.baseline import ClipBaseline
+
+                scorer_obj = ClipBaseline(clip_baseline, clip_pretrained, dev, prompts)
+                label = method or f"CLIP {clip_baseline} (training-free)"
+            scorer, coverage = _feature_scorer(features, allow_missing, feature_model,
+                                               scorer_obj.score)
+            typer.echo(f"device: {dev}", err=True)
+        frame_counts = None
+        if frames is not None:
+            from lagovad.eval.sources import read_frames
+
+            frame_counts = read_frames(frames)
+        out_dir = out or DEFAULT_OUT / "".join(c if c.isalnum() else "_" for c in label)
+        results = runner.run(names, scorer, label, gt_resolution, repeat, native,
+                             {names[0]: annotations} if annotations else None, frame_counts,
+                             out_dir if plots else None)
+        if coverage:
+            results["coverage"] = coverage
+        if not plots:
+            results["files"] = {k: str(v) for k, v in report.write_reports(results,
+                                                                            out_dir).items()}
+    except EvalError as exc:
+        _fail(str(exc))
+    typer.echo(report.markdown_tables(results))
+    typer.echo(f"reports: {out_dir}")
+
+
+def gt_command(
+    benchmark: str = typer.Option(..., "--benchmark", "-b", help="Benchmark name."),
+    frames: Path = typer.Option(..., help="Per-video frame counts: csv name,n_frames or json."),
+    out: Path = typer.Option(..., help="Output .npz (uint8 arrays) or .json (frame spans)."),
+    native: bool = typer.Option(False, help="Use native UCF/XD frame annotations."),
+    annotations: Path | None = typer.Option(None, help="Override the annotation JSON."),
+) -> None:
+    """Write frame ground truth (end-exclusive spans, half-even rounding) for given frame counts."""
+    from lagovad.eval.gt import frame_ground_truth
+    from lagovad.eval.metrics import segments_from_scores
+    from lagovad.eval.report import atomic_write_bytes, atomic_write_text
+    from lagovad.eval.sources import read_frames
+
+    try:
+        name = check_name(benchmark)
+        bench = load_native(name) if native else load_benchmark(name, annotations)
+        masks = frame_ground_truth(bench.videos, read_frames(frames), native)
+        if out.suffix == ".npz":
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **masks)
+            atomic_write_bytes(out, buf.getvalue())
+        elif out.suffix == ".json":
+            data = {"benchmark": name, "convention": "frame spans [start, end), 0-based",
+                    "videos": {k: {"n_frames": len(m), "spans": segments_from_scores(m, 1)}
+                               for k, m in masks.items()}}
+            atomic_write_text(out, json.dumps(data, indent=1) + "\n")
+        else:
+            _fail(f"--out must end in .npz or .json, got {out.name}")
+    except EvalError as exc:
+        _fail(str(exc))
+    n_abn = sum(int(m.any()) for m in masks.values())
+    typer.echo(f"wrote frame ground truth of {len(masks)} videos ({n_abn} abnormal) to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `eval` and `gt` commands to the `lagovad` app."""
+    app.command("eval")(eval_command)
+    app.command("gt")(gt_command)

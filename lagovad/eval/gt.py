@@ -1,0 +1,120 @@
+"""Ground truth at feature resolution (official) and at frame resolution (VadCLIP/PEL).
+
+Conventions (stated, never mixed):
+
+* ``feature``: the official LaGoVAD protocol. Each relative span ``[s, e]`` is scaled by the
+  feature count ``T`` and rounded half-to-even (as ``torch.round``); ``gt[start:end] = 1`` with
+  ``end`` exclusive; spans that round to empty are skipped.
+* ``frame16``: frame resolution. Each snippet score is repeated ``repeat`` times (16 for VadCLIP
+  and PEL4VAD); the frame ground truth has ``T * repeat`` frames (VadCLIP truncates to this
+  length). Relative spans are scaled by the frame count and rounded half-to-even, end exclusive.
+  With native frame annotations (UCF/XD), frames ``[start, end)`` are marked directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from lagovad.eval.benchmarks import BenchmarkVideo, EvalError
+
+GT_RESOLUTIONS = ("feature", "frame16")
+
+
+def spans_to_mask(spans: Iterable[Sequence[float]], length: int) -> np.ndarray:
+    """Binary mask of ``length`` steps from relative spans (half-to-even rounding, end-exclusive).
+
+    Args:
+        spans: ``(start, end)`` fractions in [0, 1].
+        length: Number of steps (features or frames), >= 0.
+
+    Returns:
+        uint8 array of shape ``[length]``.
+    """
+    if length < 0:
+        raise EvalError(f"length must be >= 0, got {length}")
+    gt = np.zeros(length, dtype=np.uint8)
+    for s, e in spans:
+        # np.rint rounds half to even, exactly like torch.round.
+        start, end = int(np.rint(s * length)), int(np.rint(e * length))
+        start, end = max(start, 0), min(end, length)
+        if end > start:
+            gt[start:end] = 1
+    return gt
+
+
+def frame_spans_to_mask(frame_spans: Iterable[Sequence[int]], n_frames: int) -> np.ndarray:
+    """Frame mask from native frame-number spans, ``[start, end)``, truncated to ``n_frames``."""
+    gt = np.zeros(n_frames, dtype=np.uint8)
+    for s, e in frame_spans:
+        s, e = max(int(s), 0), min(int(e), n_frames)
+        if e > s:
+            gt[s:e] = 1
+    return gt
+
+
+def video_gt(video: BenchmarkVideo, n_scores: int, resolution: str = "feature",
+             repeat: int = 16, n_frames: int | None = None, native: bool = False) -> np.ndarray:
+    """Ground truth aligned with a video's scores after :func:`expand_scores`.
+
+    Args:
+        video: The benchmark video.
+        n_scores: Number of per-snippet scores (features) of the video.
+        resolution: ``feature`` or ``frame16``.
+        repeat: Frames per score for ``frame16``.
+        n_frames: Known frame count (``frame16`` only); default ``n_scores * repeat``.
+        native: Use native frame-number spans (UCF/XD loaded with ``load_native``).
+    """
+    if resolution == "feature":
+        return spans_to_mask(video.spans, n_scores)
+    if resolution != "frame16":
+        raise EvalError(f"gt resolution must be one of {GT_RESOLUTIONS}, got {resolution!r}")
+    n = int(n_frames) if n_frames is not None else n_scores * repeat
+    if native:
+        if video.frame_spans is None:
+            raise EvalError(f"video {video.name} has no native frame spans; load with load_native")
+        return frame_spans_to_mask(video.frame_spans, n)
+    return spans_to_mask(video.spans, n)
+
+
+def expand_scores(scores: np.ndarray, resolution: str = "feature", repeat: int = 16,
+                  n_frames: int | None = None) -> np.ndarray:
+    """Scores at the ground truth's resolution: unchanged, or repeated ``repeat`` times per frame.
+
+    With ``n_frames`` the repeated scores are truncated, or padded with the last score, to it.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if resolution == "feature":
+        return scores
+    if resolution != "frame16":
+        raise EvalError(f"gt resolution must be one of {GT_RESOLUTIONS}, got {resolution!r}")
+    if repeat < 1:
+        raise EvalError(f"repeat must be an integer >= 1, got {repeat}")
+    out = np.repeat(scores, repeat)
+    if n_frames is not None:
+        if n_frames > len(out):
+            pad = np.full(n_frames - len(out), out[-1] if len(out) else 0.0)
+            out = np.concatenate([out, pad])
+        out = out[:n_frames]
+    return out
+
+
+def frame_ground_truth(videos: Iterable[BenchmarkVideo], frames: dict[str, int],
+                       native: bool = False) -> dict[str, np.ndarray]:
+    """Frame ground truth for given per-video frame counts (``lagovad gt``).
+
+    Raises:
+        EvalError: listing videos of the benchmark absent from ``frames``.
+    """
+    videos = list(videos)
+    missing = [v.name for v in videos if v.name not in frames]
+    if missing:
+        raise EvalError(f"frame counts missing for {len(missing)} videos, e.g. "
+                        f"{', '.join(missing[:5])}; every benchmark video needs a count")
+    out = {}
+    for v in videos:
+        n = int(frames[v.name])
+        out[v.name] = (frame_spans_to_mask(v.frame_spans or (), n) if native
+                       else spans_to_mask(v.spans, n))
+    return out
