@@ -20,8 +20,6 @@ from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_mod
 
 from lagovad.text import register_open_clip_configs
 
-register_model_configs = register_open_clip_configs  # TEMP alias until eval/baseline.py moves
-
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

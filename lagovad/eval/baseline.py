@@ -36,15 +36,14 @@ class ClipBaseline:
                  device: torch.device | None = None, prompts: str = "descriptions"):
         import open_clip
 
-        from lagovad.image_encoder import register_model_configs
+        from lagovad.image_encoder import ImageEncoderError, load_image_encoder
 
-        register_model_configs()
         self.device = device or torch.device("cpu")
+        # Same loader as extraction: QuickGELU for OpenAI weights, clear offline errors.
         try:
-            self.model = open_clip.create_model(name, pretrained=pretrained, device=self.device)
-        except RuntimeError as exc:
-            raise EvalError(f"cannot build open_clip model {name!r} with pretrained "
-                            f"{pretrained!r}: {exc}") from exc
+            self.model = load_image_encoder(name, pretrained, device=self.device, half=False).model
+        except ImageEncoderError as exc:
+            raise EvalError(f"cannot build the CLIP baseline: {exc}") from exc
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         self.prompts = prompts
