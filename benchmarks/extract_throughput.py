@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lagovad.extract import extract  # noqa: E402
 from lagovad.image_encoder import load_image_encoder  # noqa: E402
-from lagovad.video import DecodeStats, iter_sampled_frames  # noqa: E402
+from lagovad.video import DecodeStats, iter_sampled_frames, write_video  # noqa: E402
 
 REAL_VIDEO = Path(__file__).resolve().parents[2] / "shared/benchmarks/videos/Robbery102_x264.mp4"
 
@@ -43,17 +43,14 @@ def make_long_video(path: Path, seconds: float, fps: int = 30, width: int = 640,
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.stack([(xx * 255 // width), (yy * 255 // height),
                      np.full_like(xx, 96)], axis=-1).astype(np.uint8)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps, options={"preset": "veryfast"})
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        for i in range(n):
-            img = base.copy()
-            x = (i * 7) % (width - 80)
-            img[100:180, x:x + 80] = (255, 255, 255)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+
+    def frame(i: int) -> np.ndarray:
+        img = base.copy()
+        x = (i * 7) % (width - 80)
+        img[100:180, x:x + 80] = (255, 255, 255)
+        return img
+
+    write_video(path, n, frame, fps=fps, lossless=False)
     return path
 
 

@@ -12,7 +12,7 @@ sampled indices follow `arange(offset, n_frames, stride)` over the decoded frame
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,3 +274,44 @@ def count_frames(path: str | Path, threads: int = 0) -> int:
                                  threads=threads, stats=stats):
         pass
     return stats.n_frames
+
+
+def write_video(
+    path: str | Path,
+    n_frames: int,
+    frame_fn: Callable[[int], np.ndarray],
+    *,
+    fps: int = 25,
+    lossless: bool = True,
+    faststart: bool = False,
+) -> Path:
+    """Encode an H.264 mp4 whose frame i is ``frame_fn(i)`` (uint8 RGB [H, W, 3]).
+
+    Used to synthesise test and demo videos with known content and frame count.
+
+    Args:
+        path: Output file (.mp4).
+        n_frames: Number of frames.
+        frame_fn: Frame i as an RGB uint8 array; every frame must have the same even size.
+        fps: Frame rate.
+        lossless: qp=0, so decoded pixels equal the input (up to yuv420p chroma subsampling).
+        faststart: Put the index at the front of the file (as web videos do).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    first = frame_fn(0)
+    height, width = first.shape[:2]
+    options = {"movflags": "faststart"} if faststart else {}
+    codec_options = {"qp": "0"} if lossless else {"preset": "veryfast"}
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream("libx264", rate=fps, options=codec_options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(n_frames):
+            image = first if i == 0 else frame_fn(i)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -17,27 +16,18 @@ from lagovad.video import (
     probe,
     sample_indices,
 )
+from lagovad.video import write_video as encode_video
 
 GRAY_STEP = 4  # frame i of a gray video has level (GRAY_STEP * i) % 256
 
 
 def write_video(path: Path, n_frames: int, *, width: int = 64, height: int = 48, fps: int = 25,
                 faststart: bool = False, frame_fn=None) -> Path:
-    """Write an H.264 (lossless) mp4 whose frame i is `frame_fn(i)` (default: gray level 4i)."""
+    """A lossless mp4 whose frame i is `frame_fn(i)` (default: uniformly gray at level 4i)."""
     if frame_fn is None:
         def frame_fn(i: int) -> np.ndarray:
             return np.full((height, width, 3), (GRAY_STEP * i) % 256, np.uint8)
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("libx264", rate=fps, options={"qp": "0"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(frame_fn(i), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return encode_video(path, n_frames, frame_fn, fps=fps, faststart=faststart)
 
 
 @pytest.fixture(scope="module")
