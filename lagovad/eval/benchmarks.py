@@ -148,7 +148,8 @@ def _read_json_split(path: Path) -> list[BenchmarkVideo]:
     return videos
 
 
-def _default_json(name: str) -> Path:
+def annotation_file(name: str) -> Path:
+    """The packaged official test annotation JSON of a benchmark."""
     return DATA_DIR / name / "test_annotations.json"
 
 
@@ -163,7 +164,7 @@ def load_benchmark(name: str, annotations: str | Path | None = None) -> Benchmar
         The benchmark with its protocol (metric, DoTA per-video min-max).
     """
     key = check_name(name)
-    path = Path(annotations) if annotations else _default_json(key)
+    path = Path(annotations) if annotations else annotation_file(key)
     if not path.is_file():
         raise EvalError(f"annotation file for {key!r} not found: {path}")
     videos = _read_json_split(path)
