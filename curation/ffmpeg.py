@@ -39,7 +39,9 @@ def ffmpeg_path() -> Path:
     try:
         return Path(imageio_ffmpeg.get_ffmpeg_exe())
     except RuntimeError as exc:
-        raise FfmpegNotFoundError(f"imageio-ffmpeg ships no binary for this platform: {exc}") from exc
+        raise FfmpegNotFoundError(
+            f"imageio-ffmpeg ships no binary for this platform: {exc}"
+        ) from exc
 
 
 def ffmpeg_version() -> str:

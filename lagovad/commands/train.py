@@ -1,0 +1,79 @@
+"""`lagovad train`: train LaGoVAD on the features and annotations of a prevad store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` command to ``app``."""
+    app.command("train")(train_command)
+
+
+def train_command(
+    store: Path = typer.Option(..., "--store", help="prevad store root."),
+    out: Path = typer.Option(..., "--out", help="Output folder for checkpoints."),
+    model: str = typer.Option("lagovad-b16", "--model", help="Model config name."),
+    pretrained: str | None = typer.Option(None, help="Start from these weights."),
+    feature_model: str | None = typer.Option(
+        None, help="Feature model_id in the store (default: the only one stored)."
+    ),
+    dataset: str | None = typer.Option(None, help="Only annotations of this dataset."),
+    train_split: str = typer.Option("train", help="Split to train on."),
+    val_split: str = typer.Option("val", help="Split to validate on each epoch ('' = none)."),
+    epochs: int = typer.Option(40, help="Epochs."),
+    batch_size: int = typer.Option(64, help="Synthesized videos per batch."),
+    lr: float = typer.Option(5e-5, help="AdamW learning rate."),
+    weight_decay: float = typer.Option(0.0, help="AdamW weight decay."),
+    warmup_steps: int = typer.Option(20, help="Linear warm-up steps before the cosine decay."),
+    seed: int = typer.Option(2024, help="Seed (runs with the same seed are identical)."),
+    max_len: int | None = typer.Option(None, help="Synthesized length (default: model max_len)."),
+    grad_clip: float = typer.Option(1.0, help="Max gradient norm (0 = off)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    exclude_prob: float = typer.Option(
+        0.2, help="Chance a batch definition leaves out a present class (0 = authors' recipe)."
+    ),
+    description_prob: float = typer.Option(0.5, help="Chance a batch uses descriptions."),
+    resume: Path | None = typer.Option(
+        None, help="Continue from a checkpoint folder (or an output folder's latest epoch)."
+    ),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train LaGoVAD on a prevad store (validated before the first step)."""
+    # Imported here so `lagovad --help` stays fast.
+    from lagovad.data import DataError
+    from lagovad.train import TrainConfig, TrainError, train
+
+    cfg = TrainConfig(
+        store=str(store),
+        out=str(out),
+        model=model,
+        pretrained=pretrained,
+        feature_model=feature_model,
+        dataset=dataset,
+        train_split=train_split,
+        val_split=val_split,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        max_len=max_len,
+        grad_clip=grad_clip,
+        device=device,
+        exclude_prob=exclude_prob,
+        description_prob=description_prob,
+        progress=progress,
+        resume=str(resume) if resume else None,
+    )
+    try:
+        metrics = train(cfg)
+    except (DataError, TrainError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    keep = ("epoch", "step", "loss", "val_auc", "val_ap")
+    shown = {k: v for k, v in metrics.items() if k in keep}
+    typer.echo(f"done: {shown}; checkpoints in {out}")

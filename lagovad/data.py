@@ -1,0 +1,188 @@
+"""Training and validation data read from a prevad store.
+
+One annotation per video is used: a human annotation wins over a model one, then the most recent.
+Every problem that would stop training is found here, before the first step: an empty split,
+annotated videos without features, features of the wrong dimension, abnormal validation videos
+without spans. Errors name the offending video ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lagovad.synthesis import TrainVideo
+from prevad import Store
+
+__all__ = ["DataError", "SplitData", "frame_ground_truth", "load_split", "resolve_feature_model"]
+
+_SHOW_IDS = 10
+
+
+class DataError(ValueError):
+    """The store cannot provide the data a training run needs."""
+
+
+@dataclass
+class SplitData:
+    """Videos of one split with their features and labels.
+
+    Attributes:
+        split: "train", "val" or "test".
+        model_id: feature model the arrays come from.
+        videos: one entry per annotated video (features loaded).
+        spans: video id -> relative spans [[start, end], ...] in [0, 1].
+    """
+
+    split: str
+    model_id: str
+    videos: list[TrainVideo]
+    spans: dict[str, list[list[float]]]
+
+    @property
+    def categories(self) -> list[str]:
+        """Sorted anomaly categories present in the split."""
+        return sorted({v.category for v in self.videos if v.is_anomaly})
+
+
+def _ids(ids: Sequence[str]) -> str:
+    shown = ", ".join(sorted(ids)[:_SHOW_IDS])
+    more = f" (+{len(ids) - _SHOW_IDS} more)" if len(ids) > _SHOW_IDS else ""
+    return shown + more
+
+
+def _pick_annotations(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One annotation per video: human before model, then the latest created_at."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = (row["annotator_kind"] == "human", row["created_at"], row["annotation_id"])
+        old = chosen.get(row["video_id"])
+        if old is None or key > (
+            old["annotator_kind"] == "human",
+            old["created_at"],
+            old["annotation_id"],
+        ):
+            chosen[row["video_id"]] = row
+    return chosen
+
+
+def resolve_feature_model(store: Store, model_id: str | None) -> str:
+    """The feature model to train on: ``model_id`` if given, else the store's only one.
+
+    Raises:
+        DataError: no features at all, an unknown model id, or several models and none chosen.
+    """
+    models = sorted(set(store.read("features", columns=["model_id"]).column(0).to_pylist()))
+    if not models:
+        raise DataError(f"store {store.root} holds no features; run `lagovad extract` first")
+    if model_id is None:
+        if len(models) > 1:
+            raise DataError(
+                f"store {store.root} holds features of several models {models}; "
+                "choose one with --feature-model"
+            )
+        return models[0]
+    if model_id not in models:
+        raise DataError(f"no features of model {model_id!r} in {store.root}; stored: {models}")
+    return model_id
+
+
+def load_split(
+    store: Store,
+    split: str,
+    model_id: str,
+    dim: int,
+    dataset: str | None = None,
+    require_spans: bool = False,
+) -> SplitData:
+    """Load and validate one split.
+
+    Args:
+        store: the prevad store.
+        split: "train", "val" or "test".
+        model_id: feature model id (see :func:`resolve_feature_model`).
+        dim: the feature dimension the model expects.
+        dataset: only annotations of this dataset (default: all).
+        require_spans: abnormal videos must have spans (validation needs frame ground truth).
+
+    Returns:
+        The split's videos, features loaded.
+
+    Raises:
+        DataError: empty split, missing features, wrong dimension, empty features, or (with
+            ``require_spans``) abnormal videos without spans. Messages list the video ids.
+    """
+    rows = [
+        r
+        for r in store.read("annotations").to_pylist()
+        if r["split"] == split and (dataset is None or r["dataset"] == dataset)
+    ]
+    if not rows:
+        where = f" of dataset {dataset!r}" if dataset else ""
+        raise DataError(f"split {split!r}{where} of store {store.root} has no annotations")
+    chosen = _pick_annotations(rows)
+    features = {
+        r["video_id"]: r for r in store.read("features").to_pylist() if r["model_id"] == model_id
+    }
+    missing = [vid for vid in chosen if vid not in features]
+    if missing:
+        raise DataError(
+            f"{len(missing)} annotated {split} videos have no {model_id!r} features: "
+            f"{_ids(missing)}; extract them or remove their annotations"
+        )
+    wrong = [vid for vid in chosen if features[vid]["dim"] != dim]
+    if wrong:
+        dims = sorted({features[vid]["dim"] for vid in wrong})
+        raise DataError(
+            f"the model expects {dim}-d features but {len(wrong)} {split} videos have "
+            f"dimension {dims}: {_ids(wrong)}"
+        )
+    empty = [vid for vid in chosen if features[vid]["count"] < 1]
+    if empty:
+        raise DataError(f"{len(empty)} {split} videos have zero feature steps: {_ids(empty)}")
+    if require_spans:
+        no_span = [v for v, r in chosen.items() if r["is_anomaly"] and not r["spans"]]
+        if no_span:
+            raise DataError(
+                f"{len(no_span)} abnormal {split} videos have no spans, so frame AUC/AP cannot "
+                f"be computed: {_ids(no_span)}"
+            )
+    videos = []
+    for vid in sorted(chosen):
+        row = chosen[vid]
+        arr = store.load_features(features[vid])
+        videos.append(
+            TrainVideo(
+                video_id=vid,
+                features=arr,
+                is_anomaly=bool(row["is_anomaly"]),
+                category=row["category"] if row["is_anomaly"] else "Normal",
+                description=row["description"] or "",
+            )
+        )
+    spans = {vid: [list(s) for s in (chosen[vid]["spans"] or [])] for vid in chosen}
+    return SplitData(split=split, model_id=model_id, videos=videos, spans=spans)
+
+
+def frame_ground_truth(spans: Sequence[Sequence[float]], length: int) -> np.ndarray:
+    """Frame labels at feature resolution, as the authors' evaluation builds them.
+
+    Each relative span is scaled by ``length``, rounded half to even (``np.round``, like
+    ``torch.round``) and marks ``gt[start:end]`` (end exclusive); empty spans are skipped.
+
+    Args:
+        spans: relative [start, end] pairs in [0, 1].
+        length: number of feature steps T.
+
+    Returns:
+        [T] int array of 0/1.
+    """
+    gt = np.zeros(length, dtype=np.int64)
+    for start, end in spans:
+        lo, hi = int(np.round(start * length)), int(np.round(end * length))
+        if hi > lo:
+            gt[lo:hi] = 1
+    return gt

@@ -1,0 +1,486 @@
+"""The LaGoVAD trainer: one loop, read top to bottom.
+
+    config -> data (store, validated before anything else) -> model -> optimizer + schedule
+    -> (resume) -> for each epoch: synthesize, pick a definition per batch, step; validate;
+    checkpoint.
+
+Official recipe (authors' release): AdamW lr 5e-5, weight decay 0, cosine schedule with 20
+warm-up steps, 40 epochs, batch 64, seed 2024, max length 512. Additions of ours, all switchable:
+gradient clipping (``grad_clip``), bf16 autocast on CUDA, and ``exclude_prob`` (a batch's
+class-name definition sometimes leaves out one class present in the batch and its videos are
+trained as normal, so the definition steers detection; 0 reproduces the authors' recipe).
+
+Checkpoints (one folder per epoch, renamed into place when complete, so never half-written):
+``model.safetensors`` + ``config.json`` + ``training_state.*`` (optimizer and scheduler) via
+:func:`lagovad.save_checkpoint` (extra holds the train config, step, epoch, metrics, history),
+and ``rng_state.safetensors`` (torch CPU/CUDA RNG states). ``resume`` continues from such a
+folder (or from an output folder, using its latest epoch) and reaches the same weights as an
+uninterrupted run.
+
+This module is not imported by ``lagovad/__init__``: it is the ``lagovad train`` command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+from sklearn.metrics import average_precision_score, roc_auc_score
+from tqdm.auto import tqdm
+
+import lagovad
+from lagovad.checkpoint import WEIGHTS, load_weights, read_checkpoint_config
+from lagovad.data import SplitData, frame_ground_truth, load_split, resolve_feature_model
+from lagovad.definition import AnomalyDefinition
+from lagovad.loss import LaGoVADLoss
+from lagovad.synthesis import (
+    Batch,
+    DynamicSynthesizer,
+    SynthSample,
+    collate,
+    load_or_build_neighbours,
+)
+from prevad import Store
+from prevad.io import atomic_write, atomic_write_json
+
+__all__ = [
+    "TrainConfig",
+    "TrainError",
+    "batch_definition",
+    "evaluate_split",
+    "lr_at",
+    "train",
+]
+
+RNG_STATE = "rng_state.safetensors"
+LATEST = "latest.json"
+
+
+class TrainError(ValueError):
+    """A training configuration or resume folder is invalid."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (stored in every checkpoint).
+
+    Attributes:
+        store: prevad store root.
+        out: output folder (checkpoints, history).
+        model: model config name (``lagovad/model_configs/<name>.json``).
+        pretrained: start from these weights instead of a random init.
+        feature_model: feature ``model_id`` in the store (default: the only one stored).
+        dataset: only annotations of this dataset (default: all).
+        train_split: split to train on.
+        val_split: split to validate on each epoch ("" = none).
+        epochs, batch_size, lr, weight_decay, warmup_steps, seed: the usual.
+        max_len: synthesized length (default: the model's ``max_len``).
+        grad_clip: max gradient norm (0 = off).
+        device: "auto", "cpu", "cuda", "cuda:1", ...
+        description_prob: chance a batch uses descriptions instead of class names.
+        exclude_prob: chance a class-name batch leaves one present class out (see module doc).
+        neighbours_k: neighbours per video in the synthesis index.
+        progress: show a progress bar.
+        resume: checkpoint folder (or output folder) to continue from.
+    """
+
+    store: str
+    out: str
+    model: str = "lagovad-b16"
+    pretrained: str | None = None
+    feature_model: str | None = None
+    dataset: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    seed: int = 2024
+    max_len: int | None = None
+    grad_clip: float = 1.0
+    device: str = "auto"
+    description_prob: float = 0.5
+    exclude_prob: float = 0.2
+    neighbours_k: int = 10
+    progress: bool = True
+    resume: str | None = None
+
+    def validate(self) -> None:
+        """Raise TrainError on out-of-range values."""
+        positive = ("epochs", "batch_size", "neighbours_k")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise TrainError(f"lr must be > 0, got {self.lr}")
+        if self.max_len is not None and self.max_len < 1:
+            raise TrainError(f"max_len must be >= 1, got {self.max_len}")
+        for name in ("description_prob", "exclude_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise TrainError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise TrainError("warmup_steps, weight_decay and grad_clip must be >= 0")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of ``asdict`` (unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# ----------------------------------------------------------------------------- small pieces
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> cuda if available else cpu; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total`` steps."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batch_definition(
+    batch: Batch,
+    rng: np.random.Generator,
+    categories: Sequence[str],
+    description_prob: float,
+    exclude_prob: float,
+) -> tuple[AnomalyDefinition, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's anomaly definition and targets under it (paper: names or descriptions).
+
+    Names: Normal + the batch's anomaly classes (one random training class if the batch has
+    none). With ``exclude_prob`` one present class is left out and its videos become normal
+    (label 0, frame labels 0, class 0). Descriptions: the normal prompt + each abnormal video's
+    description (used only when every abnormal video of the batch has one).
+
+    Args:
+        batch: the collated batch.
+        rng: the step's generator.
+        categories: all anomaly classes of the training split.
+        description_prob: chance to use descriptions.
+        exclude_prob: chance to leave a class out (names only).
+
+    Returns:
+        (definition, labels [B], targets [B], frame_labels [B, T]).
+    """
+    labels = batch.labels.clone()
+    frame_labels = batch.frame_labels.clone()
+    abnormal = [i for i, y in enumerate(labels.tolist()) if y == 1]
+    descs = [" ".join(batch.descriptions[i].split()) for i in abnormal]
+    use_desc = bool(abnormal) and all(descs) and rng.random() < description_prob
+    if use_desc:
+        # the definition rejects duplicates up to case: keep the first spelling of each
+        texts = list({d.casefold(): d for d in reversed(descs)}.values())[::-1]
+        definition = AnomalyDefinition.from_strings(texts, kind="descriptions")
+        keys = {t.casefold(): i + 1 for i, t in enumerate(definition.texts[1:])}
+        per_sample = {i: keys[d.casefold()] for i, d in zip(abnormal, descs, strict=True)}
+    else:
+        present = sorted({batch.categories[i] for i in abnormal})
+        classes = list(present)
+        if classes and rng.random() < exclude_prob:
+            dropped = classes.pop(int(rng.integers(0, len(classes))))
+            for i in abnormal:
+                if batch.categories[i] == dropped:
+                    labels[i] = 0
+                    frame_labels[i] = 0.0
+        if not classes:
+            others = [c for c in categories if c not in present] or list(categories)
+            classes = [others[int(rng.integers(0, len(others)))]]
+        definition = AnomalyDefinition.from_strings(classes, kind="names")
+        index = {c: i + 1 for i, c in enumerate(classes)}
+        per_sample = {i: index[batch.categories[i]] for i in abnormal if labels[i] == 1}
+    targets = torch.zeros_like(labels)
+    for i, t in per_sample.items():
+        targets[i] = t
+    return definition, labels, targets, frame_labels
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    order = torch.randperm(n, generator=generator).tolist()
+    for lo in range(0, n, batch_size):
+        yield order[lo : lo + batch_size]
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: torch.nn.Module,
+    data: SplitData,
+    definition: AnomalyDefinition,
+    max_len: int,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Frame AUC and AP of sigmoid(frame logits) over all frames of a split.
+
+    Videos longer than ``max_len`` run as non-overlapping ``max_len`` chunks (the authors'
+    full-length protocol); ground truth as :func:`lagovad.data.frame_ground_truth`.
+
+    Returns:
+        {"val_auc", "val_ap"} (NaN when the split has only one frame class).
+    """
+    was_training = model.training
+    model.eval()
+    chunks = [
+        (vi, lo, v.features[lo : lo + max_len])
+        for vi, v in enumerate(data.videos)
+        for lo in range(0, len(v.features), max_len)
+    ]
+    scores = [np.zeros(len(v.features), dtype=np.float64) for v in data.videos]
+    for lo in range(0, len(chunks), batch_size):
+        part = chunks[lo : lo + batch_size]
+        samples = [SynthSample(c[2], np.zeros(len(c[2]), np.float32), 0, "", "") for c in part]
+        batch = collate(samples)
+        with _autocast(device):
+            out = model(batch.features.to(device), batch.mask.to(device), definition)
+        probs = torch.sigmoid(out.frame_logits.float()).cpu().numpy()
+        for row, (vi, start, arr) in enumerate(part):
+            scores[vi][start : start + len(arr)] = probs[row, : len(arr)]
+    model.train(was_training)
+    y_true = np.concatenate(
+        [frame_ground_truth(data.spans[v.video_id], len(v.features)) for v in data.videos]
+    )
+    y_score = np.concatenate(scores)
+    if y_true.min() == y_true.max():
+        return {"val_auc": float("nan"), "val_ap": float("nan")}
+    return {
+        "val_auc": float(roc_auc_score(y_true, y_score)),
+        "val_ap": float(average_precision_score(y_true, y_score)),
+    }
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    return tensors
+
+
+def _restore(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Load weights, optimizer, scheduler and RNG states of a checkpoint; return its extra."""
+    config = read_checkpoint_config(folder)
+    load_weights(model, load_file(str(folder / WEIGHTS)), source=str(folder / WEIGHTS))
+    state = lagovad.load_training_state(folder)
+    if state is None:
+        raise TrainError(f"checkpoint {folder} has no optimizer/scheduler state to resume from")
+    optimizer.load_state_dict(state["optimizer"])
+    # the schedule function itself is rebuilt from the config, only its counters are stored
+    scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
+    rng = load_file(str(folder / RNG_STATE))
+    torch.set_rng_state(rng["rng.torch"])
+    cuda_states = [rng[k] for k in sorted(rng) if k.startswith("rng.cuda.")]
+    if device.type == "cuda" and cuda_states:
+        torch.cuda.set_rng_state_all(cuda_states)
+    return config.get("extra", {})
+
+
+def _write_checkpoint(
+    out: Path,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+    extra: dict[str, Any],
+) -> Path:
+    """Write epoch ``epoch`` into a temp folder, then rename it into place (atomic)."""
+    final = out / f"epoch-{epoch:03d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out))
+    try:
+        with atomic_write(tmp / RNG_STATE) as fh:
+            fh.write(save(_rng_state(device)))
+        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        lagovad.save_checkpoint(
+            tmp, model, extra, optimizer_state=optimizer.state_dict(), scheduler_state=sched
+        )
+        if final.exists():  # a rerun of the same epoch replaces it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_json(out / LATEST, {"checkpoint": final.name, "epoch": epoch})
+    return final
+
+
+def resolve_resume(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint folder, or an output folder whose ``latest.json`` names one."""
+    folder = Path(path)
+    if (folder / LATEST).is_file():
+        folder = folder / json.loads((folder / LATEST).read_text())["checkpoint"]
+    if not (folder / RNG_STATE).is_file() or not (folder / WEIGHTS).is_file():
+        raise TrainError(
+            f"cannot resume from {path}: need a trainer checkpoint folder (with {WEIGHTS} and "
+            f"{RNG_STATE}) or an output folder with {LATEST}"
+        )
+    return folder
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a LaGoVAD model on a prevad store; returns the last epoch's metrics.
+
+    Raises:
+        TrainError: bad configuration or resume folder.
+        lagovad.data.DataError: the store cannot provide valid data (raised before training).
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+
+    # -- model first (its config fixes the feature dimension); a seeded init is reproducible
+    torch.manual_seed(cfg.seed)
+    model = lagovad.create_model(cfg.model, pretrained=cfg.pretrained)
+    dim = int(model.config["video_dim"])
+    max_len = int(cfg.max_len or model.config["max_len"])
+
+    # -- data: every problem is raised here, before any step
+    store = Store(cfg.store)
+    feature_model = resolve_feature_model(store, cfg.feature_model)
+    train_data = load_split(store, cfg.train_split, feature_model, dim, cfg.dataset)
+    val_data = (
+        load_split(store, cfg.val_split, feature_model, dim, cfg.dataset, require_spans=True)
+        if cfg.val_split
+        else None
+    )
+    neighbours = load_or_build_neighbours(
+        store.root / "indexes" / f"neighbours-{_safe_name(feature_model)}.parquet",
+        train_data.videos,
+        cfg.neighbours_k,
+    )
+    synth = DynamicSynthesizer(train_data.videos, neighbours, max_len=max_len, seed=cfg.seed)
+    categories = train_data.categories
+    val_definition = AnomalyDefinition.from_strings(categories, kind="names")
+
+    # -- optimizer and schedule
+    model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(synth) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_at(s, total_steps, cfg.warmup_steps, 1.0)
+    )
+    criterion = LaGoVADLoss()
+
+    start_epoch, step, history = 0, 0, []
+    if cfg.resume:
+        extra = _restore(resolve_resume(cfg.resume), model, optimizer, scheduler, device)
+        start_epoch, step = int(extra["epoch"]), int(extra["step"])
+        history = list(extra.get("history", []))
+    out.mkdir(parents=True, exist_ok=True)
+
+    metrics: dict[str, Any] = history[-1] if history else {}
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        sums: dict[str, float] = {}
+        bar = tqdm(
+            list(_batches(len(synth), cfg.batch_size, shuffle)),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
+        )
+        t0 = time.perf_counter()
+        for n_batch, indices in enumerate(bar, start=1):
+            batch = collate([synth.sample(i, epoch) for i in indices])
+            rng = np.random.default_rng([cfg.seed, epoch, step])
+            definition, labels, targets, frame_labels = batch_definition(
+                batch, rng, categories, cfg.description_prob, cfg.exclude_prob
+            )
+            mask = batch.mask.to(device)
+            with _autocast(device):
+                output = model(batch.features.to(device), mask, definition)
+            terms = criterion(
+                output, mask, labels.to(device), targets.to(device), frame_labels.to(device)
+            )
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            bar.set_postfix({k: f"{v / n_batch:.3f}" for k, v in sums.items()})
+        bar.close()
+
+        metrics = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0]}
+        metrics.update({k: v / max(1, steps_per_epoch) for k, v in sums.items()})
+        metrics["samples_per_s"] = len(synth) / max(time.perf_counter() - t0, 1e-9)
+        if val_data is not None:
+            metrics.update(
+                evaluate_split(model, val_data, val_definition, max_len, cfg.batch_size, device)
+            )
+        history.append(metrics)
+        if cfg.progress:
+            tqdm.write(" ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+        _write_checkpoint(
+            out,
+            epoch + 1,
+            model,
+            optimizer,
+            scheduler,
+            device,
+            {
+                "train_config": _public_config(cfg),
+                "epoch": epoch + 1,
+                "step": step,
+                "metrics": metrics,
+                "history": history,
+                "feature_model": feature_model,
+                "definition": val_definition.to_dict(),
+            },
+        )
+    return metrics
+
+
+def _public_config(cfg: TrainConfig) -> dict[str, Any]:
+    data = asdict(cfg)
+    data.pop("resume")
+    return data
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,176 @@
+"""Loss terms on hand-computed cases; padding must never change a term."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lagovad.loss import (
+    ContrastiveLoss,
+    FrameBCELoss,
+    LaGoVADLoss,
+    LossError,
+    MILAlignLoss,
+    MILLoss,
+    PseudoMILLoss,
+)
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_mil_uses_k_len_over_16_and_ignores_padding():
+    logits = torch.full((2, 40), 50.0)  # padded steps hold huge logits: must not be picked
+    logits[0, :32] = torch.arange(32) / 10  # k = 32 // 16 = 2 -> mean(3.1, 3.0)
+    logits[1, :5] = torch.tensor([0.5, -1.0, 2.0, 0.0, 1.0])  # k = max(5 // 16, 1) = 1 -> 2.0
+    mask = torch.zeros(2, 40, dtype=torch.bool)
+    mask[0, :32] = True
+    mask[1, :5] = True
+    out = MILLoss()(logits, mask, torch.tensor([1, 0]))
+    expected = 0.5 * (softplus(-3.05) + softplus(2.0))  # BCE-with-logits: label 1, label 0
+    assert out["mil"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_frame_bce_averages_valid_steps_only():
+    logits = torch.tensor([[2.0, -1.0, 99.0], [0.0, 99.0, 99.0]])
+    labels = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    out = FrameBCELoss()(logits, mask, labels)
+    expected = (softplus(-2.0) + softplus(-1.0) + softplus(0.0)) / 3
+    assert out["frame_bce"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pseudo_mil_takes_top_k_inside_the_span_for_abnormal_videos():
+    logits = torch.full((2, 24), -3.0)
+    logits[0, :4] = 10.0  # outside the span: must be ignored for the abnormal video
+    logits[0, 8:16] = torch.tensor([1.0, 0.5, 0.0, 0.0, -1.0, -1.0, -1.0, 2.0])
+    frame_labels = torch.zeros(2, 24)
+    frame_labels[0, 8:16] = 1.0  # 8 span frames -> k = 2 -> sigmoid(2), sigmoid(1)
+    logits[1, :20] = torch.linspace(-2, 2, 20)  # normal, 20 valid -> k = 5
+    logits[1, 20:] = 40.0  # padding
+    mask = torch.ones(2, 24, dtype=torch.bool)
+    mask[1, 20:] = False
+    out = PseudoMILLoss()(logits, mask, torch.tensor([1, 0]), frame_labels)
+    sig = torch.sigmoid
+    p_abn = (sig(torch.tensor(2.0)) + sig(torch.tensor(1.0))).item() / 2
+    p_norm = sig(torch.linspace(-2, 2, 20)[-5:]).mean().item()
+    expected = 0.5 * (-math.log(p_abn) - math.log(1 - p_norm))
+    assert out["pseudo_mil"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_mil_align_is_cross_entropy_of_per_class_top_k_means():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 48, 3)
+    mask = torch.ones(2, 48, dtype=torch.bool)
+    mask[1, 17:] = False  # 17 valid -> k = 1
+    logits[1, 17:] = 100.0
+    targets = torch.tensor([2, 0])
+    out = MILAlignLoss()(logits, mask, targets)
+    row0 = logits[0].topk(3, dim=0).values.mean(0)  # 48 // 16 = 3
+    row1 = logits[1, :17].max(dim=0).values
+    expected = F.cross_entropy(torch.stack([row0, row1]), targets)
+    assert out["mil_align"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _contrastive_case(mined_range: float):
+    """One abnormal video (class 1) of two steps, one normal video; hand-made one-hot features."""
+    eye = torch.eye(4)
+    temporal = torch.stack([torch.stack([eye[0], eye[1]]), torch.stack([eye[2], eye[3]])])
+    high = 10.0
+    low = -10.0 if mined_range >= 0.2 else high - 0.01  # sigmoid range ~1 or ~0
+    logits = torch.tensor([[high, low], [0.0, -10.0]])
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    text = torch.stack([eye[3], eye[0]])  # class 0 Normal, class 1 = e0
+    frame_labels = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    return logits, mask, temporal, text, torch.tensor([1, 0]), torch.tensor([1, 0]), frame_labels
+
+
+def test_contrastive_matches_hand_computation_with_a_mined_negative():
+    out = ContrastiveLoss()(*_contrastive_case(mined_range=1.0))["contrastive"].item()
+    # rows: fg(abnormal)=e0, fg(normal)=e2, bg(abnormal)=e1; anchor e0 -> sims [50, 0, 0]
+    lse = math.log(math.exp(50) + 2)
+    log_p = [50 - lse, -lse, -lse]
+    target = [0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3]
+    t2v = -sum(q * lp for q, lp in zip(target, log_p, strict=True))
+    assert out == pytest.approx(0.5 * (t2v + 0.0), rel=1e-4)  # v2t over one text is 0
+
+
+def test_contrastive_mines_background_only_when_range_is_large():
+    logits, mask, temporal, text, labels, targets, frame_labels = _contrastive_case(0.0)
+    out = ContrastiveLoss()(logits, mask, temporal, text, labels, targets, frame_labels)
+    # No mined row: two rows, sims from anchor e0: fg(abnormal) ~ e0 (the two steps are nearly
+    # tied, pooled = mix of e0 and e1), fg(normal) = e2.
+    w = torch.softmax(logits[0] / 0.02, 0)
+    fg = F.normalize(w[0] * torch.eye(4)[0] + w[1] * torch.eye(4)[1], dim=0)
+    sims = torch.tensor([fg[0].item(), 0.0]) / 0.02
+    expected = F.cross_entropy(sims[None], torch.tensor([0]), label_smoothing=0.1) / 2
+    assert out["contrastive"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_contrastive_is_zero_without_abnormal_videos_and_keeps_a_graph():
+    logits = torch.randn(2, 5, requires_grad=True)
+    out = ContrastiveLoss()(
+        logits,
+        torch.ones(2, 5, dtype=torch.bool),
+        torch.randn(2, 5, 4),
+        torch.randn(2, 4),
+        torch.tensor([0, 0]),
+        torch.tensor([0, 0]),
+        torch.zeros(2, 5),
+    )["contrastive"]
+    assert out.item() == 0.0
+    out.backward()
+
+
+def test_total_loss_is_invariant_to_padding():
+    torch.manual_seed(1)
+    b, t, c, h = 3, 40, 3, 8
+    out = SimpleNamespace(
+        frame_logits=torch.randn(b, t),
+        class_logits=torch.randn(b, t, c),
+        temporal=torch.randn(b, t, h),
+        text=torch.randn(c, h),
+    )
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[1, 30:] = False
+    mask[2, 18:] = False
+    frame_labels = torch.zeros(b, t)
+    frame_labels[0, 5:25] = 1
+    frame_labels[2, 2:10] = 1
+    labels, targets = torch.tensor([1, 0, 1]), torch.tensor([1, 0, 2])
+    loss = LaGoVADLoss()
+    ref = loss(out, mask, labels, targets, frame_labels)
+    noisy = SimpleNamespace(
+        frame_logits=out.frame_logits.masked_fill(~mask, 30.0),
+        class_logits=out.class_logits.masked_fill(~mask[..., None], -30.0),
+        temporal=out.temporal.masked_fill(~mask[..., None], 7.0),
+        text=out.text,
+    )
+    frame_labels_noisy = frame_labels.masked_fill(~mask, 1.0)
+    got = loss(noisy, mask, labels, targets, frame_labels_noisy)
+    assert set(ref) == {"mil", "frame_bce", "pseudo_mil", "mil_align", "contrastive", "loss"}
+    for name in ref:
+        assert got[name].item() == pytest.approx(ref[name].item(), rel=1e-5), name
+    total = sum(v.item() for k, v in ref.items() if k != "loss")
+    assert ref["loss"].item() == pytest.approx(total, rel=1e-5)
+
+
+def test_losses_reject_empty_videos_and_bad_targets():
+    logits = torch.zeros(2, 4)
+    mask = torch.tensor([[True, True, False, False], [False] * 4])
+    with pytest.raises(LossError, match="rows \\[1\\]"):
+        MILLoss()(logits, mask, torch.tensor([1, 0]))
+    with pytest.raises(LossError, match="class targets must lie in \\[0, 3\\)"):
+        MILAlignLoss()(torch.zeros(1, 4, 3), torch.ones(1, 4, dtype=torch.bool), torch.tensor([3]))
+    with pytest.raises(LossError, match="non-empty valid span"):
+        PseudoMILLoss()(
+            torch.zeros(1, 4),
+            torch.ones(1, 4, dtype=torch.bool),
+            torch.tensor([1]),
+            torch.zeros(1, 4),
+        )
