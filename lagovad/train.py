@@ -7,8 +7,9 @@
 Official recipe (authors' release): AdamW lr 5e-5, weight decay 0, cosine schedule with 20
 warm-up steps, 40 epochs, batch 64, seed 2024, max length 512. Additions of ours, all switchable:
 gradient clipping (``grad_clip``), bf16 autocast on CUDA, and ``exclude_prob`` (a batch's
-class-name definition sometimes leaves out one class present in the batch and its videos are
-trained as normal, so the definition steers detection; 0 reproduces the authors' recipe).
+definition, names or descriptions, sometimes leaves out one class present in the batch and its
+videos are trained as normal, so the definition steers detection; 0 reproduces the authors'
+recipe).
 
 Checkpoints (one folder per epoch, renamed into place when complete, so never half-written):
 ``model.safetensors`` + ``config.json`` + ``training_state.*`` (optimizer and scheduler) via
@@ -91,7 +92,7 @@ class TrainConfig:
         grad_clip: max gradient norm (0 = off).
         device: "auto", "cpu", "cuda", "cuda:1", ...
         description_prob: chance a batch uses descriptions instead of class names.
-        exclude_prob: chance a class-name batch leaves one present class out (see module doc).
+        exclude_prob: chance a batch's definition leaves one present class out (module doc).
         neighbours_k: neighbours per video in the synthesis index.
         progress: show a progress bar.
         resume: checkpoint folder (or output folder) to continue from.
@@ -115,7 +116,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     device: str = "auto"
     description_prob: float = 0.5
-    exclude_prob: float = 0.2
+    exclude_prob: float = 0.5
     neighbours_k: int = 10
     progress: bool = True
     resume: str | None = None
@@ -171,17 +172,20 @@ def batch_definition(
 ) -> tuple[AnomalyDefinition, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The batch's anomaly definition and targets under it (paper: names or descriptions).
 
-    Names: Normal + the batch's anomaly classes (one random training class if the batch has
-    none). With ``exclude_prob`` one present class is left out and its videos become normal
-    (label 0, frame labels 0, class 0). Descriptions: the normal prompt + each abnormal video's
-    description (used only when every abnormal video of the batch has one).
+    Names: Normal + the batch's anomaly classes. Descriptions: the normal prompt + the
+    description of each abnormal video (used only when every abnormal video of the batch has
+    one). With ``exclude_prob`` one present class is left out of either kind of definition (all
+    its names or descriptions) and its videos become normal under it (label 0, frame labels 0,
+    class 0): the same features are then abnormal under one definition and normal under
+    another, which is what makes the definition steer detection and not only classification.
+    A names definition left empty gets one random other training class.
 
     Args:
         batch: the collated batch.
         rng: the step's generator.
         categories: all anomaly classes of the training split.
         description_prob: chance to use descriptions.
-        exclude_prob: chance to leave a class out (names only).
+        exclude_prob: chance to leave one present class out.
 
     Returns:
         (definition, labels [B], targets [B], frame_labels [B, T]).
@@ -189,29 +193,32 @@ def batch_definition(
     labels = batch.labels.clone()
     frame_labels = batch.frame_labels.clone()
     abnormal = [i for i, y in enumerate(labels.tolist()) if y == 1]
-    descs = [" ".join(batch.descriptions[i].split()) for i in abnormal]
-    use_desc = bool(abnormal) and all(descs) and rng.random() < description_prob
-    if use_desc:
+    present = sorted({batch.categories[i] for i in abnormal})
+    descs = {i: " ".join(batch.descriptions[i].split()) for i in abnormal}
+    use_desc = bool(abnormal) and all(descs.values()) and rng.random() < description_prob
+    if present and rng.random() < exclude_prob:
+        dropped = present[int(rng.integers(0, len(present)))]
+        for i in abnormal:
+            if batch.categories[i] == dropped:
+                labels[i] = 0
+                frame_labels[i] = 0.0
+        abnormal = [i for i in abnormal if labels[i] == 1]
+        present.remove(dropped)
+    if use_desc and abnormal:
         # the definition rejects duplicates up to case: keep the first spelling of each
-        texts = list({d.casefold(): d for d in reversed(descs)}.values())[::-1]
+        texts = list({descs[i].casefold(): descs[i] for i in reversed(abnormal)}.values())[::-1]
         definition = AnomalyDefinition.from_strings(texts, kind="descriptions")
-        keys = {t.casefold(): i + 1 for i, t in enumerate(definition.texts[1:])}
-        per_sample = {i: keys[d.casefold()] for i, d in zip(abnormal, descs, strict=True)}
+        keys = {t.casefold(): k + 1 for k, t in enumerate(definition.texts[1:])}
+        per_sample = {i: keys[descs[i].casefold()] for i in abnormal}
     else:
-        present = sorted({batch.categories[i] for i in abnormal})
-        classes = list(present)
-        if classes and rng.random() < exclude_prob:
-            dropped = classes.pop(int(rng.integers(0, len(classes))))
-            for i in abnormal:
-                if batch.categories[i] == dropped:
-                    labels[i] = 0
-                    frame_labels[i] = 0.0
+        classes = present
         if not classes:
-            others = [c for c in categories if c not in present] or list(categories)
+            others = [c for c in categories if c not in present and c not in batch.categories]
+            others = others or list(categories)
             classes = [others[int(rng.integers(0, len(others)))]]
         definition = AnomalyDefinition.from_strings(classes, kind="names")
-        index = {c: i + 1 for i, c in enumerate(classes)}
-        per_sample = {i: index[batch.categories[i]] for i in abnormal if labels[i] == 1}
+        index = {c: k + 1 for k, c in enumerate(classes)}
+        per_sample = {i: index[batch.categories[i]] for i in abnormal}
     targets = torch.zeros_like(labels)
     for i, t in per_sample.items():
         targets[i] = t

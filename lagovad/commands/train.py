@@ -33,7 +33,9 @@ def train_command(
     grad_clip: float = typer.Option(1.0, help="Max gradient norm (0 = off)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     exclude_prob: float = typer.Option(
-        0.2, help="Chance a batch definition leaves out a present class (0 = authors' recipe)."
+        0.5,
+        help="Chance a batch definition leaves out a present class, whose videos are then "
+        "trained as normal: this makes the definition steer detection (0 = authors' recipe).",
     ),
     description_prob: float = typer.Option(0.5, help="Chance a batch uses descriptions."),
     resume: Path | None = typer.Option(

@@ -27,7 +27,7 @@ from lagovad.detect import (
 )
 from lagovad.extract import make_protocol
 from lagovad.image_encoder import load_image_encoder
-from tests.lagovad.test_video import write_video
+from tests.lagovad.helpers import write_video
 
 DEFINITION = ["Robbery", "A man points a gun at a cashier and takes the money.", "Fighting"]
 

@@ -15,7 +15,7 @@ from lagovad.commands.extract import register
 from lagovad.extract import FAILURES_FILE, STAGE, ExtractError, extract, make_protocol
 from lagovad.image_encoder import PretrainedWeightsUnavailable, load_image_encoder
 from prevad import Store
-from tests.lagovad.test_video import write_video
+from tests.lagovad.helpers import write_video
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import lagovad
 from lagovad.data import frame_ground_truth, load_split
 from lagovad.train import TrainConfig, train
 from prevad import Store
-from tests.lagovad.test_train import DESCRIPTIONS, DIM, MODEL_ID, make_store
+from tests.lagovad.helpers import DESCRIPTIONS, DIM, MODEL_ID, make_store
 
 CLASSES = list(DESCRIPTIONS)
 
@@ -30,7 +30,9 @@ def trained(tmp_path_factory) -> tuple[torch.nn.Module, list]:
         store=str(root),
         out=str(out),
         model="lagovad-tiny",
-        epochs=20,
+        # steering (the last test) needs more steps than detection: at 20 epochs the scores
+        # moved by only ~0.01 when a class was removed, at 100 they fall by ~0.4
+        epochs=100,
         batch_size=16,
         lr=2e-3,
         warmup_steps=5,
@@ -41,8 +43,8 @@ def trained(tmp_path_factory) -> tuple[torch.nn.Module, list]:
         progress=False,
     )
     metrics = train(cfg)
-    assert metrics["epoch"] == 20
-    model, _ = lagovad.load_checkpoint(out / "epoch-020")
+    assert metrics["epoch"] == 100
+    model, _ = lagovad.load_checkpoint(out / "epoch-100")
     test = load_split(Store(root), "test", MODEL_ID, DIM, require_spans=True)
     return model, test
 
@@ -75,12 +77,6 @@ def test_class_head_names_the_planted_class(trained):
     assert np.mean(hits) >= 0.9, hits
 
 
-@pytest.mark.xfail(
-    reason="open: after training, removing a class from the definition changes its videos' "
-    "scores by ~0.001-0.02 and not always downwards (the definition barely steers detection); "
-    "threshold kept, see the trainer's report",
-    strict=False,
-)
 def test_removing_a_class_from_the_definition_lowers_its_videos_scores(trained):
     model, test = trained
     for cls in CLASSES:
@@ -90,5 +86,6 @@ def test_removing_a_class_from_the_definition_lowers_its_videos_scores(trained):
             gt = frame_ground_truth(test.spans[v.video_id], len(v.features)).astype(bool)
             with_cls.append(_score(model, v.features, CLASSES)[0][gt].mean())
             without.append(_score(model, v.features, others)[0][gt].mean())
-        assert np.mean(without) < np.mean(with_cls), (cls, with_cls, without)
+        # every video of the class scores lower, and clearly so on average
         assert all(w < k for w, k in zip(without, with_cls, strict=True)), (cls, with_cls, without)
+        assert np.mean(with_cls) - np.mean(without) >= 0.1, (cls, with_cls, without)

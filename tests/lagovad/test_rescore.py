@@ -15,7 +15,7 @@ from lagovad.rescore import (
     videos_with_class,
 )
 from prevad import Store
-from tests.lagovad.test_video import write_video
+from tests.lagovad.helpers import write_video
 
 
 @pytest.fixture(scope="module")

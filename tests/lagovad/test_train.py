@@ -15,87 +15,7 @@ from typer.testing import CliRunner
 
 from prevad import Store
 from prevad.records import Annotation, Video, video_id_for
-
-DIM = 32  # lagovad-tiny video_dim
-MODEL_ID = "synthetic-clip"
-DESCRIPTIONS = {
-    "Assault": "A person violently attacks another person in the street.",
-    "Explosion": "A sudden explosion with a fireball and smoke.",
-}
-
-
-def class_directions(dim: int = DIM, seed: int = 99) -> dict[str, np.ndarray]:
-    """Orthonormal anomaly directions per class (the planted signal)."""
-    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(dim, len(DESCRIPTIONS))))
-    return {name: q[:, i].astype(np.float32) for i, name in enumerate(DESCRIPTIONS)}
-
-
-def synthetic_video(
-    rng: np.random.Generator, length: int, category: str | None, span: tuple[float, float]
-) -> np.ndarray:
-    """Noise features; for an anomaly, the class direction added over the relative span."""
-    feats = rng.normal(scale=0.5, size=(length, DIM)).astype(np.float32)
-    if category is not None:
-        lo, hi = round(span[0] * length), round(span[1] * length)
-        feats[lo:hi] += 4.0 * class_directions()[category]
-    return feats
-
-
-def make_store(
-    root: Path,
-    n_train: int = 8,
-    n_val: int = 3,
-    seed: int = 0,
-    splits: tuple[str, ...] = ("train", "val"),
-    dim: int = DIM,
-) -> Store:
-    """A prevad store with Video + Annotation rows and features of both anomaly classes.
-
-    Per split and class ``n`` abnormal videos; as many normal videos as abnormal ones. Train
-    anomalies cover most of their video (weak labels, as in PreVAD); val/test anomalies are a
-    short span inside normal context, with spans stored.
-    """
-    store = Store.init(root)
-    rng = np.random.default_rng(seed)
-    videos, annotations = [], []
-    for split in splits:
-        n = n_train if split == "train" else n_val
-        items = [(c, i) for c in DESCRIPTIONS for i in range(n)]
-        items += [(None, i) for i in range(n * len(DESCRIPTIONS))]
-        for category, i in items:
-            name = f"{split}-{category or 'normal'}-{i}"
-            vid = video_id_for("synthetic", name)
-            length = int(rng.integers(24, 60))
-            if category is None:
-                span = (0.0, 0.0)
-            elif split == "train":
-                start = float(rng.uniform(0.0, 0.3))
-                span = (start, float(rng.uniform(max(start + 0.5, 0.8), 1.0)))
-            else:
-                start = float(rng.uniform(0.1, 0.6))
-                span = (start, start + float(rng.uniform(0.15, 0.3)))
-            feats = synthetic_video(rng, length, category, span)
-            if dim != DIM:
-                feats = np.resize(feats, (length, dim))
-            videos.append(Video(video_id=vid, source="synthetic", source_video_id=name))
-            annotations.append(
-                Annotation(
-                    annotation_id=f"ann-{name}",
-                    video_id=vid,
-                    dataset="prevad",
-                    annotator_kind="human",
-                    annotator="test",
-                    category=category or "Normal",
-                    is_anomaly=category is not None,
-                    description=DESCRIPTIONS[category] if category else None,
-                    spans=[list(span)] if category and split != "train" else [],
-                    split=split,
-                )
-            )
-            store.write_features(vid, MODEL_ID, feats)
-    store.append("videos", videos)
-    store.append("annotations", annotations)
-    return store
+from tests.lagovad.helpers import DESCRIPTIONS, DIM, MODEL_ID, make_store
 
 
 def cli_app() -> typer.Typer:
@@ -239,20 +159,20 @@ def test_batch_definition_excludes_a_class_and_relabels_its_videos():
 
     batch = collate([sample("Assault", 1), sample("Explosion", 1), sample("Normal", 0)])
     cats = ["Assault", "Explosion"]
-    seen_excluded = seen_desc = False
-    for k in range(40):
+    seen = set()
+    for k in range(80):
         rng = np.random.default_rng(k)
-        defn, labels, targets, frames = batch_definition(batch, rng, cats, 0.3, 0.5)
-        if defn.kinds[1] == "description":
-            seen_desc = True
-            assert defn.texts[1:] == [DESCRIPTIONS["Assault"], DESCRIPTIONS["Explosion"]]
-            assert targets.tolist() == [1, 2, 0]
-            continue
-        kept = defn.texts[1:]
-        for row, cat in enumerate(["Assault", "Explosion"]):
-            if cat in kept:
-                assert labels[row] == 1 and defn.texts[targets[row]] == cat
+        defn, labels, targets, frames = batch_definition(batch, rng, cats, 0.5, 0.5)
+        kind = defn.kinds[1]
+        # under either kind, a class is in the definition by its name or its description
+        text_of = (lambda c: c) if kind == "name" else DESCRIPTIONS.__getitem__
+        for row, cat in enumerate(cats):
+            if text_of(cat) in defn.texts:
+                assert labels[row] == 1 and defn.texts[targets[row]] == text_of(cat)
+                assert frames[row].sum() == 4
             else:
-                seen_excluded = True
+                seen.add((kind, "excluded"))
                 assert labels[row] == 0 and targets[row] == 0 and frames[row].sum() == 0
-    assert seen_excluded and seen_desc
+        assert labels[2] == 0 and targets[2] == 0
+        seen.add((kind, "any"))
+    assert seen == {(k, s) for k in ("name", "description") for s in ("any", "excluded")}

@@ -16,18 +16,7 @@ from lagovad.video import (
     probe,
     sample_indices,
 )
-from lagovad.video import write_video as encode_video
-
-GRAY_STEP = 4  # frame i of a gray video has level (GRAY_STEP * i) % 256
-
-
-def write_video(path: Path, n_frames: int, *, width: int = 64, height: int = 48, fps: int = 25,
-                faststart: bool = False, frame_fn=None) -> Path:
-    """A lossless mp4 whose frame i is `frame_fn(i)` (default: uniformly gray at level 4i)."""
-    if frame_fn is None:
-        def frame_fn(i: int) -> np.ndarray:
-            return np.full((height, width, 3), (GRAY_STEP * i) % 256, np.uint8)
-    return encode_video(path, n_frames, frame_fn, fps=fps, faststart=faststart)
+from tests.lagovad.helpers import GRAY_STEP, write_video
 
 
 @pytest.fixture(scope="module")
