@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lagovad.eval.gt import spans_to_mask
 from lagovad.synthesis import TrainVideo
 from prevad import Store
 
@@ -170,19 +171,14 @@ def load_split(
 def frame_ground_truth(spans: Sequence[Sequence[float]], length: int) -> np.ndarray:
     """Frame labels at feature resolution, as the authors' evaluation builds them.
 
-    Each relative span is scaled by ``length``, rounded half to even (``np.round``, like
-    ``torch.round``) and marks ``gt[start:end]`` (end exclusive); empty spans are skipped.
+    The same rule as the evaluation harness (:func:`lagovad.eval.gt.spans_to_mask`): spans are
+    scaled by ``length``, rounded half to even, end exclusive, empty ones skipped.
 
     Args:
         spans: relative [start, end] pairs in [0, 1].
         length: number of feature steps T.
 
     Returns:
-        [T] int array of 0/1.
+        [T] uint8 array of 0/1.
     """
-    gt = np.zeros(length, dtype=np.int64)
-    for start, end in spans:
-        lo, hi = int(np.round(start * length)), int(np.round(end * length))
-        if hi > lo:
-            gt[lo:hi] = 1
-    return gt
+    return spans_to_mask(spans, length)
