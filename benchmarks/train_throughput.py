@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import lagovad  # noqa: E402
 from lagovad.loss import LaGoVADLoss  # noqa: E402
 from lagovad.synthesis import SynthSample, collate  # noqa: E402
-from lagovad.train import _autocast, batch_definition, resolve_device  # noqa: E402
+from lagovad.train import TrainConfig, _autocast, batch_definition, resolve_device  # noqa: E402
 
 #: Text architecture of openai/clip-vit-base-patch16 (transformers CLIPTextConfig fields).
 CLIP_B16_TEXT = {
@@ -104,9 +104,11 @@ def main(argv: list[str] | None = None) -> dict:
     batch = make_batch(args.batch_size, args.length, int(model.config["video_dim"]), rng)
     features, mask = batch.features.to(device), batch.mask.to(device)
 
+    recipe = TrainConfig(store="", out="")  # the trainer's default definition sampling
+
     def step(k: int) -> None:
         definition, labels, targets, frame_labels = batch_definition(
-            batch, np.random.default_rng(k), CLASSES, 0.5, 0.2
+            batch, np.random.default_rng(k), CLASSES, recipe.description_prob, recipe.exclude_prob
         )
         with _autocast(device):
             out = model(features, mask, definition)
