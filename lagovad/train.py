@@ -14,9 +14,10 @@ recipe).
 Checkpoints (one folder per epoch, renamed into place when complete, so never half-written):
 ``model.safetensors`` + ``config.json`` + ``training_state.*`` (optimizer and scheduler) via
 :func:`lagovad.save_checkpoint` (extra holds the train config, step, epoch, metrics, history),
-and ``rng_state.safetensors`` (torch CPU/CUDA RNG states). ``resume`` continues from such a
-folder (or from an output folder, using its latest epoch) and reaches the same weights as an
-uninterrupted run.
+and ``rng_state.safetensors`` (torch CPU/CUDA RNG states). ``training_curves.png`` in the output
+folder plots the loss terms and the validation AUC/AP per epoch, redrawn after every epoch.
+``resume`` continues from such a folder (or from an output folder, using its latest epoch) and
+reaches the same weights as an uninterrupted run.
 
 This module is not imported by ``lagovad/__init__``: it is the ``lagovad train`` command.
 """
@@ -63,11 +64,13 @@ __all__ = [
     "batch_definition",
     "evaluate_split",
     "lr_at",
+    "plot_history",
     "train",
 ]
 
 RNG_STATE = "rng_state.safetensors"
 LATEST = "latest.json"
+CURVES = "training_curves.png"
 
 
 class TrainError(ValueError):
@@ -95,6 +98,7 @@ class TrainConfig:
         exclude_prob: chance a batch's definition leaves one present class out (module doc).
         neighbours_k: neighbours per video in the synthesis index.
         progress: show a progress bar.
+        keep_last: keep only the newest N epoch folders (0 = keep all).
         resume: checkpoint folder (or output folder) to continue from.
     """
 
@@ -119,6 +123,7 @@ class TrainConfig:
     exclude_prob: float = 0.5
     neighbours_k: int = 10
     progress: bool = True
+    keep_last: int = 0
     resume: str | None = None
 
     def validate(self) -> None:
@@ -134,8 +139,8 @@ class TrainConfig:
         for name in ("description_prob", "exclude_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise TrainError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise TrainError("warmup_steps, weight_decay and grad_clip must be >= 0")
+        if min(self.warmup_steps, self.weight_decay, self.grad_clip, self.keep_last) < 0:
+            raise TrainError("warmup_steps, weight_decay, grad_clip and keep_last must be >= 0")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -350,6 +355,14 @@ def _write_checkpoint(
     return final
 
 
+def _prune_checkpoints(out: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` epoch folders (after the newest is complete)."""
+    if keep_last < 1:
+        return
+    for old in sorted(out.glob("epoch-[0-9][0-9][0-9]"))[:-keep_last]:
+        shutil.rmtree(old)
+
+
 def resolve_resume(path: str | os.PathLike[str]) -> Path:
     """A checkpoint folder, or an output folder whose ``latest.json`` names one."""
     folder = Path(path)
@@ -480,7 +493,53 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "definition": val_definition.to_dict(),
             },
         )
+        _prune_checkpoints(out, cfg.keep_last)
+        plot_history(history, out / CURVES)
     return metrics
+
+
+def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Plot the loss terms and the validation AUC/AP per epoch into one PNG (atomic write).
+
+    Args:
+        history: per-epoch metrics as the trainer records them.
+        path: the PNG to write.
+
+    Returns:
+        The written path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lagovad.eval.report import save_png
+
+    epochs = [m["epoch"] for m in history]
+    terms = ["loss", "mil", "frame_bce", "pseudo_mil", "mil_align", "contrastive"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in terms:
+        if all(name in m for m in history):
+            ax1.plot(epochs, [m[name] for m in history], marker=".", label=name,
+                     lw=2.0 if name == "loss" else 1.0)
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("mean training loss")
+    ax1.legend(fontsize="small")
+    for name in ("val_auc", "val_ap"):
+        values = [m.get(name, float("nan")) for m in history]
+        if any(math.isfinite(v) for v in values):
+            ax2.plot(epochs, values, marker=".", label=name)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation (frame level)")
+    ax2.set_ylim(0, 1.02)
+    if ax2.lines:
+        ax2.legend(fontsize="small")
+    else:
+        ax2.text(0.5, 0.5, "no validation split", ha="center", va="center")
+    try:
+        return save_png(fig, Path(path))
+    finally:
+        plt.close(fig)
 
 
 def _public_config(cfg: TrainConfig) -> dict[str, Any]:

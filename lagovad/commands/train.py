@@ -42,6 +42,7 @@ def train_command(
         None, help="Continue from a checkpoint folder (or an output folder's latest epoch)."
     ),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    keep_last: int = typer.Option(0, help="Keep only the newest N epoch checkpoints (0 = all)."),
 ) -> None:
     """Train LaGoVAD on a prevad store (validated before the first step)."""
     # Imported here so `lagovad --help` stays fast.
@@ -69,6 +70,7 @@ def train_command(
         exclude_prob=exclude_prob,
         description_prob=description_prob,
         progress=progress,
+        keep_last=keep_last,
         resume=str(resume) if resume else None,
     )
     try:

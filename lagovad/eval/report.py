@@ -103,7 +103,8 @@ def write_reports(results: dict, out_dir: str | Path) -> dict[str, Path]:
     }
 
 
-def _savefig(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file + rename); returns the path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
@@ -133,7 +134,7 @@ def plot_curves(name: str, labels: np.ndarray, scores: np.ndarray, out_dir: str 
         ax.legend(loc="lower right" if ax is ax1 else "upper right")
     fig.suptitle(DISPLAY_NAMES.get(name, name))
     try:
-        return _savefig(fig, Path(out_dir) / f"{name}_curves.png")
+        return save_png(fig, Path(out_dir) / f"{name}_curves.png")
     finally:
         plt.close(fig)
 
@@ -160,6 +161,6 @@ def plot_timelines(name: str, videos: list[tuple[str, np.ndarray, np.ndarray, fl
     axes[0, 0].legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     try:
-        return _savefig(fig, Path(out_dir) / f"{name}_timelines.png")
+        return save_png(fig, Path(out_dir) / f"{name}_timelines.png")
     finally:
         plt.close(fig)

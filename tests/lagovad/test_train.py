@@ -68,6 +68,7 @@ def test_cli_trains_lagovad_tiny_end_to_end(full_run: Path, store_root: Path):
     assert 0.0 <= extra["metrics"]["val_auc"] <= 1.0
     assert 0.0 <= extra["metrics"]["val_ap"] <= 1.0
     assert len(extra["history"]) == 2
+    assert (full_run / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the checkpoint loads as a model that scores video
     model, loaded_extra = lagovad.load_checkpoint(ckpt)
     assert loaded_extra["epoch"] == 2
@@ -96,6 +97,14 @@ def test_resume_reaches_bit_identical_weights(full_run: Path, store_root: Path, 
     eb = json.loads((out / "epoch-002" / "config.json").read_text())["extra"]
     assert ea["metrics"]["loss"] == eb["metrics"]["loss"]
     assert ea["metrics"]["val_auc"] == eb["metrics"]["val_auc"]
+
+
+def test_keep_last_prunes_old_epochs(store_root: Path, tmp_path):
+    out = tmp_path / "pruned"
+    result = run_train(store_root, out, "--epochs", "3", "--keep-last", "1")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("epoch-*")) == ["epoch-003"]
+    assert json.loads((out / "latest.json").read_text())["checkpoint"] == "epoch-003"
 
 
 def _ids_with(store: Store, split: str) -> list[str]:
