@@ -40,13 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save
-from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm.auto import tqdm
 
 import lagovad
 from lagovad.checkpoint import WEIGHTS, load_weights, read_checkpoint_config
 from lagovad.data import SplitData, frame_ground_truth, load_split, resolve_feature_model
 from lagovad.definition import AnomalyDefinition
+from lagovad.eval.metrics import average_precision, roc_auc
 from lagovad.loss import LaGoVADLoss
 from lagovad.synthesis import (
     Batch,
@@ -278,8 +278,8 @@ def evaluate_split(
     if y_true.min() == y_true.max():
         return {"val_auc": float("nan"), "val_ap": float("nan")}
     return {
-        "val_auc": float(roc_auc_score(y_true, y_score)),
-        "val_ap": float(average_precision_score(y_true, y_score)),
+        "val_auc": float(roc_auc(y_true, y_score)),
+        "val_ap": float(average_precision(y_true, y_score)),
     }
 
 
