@@ -70,25 +70,53 @@ def _pick_annotations(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return chosen
 
 
-def resolve_feature_model(store: Store, model_id: str | None) -> str:
-    """The feature model to train on: ``model_id`` if given, else the store's only one.
+def resolve_feature_model(
+    store: Store,
+    model_id: str | None = None,
+    video_dim: int | None = None,
+    flag: str = "--feature-model",
+) -> str:
+    """The stored feature model to use: ``model_id`` if given, else the only one that fits.
+
+    Args:
+        store: the prevad store.
+        model_id: the feature ``model_id`` asked for, if any.
+        video_dim: only models with features of this dimension fit (None: any).
+        flag: the command-line option that chooses a model, named in the error.
+
+    Returns:
+        The feature model id.
 
     Raises:
-        DataError: no features at all, an unknown model id, or several models and none chosen.
+        DataError: no features at all, an unknown model id, a model of the wrong dimension, or
+            several fitting models and none chosen.
     """
-    models = sorted(set(store.read("features", columns=["model_id"]).column(0).to_pylist()))
-    if not models:
+    rows = store.read("features", columns=["model_id", "dim"]).to_pylist()
+    dims: dict[str, int] = {r["model_id"]: r["dim"] for r in rows}
+    if not dims:
         raise DataError(f"store {store.root} holds no features; run `lagovad extract` first")
-    if model_id is None:
-        if len(models) > 1:
+    if model_id is not None:
+        if model_id not in dims:
             raise DataError(
-                f"store {store.root} holds features of several models {models}; "
-                "choose one with --feature-model"
+                f"no features of model {model_id!r} in {store.root}; stored: {sorted(dims)}"
             )
-        return models[0]
-    if model_id not in models:
-        raise DataError(f"no features of model {model_id!r} in {store.root}; stored: {models}")
-    return model_id
+        if video_dim is not None and dims[model_id] != video_dim:
+            raise DataError(
+                f"features of {model_id!r} are {dims[model_id]}-d but the model expects "
+                f"video_dim={video_dim}"
+            )
+        return model_id
+    fitting = sorted(m for m, d in dims.items() if video_dim is None or d == video_dim)
+    if not fitting:
+        raise DataError(
+            f"no stored features have the model's video_dim={video_dim}; stored models and "
+            f"dims: {dims} (run lagovad extract)"
+        )
+    if len(fitting) > 1:
+        raise DataError(
+            f"store {store.root} holds features of several models {fitting}; choose one with {flag}"
+        )
+    return fitting[0]
 
 
 def load_split(

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from lagovad.data import DataError, resolve_feature_model
 from lagovad.definition import AnomalyDefinition
 from lagovad.detect import DetectError, score_features
 from prevad.records import SCORE_SCHEMA, utcnow
@@ -94,24 +95,10 @@ def pick_feature_model(store: Any, video_dim: int, model_id: str | None = None) 
     Raises:
         RescoreError: If none matches, or several do and `model_id` is not given.
     """
-    rows = store.read("features", columns=["model_id", "dim"]).to_pylist()
-    dims: dict[str, int] = {r["model_id"]: r["dim"] for r in rows}
-    if model_id is not None:
-        if model_id not in dims:
-            raise RescoreError(f"the store has no features of model {model_id!r}; "
-                               f"stored: {sorted(dims)}")
-        if dims[model_id] != video_dim:
-            raise RescoreError(f"features of {model_id!r} are {dims[model_id]}-d but the "
-                               f"checkpoint expects video_dim={video_dim}")
-        return model_id
-    fitting = sorted(m for m, d in dims.items() if d == video_dim)
-    if not fitting:
-        raise RescoreError(f"no stored features have the checkpoint's video_dim={video_dim}; "
-                           f"stored models and dims: {dims or 'none'} (run lagovad extract)")
-    if len(fitting) > 1:
-        raise RescoreError(f"several stored feature models fit video_dim={video_dim}: {fitting}; "
-                           f"choose one with --model-id")
-    return fitting[0]
+    try:
+        return resolve_feature_model(store, model_id, video_dim, flag="--model-id")
+    except DataError as exc:
+        raise RescoreError(str(exc)) from exc
 
 
 def rescore(

@@ -24,6 +24,12 @@ class MissingFeaturesError(EvalError):
     """Benchmark videos without features (or scores) while ``--allow-missing`` is off."""
 
 
+#: Feature rows of one model with their video's source id (bound parameter: model_id).
+STORE_FEATURES_SQL = (
+    "SELECT v.source_video_id AS source_video_id, v.source AS source, f.* FROM features f "
+    "JOIN videos v ON v.video_id = f.video_id WHERE f.model_id = ?"
+)
+
 def missing_message(kind: str, bench: str, missing: list[str], total: int) -> str:
     """Error text listing the first missing videos and the count."""
     shown = ", ".join(missing[:MISSING_SHOWN])
@@ -74,20 +80,16 @@ def _from_dir(root: Path, bench: Benchmark) -> FeatureSource:
 
 
 def _from_store(root: Path, bench: Benchmark, feature_model: str | None) -> FeatureSource:
-    from prevad import Store  # the dataset layer is only needed for store inputs
+    # the dataset layer is only needed for store inputs
+    from lagovad.data import DataError, resolve_feature_model
+    from prevad import Store
 
     store = Store(root)
-    sql = ("SELECT v.source_video_id AS source_video_id, v.source AS source, f.* FROM features f "
-           "JOIN videos v ON v.video_id = f.video_id")
-    params: list = []
-    if feature_model:
-        sql += " WHERE f.model_id = ?"
-        params.append(feature_model)
-    rows = store.query(sql, params).to_pylist()
-    models = sorted({r["model_id"] for r in rows})
-    if not feature_model and len(models) > 1:
-        raise EvalError(f"store {root} holds features of several models {models}; "
-                        "choose one with --feature-model")
+    try:
+        model_id = resolve_feature_model(store, feature_model)
+    except DataError as exc:
+        raise EvalError(str(exc)) from exc
+    rows = store.query(STORE_FEATURES_SQL, [model_id]).to_pylist()
     # A store may hold the same source video id under several sources: prefer the benchmark's.
     by_key: dict[str, dict] = {}
     for r in sorted(rows, key=lambda r: r["source"] == bench.name):
