@@ -481,7 +481,7 @@ def plot_detection(det: Detection, path: str | Path, top_k: int = 3) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from prevad.io import atomic_write
+    from prevad.io import atomic_save_png
 
     fig, ax = plt.subplots(figsize=(10, 3.2), dpi=100)
     ax.plot(det.times_s, det.anomaly_scores, color="black", lw=1.5, label="anomaly score")
@@ -501,6 +501,7 @@ def plot_detection(det: Detection, path: str | Path, top_k: int = 3) -> None:
     ax.set_title(det.video.name)
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    try:
+        atomic_save_png(fig, path)
+    finally:
+        plt.close(fig)

@@ -56,7 +56,7 @@ from lagovad.synthesis import (
     load_or_build_neighbours,
 )
 from prevad import Store
-from prevad.io import atomic_write, atomic_write_json
+from prevad.io import atomic_save_png, atomic_write, atomic_write_json
 
 __all__ = [
     "TrainConfig",
@@ -513,8 +513,6 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lagovad.eval.report import save_png
-
     epochs = [m["epoch"] for m in history]
     terms = ["loss", "mil", "frame_bce", "pseudo_mil", "mil_align", "contrastive"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -537,7 +535,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]
     else:
         ax2.text(0.5, 0.5, "no validation split", ha="center", va="center")
     try:
-        return save_png(fig, Path(path))
+        return atomic_save_png(fig, path)
     finally:
         plt.close(fig)
 

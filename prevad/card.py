@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,17 +12,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from prevad import taxonomy  # noqa: E402
-from prevad.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from prevad.io import atomic_save_png, atomic_write_text  # noqa: E402
 from prevad.stats import StoreStats, compute_stats, markdown_table  # noqa: E402
 from prevad.store import Store  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    try:
+        return atomic_save_png(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _empty(ax: plt.Axes, text: str) -> None:

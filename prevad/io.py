@@ -80,3 +80,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
     """Serialise ``obj`` as JSON and write it atomically (floats keep their repr)."""
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def atomic_save_png(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically (tight bounding box); returns the path."""
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
+    return Path(path)

@@ -103,13 +103,6 @@ def write_reports(results: dict, out_dir: str | Path) -> dict[str, Path]:
     }
 
 
-def save_png(fig, path: Path) -> Path:
-    """Write a matplotlib figure as PNG atomically (temp file + rename); returns the path."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_curves(name: str, labels: np.ndarray, scores: np.ndarray, out_dir: str | Path) -> Path:
     """ROC and PR curves of pooled scores side by side (``<name>_curves.png``)."""
     import matplotlib
@@ -134,7 +127,7 @@ def plot_curves(name: str, labels: np.ndarray, scores: np.ndarray, out_dir: str 
         ax.legend(loc="lower right" if ax is ax1 else "upper right")
     fig.suptitle(DISPLAY_NAMES.get(name, name))
     try:
-        return save_png(fig, Path(out_dir) / f"{name}_curves.png")
+        return io_.atomic_save_png(fig, Path(out_dir) / f"{name}_curves.png")
     finally:
         plt.close(fig)
 
@@ -161,6 +154,6 @@ def plot_timelines(name: str, videos: list[tuple[str, np.ndarray, np.ndarray, fl
     axes[0, 0].legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     try:
-        return save_png(fig, Path(out_dir) / f"{name}_timelines.png")
+        return io_.atomic_save_png(fig, Path(out_dir) / f"{name}_timelines.png")
     finally:
         plt.close(fig)
