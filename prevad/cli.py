@@ -172,5 +172,13 @@ def card(
     typer.echo(str(write_card(Store(root), out, title)))
 
 
+def _add_curate() -> None:
+    from curation.cli import app as curate_app
+
+    app.add_typer(curate_app, name="curate")
+
+
+_add_curate()
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -105,6 +105,12 @@ SELECT stage, stage_version, status, count(*) AS n
 FROM ({LATEST_STATUS}) GROUP BY ALL ORDER BY stage, stage_version, status
 """
 
+#: Latest status counts per stage, version and reason (``prevad curate status``).
+STAGE_STATUS_REASONS = f"""
+SELECT stage, stage_version, status, coalesce(reason, '') AS reason, count(*) AS n
+FROM ({LATEST_STATUS}) GROUP BY ALL ORDER BY stage, stage_version, status, n DESC
+"""
+
 #: Non-null video durations (seconds).
 DURATIONS = """
 SELECT source, duration_s FROM videos WHERE duration_s IS NOT NULL ORDER BY source, video_id
@@ -139,3 +145,8 @@ def dataset_counts(
 ) -> pa.Table:
     """Videos and abnormal videos per dataset."""
     return store.query(DATASET_COUNTS, {"dataset": dataset, "split": split})
+
+
+def stage_status_counts(store: Store) -> pa.Table:
+    """Latest result counts per (stage, stage_version, status, reason)."""
+    return store.query(STAGE_STATUS_REASONS, {"stage": None})

@@ -1,0 +1,261 @@
+"""The one stage contract every curation stage runs on (Prefect-free).
+
+A :class:`Stage` names its input table and a function over a batch of input rows (plain dicts,
+the table's columns). The function returns one :data:`ItemResult` per row, in order:
+
+- :class:`Ok` — the item passed; ``outputs`` maps table names to records to store with it;
+- :class:`Rejected` — the item is done and filtered out, with a reason (counted in stats);
+- :class:`Failed` — the attempt failed (error text kept); the item stays on the work list until
+  ``max_attempts`` is reached.
+
+:func:`run_stage` takes the stage's work list from the store, processes it in shards, and commits
+each shard's outputs together with its ``stage_results`` rows. An exception raised by ``process``
+for a batch becomes a failed result for each item of that batch (after retrying the items one by
+one, so one bad item does not fail its neighbours).
+
+``Stage.version`` is a hash of everything that changes the stage's result
+(:func:`stage_version`): a new version puts every input back on the work list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prevad import queries
+from prevad.errors import ValidationError
+from prevad.io import atomic_write_json
+from prevad.records import StageResult
+from prevad.store import TABLES, Store
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """The item passed: records to store (table name -> records) and a JSON-able output."""
+
+    outputs: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    output: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The item is filtered out for ``reason`` (a short, countable token such as 'too_short')."""
+
+    reason: str
+    output: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The attempt failed with ``error``; the item is retried on a later run."""
+
+    error: str
+    output: Any = None
+
+
+ItemResult = Ok | Rejected | Failed
+Process = Callable[[list[dict[str, Any]]], Sequence[ItemResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """A curation stage on the store.
+
+    Attributes:
+        name: stage name as stored in ``stage_results.stage`` (e.g. "retrieve", "clean").
+        version: :func:`stage_version` of what changes the result.
+        input_table: the table whose rows are the work items (see ``queries.WORK_LIST_INPUTS``).
+        process: batch of input rows -> one result per row, same order.
+        batch_size: rows handed to ``process`` at once.
+        max_attempts: failed items are retried until they have this many attempts.
+    """
+
+    name: str
+    version: str
+    input_table: str
+    process: Process
+    batch_size: int = 16
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.version:
+            raise ValidationError("Stage.name and Stage.version must be non-empty strings")
+        if self.input_table not in queries.WORK_LIST_INPUTS:
+            raise ValidationError(
+                f"Stage.input_table must be one of {sorted(queries.WORK_LIST_INPUTS)}, "
+                f"got {self.input_table!r}"
+            )
+        if self.batch_size < 1 or self.max_attempts < 1:
+            raise ValidationError("Stage.batch_size and Stage.max_attempts must be >= 1")
+
+
+def stage_version(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    files: Sequence[str | Path] = (),
+    code_version: int = 1,
+) -> str:
+    """A short hash of what changes a stage's result.
+
+    Args:
+        name: stage name.
+        params: JSON-able parameters (model id, thresholds, ...); key order does not matter.
+        files: data files the result depends on (prompts, query sets): their bytes are hashed.
+        code_version: bump when the stage's code changes its results.
+
+    Returns:
+        ``"v<code_version>-<12 hex>"``.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps([name, code_version, params or {}], sort_keys=True, default=str).encode())
+    for f in files:
+        h.update(hashlib.sha256(Path(f).read_bytes()).digest())
+    return f"v{code_version}-{h.hexdigest()[:12]}"
+
+
+@dataclass(slots=True)
+class StageSummary:
+    """What one run of a stage did (returned, stored under ``stage_runs/``, published by flows)."""
+
+    stage: str
+    stage_version: str
+    run_id: str
+    items: int = 0
+    ok: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+    exhausted: int = 0
+    seconds: float = 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        """Processed items per second of wall time (0 when nothing ran)."""
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, with ``items_per_s``."""
+        return {**asdict(self), "items_per_s": self.items_per_s}
+
+
+def _status_row(stage: Stage, item_id: str, attempt: int, result: ItemResult,
+                run_id: str) -> StageResult:
+    output = None if result.output is None else json.dumps(result.output, default=str)
+    if isinstance(result, Ok):
+        return StageResult(item_id, stage.name, stage.version, "ok", output_json=output,
+                           attempt=attempt, run_id=run_id)
+    if isinstance(result, Rejected):
+        return StageResult(item_id, stage.name, stage.version, "rejected", reason=result.reason,
+                           output_json=output, attempt=attempt, run_id=run_id)
+    return StageResult(item_id, stage.name, stage.version, "failed", error=result.error,
+                       output_json=output, attempt=attempt, run_id=run_id)
+
+
+def _process_batch(stage: Stage, rows: list[dict[str, Any]]) -> list[ItemResult]:
+    """Run ``process``; on an exception, retry item by item so only the bad item fails."""
+    try:
+        results = list(stage.process(rows))
+    except Exception:  # noqa: BLE001 - an item's error must not stop the run
+        if len(rows) == 1:
+            return [Failed(traceback.format_exc(limit=3).strip()[-2000:])]
+        return [r for row in rows for r in _process_batch(stage, [row])]
+    if len(results) != len(rows):
+        raise ValidationError(
+            f"stage {stage.name!r}: process returned {len(results)} results for {len(rows)} rows"
+        )
+    for r in results:
+        if not isinstance(r, Ok | Rejected | Failed):
+            raise ValidationError(
+                f"stage {stage.name!r}: process must return Ok/Rejected/Failed, got {type(r)}"
+            )
+    return results
+
+
+def commit_results(store: Store, stage: Stage, rows: list[dict[str, Any]],
+                   results: Sequence[ItemResult], run_id: str) -> None:
+    """Store a shard's outputs and status rows (outputs first, then the status rows)."""
+    key = queries.WORK_LIST_INPUTS[stage.input_table]
+    per_table: dict[str, list[Any]] = {}
+    for res in results:
+        if isinstance(res, Ok):
+            for table, recs in res.outputs.items():
+                if table not in TABLES:
+                    raise ValidationError(f"stage {stage.name!r} output to unknown table {table!r}")
+                per_table.setdefault(table, []).extend(recs)
+    status = [
+        _status_row(stage, str(row[key]), int(row["next_attempt"]), res, run_id)
+        for row, res in zip(rows, results, strict=True)
+    ]
+    for table, recs in per_table.items():
+        if recs:
+            store.append(table, recs)
+    store.append("stage_results", status)
+
+
+def run_stage(
+    store: Store,
+    stage: Stage,
+    *,
+    shard_size: int = 64,
+    limit: int | None = None,
+    progress: bool = False,
+    run_id: str | None = None,
+) -> StageSummary:
+    """Run ``stage`` over its work list, committing shard by shard.
+
+    Args:
+        store: the store to read inputs from and write results to.
+        stage: the stage.
+        shard_size: items committed together.
+        limit: process at most this many items (None = all).
+        progress: show a progress bar (command line).
+        run_id: identifies this run in ``stage_results.run_id`` (generated if None).
+
+    Returns:
+        The run's :class:`StageSummary` (also written to ``stage_runs/<stage>/<run_id>.json``).
+    """
+    run_id = run_id or uuid.uuid4().hex[:12]
+    summary = StageSummary(stage.name, stage.version, run_id)
+    todo = queries.work_list(store, stage.name, stage.version, stage.input_table).to_pylist()
+    summary.exhausted = sum(1 for r in todo if r["next_attempt"] > stage.max_attempts)
+    todo = [r for r in todo if r["next_attempt"] <= stage.max_attempts]
+    if limit is not None:
+        todo = todo[:limit]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=stage.name, unit="item")
+    start = time.perf_counter()
+    rejected: Counter[str] = Counter()
+    for s in range(0, len(todo), shard_size):
+        shard = todo[s : s + shard_size]
+        results: list[ItemResult] = []
+        for b in range(0, len(shard), stage.batch_size):
+            batch = shard[b : b + stage.batch_size]
+            results.extend(_process_batch(stage, batch))
+            if bar is not None:
+                bar.update(len(batch))
+        commit_results(store, stage, shard, results, run_id)
+        for res in results:
+            summary.items += 1
+            if isinstance(res, Ok):
+                summary.ok += 1
+            elif isinstance(res, Rejected):
+                rejected[res.reason] += 1
+            else:
+                summary.failed += 1
+    if bar is not None:
+        bar.close()
+    summary.rejected = dict(rejected)
+    summary.seconds = time.perf_counter() - start
+    atomic_write_json(store.root / "stage_runs" / stage.name / f"{run_id}.json",
+                      summary.to_dict())
+    return summary
