@@ -11,6 +11,8 @@ import typer
 
 from lagovad.eval.benchmarks import BENCHMARKS, EvalError, check_name, load_benchmark, load_native
 from lagovad.eval.gt import GT_RESOLUTIONS
+from lagovad.eval.protocol import LOCALISATION_PROTOCOLS
+from lagovad.eval.sources import SCORE_CLASS_SOURCES
 
 DEFAULT_OUT = Path("runs/eval")
 
@@ -46,18 +48,34 @@ def _feature_scorer(features: Path, allow_missing: bool, feature_model: str | No
     return scorer, coverage
 
 
-def _scores_scorer(scores_file: Path, allow_missing: bool):
-    from lagovad.eval.protocol import VideoScores
-    from lagovad.eval.sources import MissingFeaturesError, missing_message, read_scores
+def _scores_scorer(scores_file: Path, names: list[str], allow_missing: bool,
+                   score_classes: str, annotations: Path | None, native: bool):
+    from lagovad.eval.sources import (
+        MISSING_SHOWN,
+        MissingFeaturesError,
+        benchmark_scores,
+        missing_message,
+        read_scores,
+    )
 
     table = read_scores(scores_file)
+    known: set[str] = set()
+    for n in names:
+        bench = load_native(n) if native else load_benchmark(n, annotations)
+        known |= {v.name for v in bench.videos}
+    unknown = sorted(table.videos - known)
+    if unknown:
+        raise EvalError(
+            f"{scores_file} has scores for {len(unknown)} video(s) that are not in "
+            f"{', '.join(names)}: {', '.join(unknown[:MISSING_SHOWN])}; keys must be benchmark "
+            "video names (e.g. Abuse028_x264)")
 
     def scorer(bench, defn):
-        missing = [v.name for v in bench.videos if v.name not in table]
+        missing = [v.name for v in bench.videos if v.name not in table.videos]
         if missing and not allow_missing:
             raise MissingFeaturesError(missing_message("scores", bench.name, missing,
                                                        len(bench.videos)))
-        return {v.name: VideoScores(table[v.name]) for v in bench.videos if v.name in table}
+        return benchmark_scores(table, bench, defn, score_classes)
 
     return scorer
 
@@ -76,11 +94,26 @@ def eval_command(
     clip_pretrained: str | None = typer.Option(
         "openai", help="open_clip pretrained tag or local weights file for --clip-baseline."),
     scores: Path | None = typer.Option(
-        None, help="External per-video scores (.npz or .parquet keyed by video name)."),
+        None, help="External per-video scores (.npz or .parquet keyed by video name): [T] "
+                   "anomaly scores, or [T, C] per-step class probabilities (then anomaly = "
+                   "1 - P(Normal), and classification and mAP@IoU are computed too)."),
+    score_classes: str = typer.Option(
+        "file", help="Column order of [T, C] class scores: file (the names in the file's "
+                     "__classes__ entry / Parquet metadata), vadclip (VadCLIP's softmax order: "
+                     "XD A,B1,B2,B4,B5,B6,G = Normal, Fighting, Shooting, Riot, Abuse, Car "
+                     "accident, Explosion; UCF Normal, Abuse, Arrest, Arson, Assault, Burglary, "
+                     "Explosion, Fighting, RoadAccidents, Robbery, Shooting, Shoplifting, "
+                     "Stealing, Vandalism) or lagovad (Normal, then the definition's "
+                     "classification classes)."),
+    localisation: str = typer.Option(
+        "vadclip", help="mAP@IoU protocol: vadclip (VadCLIP's getDetectionMAP) or "
+                        "vadclip-ucf-quirk (also its UCF label quirk: Normal scores AP 0)."),
     score_stride: int | None = typer.Option(
         None, help="Frames per score in --scores (required with --scores)."),
     frames: Path | None = typer.Option(
-        None, help="Per-video frame counts (csv/json) for frame-resolution ground truth."),
+        None, help="Per-video frame counts (csv/json). Every scored video needs one, and its "
+                   "score count must be floor or ceil(frames / frames-per-score); frame16 "
+                   "ground truth is then built over the real frame count, never padded."),
     gt_resolution: str = typer.Option(
         "feature", help="feature (official: spans x T, round half-even, end-exclusive) or "
                         "frame16 (scores repeated per frame, VadCLIP/PEL)."),
@@ -110,6 +143,12 @@ def eval_command(
             _fail("pass exactly one of --checkpoint, --clip-baseline or --scores")
         if annotations and len(names) != 1:
             _fail("--annotations overrides one benchmark; pass a single --benchmark")
+        if localisation not in LOCALISATION_PROTOCOLS:
+            _fail(f"--localisation must be one of {LOCALISATION_PROTOCOLS}, got "
+                  f"{localisation!r}")
+        if score_classes not in SCORE_CLASS_SOURCES:
+            _fail(f"--score-classes must be one of {SCORE_CLASS_SOURCES}, got "
+                  f"{score_classes!r}")
         if native and gt_resolution != "frame16":
             _fail("--native frame annotations need --gt-resolution frame16")
         repeat = frame_repeat
@@ -117,7 +156,9 @@ def eval_command(
             if score_stride is None or score_stride < 1:
                 _fail(f"--score-stride must be an integer >= 1 with --scores, got {score_stride}")
             repeat = score_stride
-            scorer, label = _scores_scorer(scores, allow_missing), method or scores.stem
+            scorer = _scores_scorer(scores, names, allow_missing, score_classes, annotations,
+                                    native)
+            label = method or scores.stem
             coverage = {}
         else:
             if features is None:
@@ -145,7 +186,7 @@ def eval_command(
         out_dir = out or DEFAULT_OUT / "".join(c if c.isalnum() else "_" for c in label)
         results = runner.run(names, scorer, label, gt_resolution, repeat, native,
                              {names[0]: annotations} if annotations else None, frame_counts,
-                             out_dir if plots else None)
+                             out_dir if plots else None, localisation)
         if coverage:
             results["coverage"] = coverage
         if not plots:

@@ -8,7 +8,10 @@ Conventions (stated, never mixed):
 * ``frame16``: frame resolution. Each snippet score is repeated ``repeat`` times (16 for VadCLIP
   and PEL4VAD); the frame ground truth has ``T * repeat`` frames (VadCLIP truncates to this
   length). Relative spans are scaled by the frame count and rounded half-to-even, end exclusive.
-  With native frame annotations (UCF/XD), frames ``[start, end)`` are marked directly.
+  With native frame annotations (UCF/XD), frames ``[start, end)`` are marked directly. With
+  known frame counts (``--frames``) the ground truth is built over the real ``n`` frames and the
+  score count must be ``floor(n / repeat)`` (ground truth then cut to ``T * repeat`` frames) or
+  ``ceil(n / repeat)`` (the last snippet's repeats stop at frame ``n``); nothing is padded.
 """
 
 from __future__ import annotations
@@ -78,11 +81,32 @@ def video_gt(video: BenchmarkVideo, n_scores: int, resolution: str = "feature",
     return spans_to_mask(video.spans, n)
 
 
+def check_score_count(video: str, n_scores: int, n_frames: int, stride: int) -> None:
+    """Check that ``n_scores`` scores of ``stride`` frames each can describe ``n_frames`` frames.
+
+    Accepted: ``floor(n_frames / stride)`` (the last partial snippet dropped, as VadCLIP/I3D
+    features) or ``ceil(n_frames / stride)`` (the last partial snippet kept). Anything else
+    (half or three times the length, one video-level score, ...) is a wrong score file.
+
+    Raises:
+        EvalError: naming the video, the counts and the rule.
+    """
+    lo, hi = n_frames // stride, -(-n_frames // stride)
+    if n_scores not in (lo, hi) or n_scores < 1:
+        allowed = f"{lo}" if lo == hi else f"{lo} or {hi}"
+        raise EvalError(
+            f"video {video} has {n_scores} scores but {n_frames} frames at {stride} frames per "
+            f"score need floor/ceil({n_frames}/{stride}) = {allowed} scores")
+
+
 def expand_scores(scores: np.ndarray, resolution: str = "feature", repeat: int = 16,
-                  n_frames: int | None = None) -> np.ndarray:
+                  n_frames: int | None = None, video: str = "?") -> np.ndarray:
     """Scores at the ground truth's resolution: unchanged, or repeated ``repeat`` times per frame.
 
-    With ``n_frames`` the repeated scores are truncated, or padded with the last score, to it.
+    With ``n_frames`` (``frame16``) the score count must pass :func:`check_score_count`;
+    nothing is padded. When the last snippet is partial (``ceil``), its repeats stop at the
+    video's last frame; with ``floor`` the result has ``T * repeat <= n_frames`` frames and the
+    ground truth is cut to it by the caller, as VadCLIP cuts its ground truth to ``T * 16``.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if resolution == "feature":
@@ -93,9 +117,7 @@ def expand_scores(scores: np.ndarray, resolution: str = "feature", repeat: int =
         raise EvalError(f"repeat must be an integer >= 1, got {repeat}")
     out = np.repeat(scores, repeat)
     if n_frames is not None:
-        if n_frames > len(out):
-            pad = np.full(n_frames - len(out), out[-1] if len(out) else 0.0)
-            out = np.concatenate([out, pad])
+        check_score_count(video, len(scores), int(n_frames), repeat)
         out = out[:n_frames]
     return out
 

@@ -5,27 +5,42 @@ min-max normalised per video (DoTA), pooled across all videos, then AUC, AP (skl
 sum) and PR-AUC (trapezoid) are computed. Classification: per-step class similarities ->
 ``[min_t Normal, max_t class_c]`` -> softmax -> argmax; micro accuracy and macro F1.
 
-Temporal localisation (mAP@IoU 0.1-0.5, UCF/XD): for each video, proposals are maximal runs of
-feature steps whose anomaly score is >= each threshold in ``PROPOSAL_THRESHOLDS``; duplicates
-(same video and span) are merged. A proposal's class is the anomaly class with the highest mean
-class probability (softmax over the definition's classes) inside it; its confidence is the mean
-anomaly score inside times that class probability. Ground-truth instances are the feature-level
-runs of each abnormal video's spans, with the video's class. AP per class uses greedy matching by
-confidence and all-point interpolation; mAP averages classes with ground truth.
+Temporal localisation (mAP@IoU 0.1-0.5, UCF/XD) follows VadCLIP's ``getDetectionMAP``
+(``metrics.vadclip_detection_map``): per-step class probabilities (softmax of the class logits,
+or probabilities read from a score file) repeated ``repeat`` times per frame, ground truth from
+the native frame annotations with one class per segment (XD ``annotations_multiclasses.txt``,
+UCF ``Temporal_Anomaly_Annotation.txt``) and one Normal segment ``[0, T * repeat)`` per normal
+video, mAP averaged over all classes including Normal. Protocol ``vadclip-ucf-quirk`` also
+reproduces VadCLIP's UCF label mismatch (normal videos labelled ``'A'``, so Normal has no ground
+truth, scores AP 0 and still counts in the mean).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from lagovad.eval import metrics
-from lagovad.eval.benchmarks import Benchmark, Definition, EvalError
-from lagovad.eval.gt import expand_scores, spans_to_mask, video_gt
+from lagovad.eval.benchmarks import (
+    DATA_DIR,
+    XD_CODES,
+    AnnotationFormatError,
+    Benchmark,
+    Definition,
+    EvalError,
+    read_ucf_native,
+    video_key,
+)
+from lagovad.eval.gt import check_score_count, expand_scores, video_gt
 
-PROPOSAL_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
+IOU_THRESHOLDS = metrics.VADCLIP_IOU_THRESHOLDS
+LOCALISATION_PROTOCOLS = ("vadclip", "vadclip-ucf-quirk")
+LOCALISATION_REFERENCE = ("VadCLIP getDetectionMAP (nwpu-zxr/VadCLIP src/utils/xd_detectionMAP.py, "
+                          "commit f643c91)")
+F1_CONVENTION = ("macro_f1: torchmetrics F1Score(average='macro'), a class with no true and no "
+                 "predicted video is left out; macro_f1_absent_as_zero counts it as 0")
 
 
 @dataclass
@@ -34,11 +49,21 @@ class VideoScores:
 
     Attributes:
         anomaly: ``[T]`` anomaly probabilities.
-        class_sims: ``[T, C]`` class similarity logits, Normal first, or None.
+        class_sims: ``[T, C]`` class scores, Normal first, or None.
+        class_kind: ``logits`` (a model's similarities; softmax gives probabilities) or
+            ``probs`` (per-step class probabilities, e.g. an external method's softmax).
     """
 
     anomaly: np.ndarray
     class_sims: np.ndarray | None = None
+    class_kind: str = "logits"
+
+    def class_probs(self) -> np.ndarray:
+        """``[T, C]`` per-step class probabilities."""
+        if self.class_sims is None:
+            raise EvalError("these scores have no class scores")
+        sims = np.asarray(self.class_sims, dtype=np.float64)
+        return metrics.softmax(sims) if self.class_kind == "logits" else sims
 
 
 @dataclass
@@ -82,8 +107,10 @@ def evaluate_detection(bench: Benchmark, scores: dict[str, np.ndarray],
                        ) -> DetectionResult:
     """Pooled detection metrics of ``scores`` (``{video: [T] anomaly scores}``).
 
-    Videos absent from ``scores`` are skipped (coverage is reported); names in ``scores`` that
-    are not in the benchmark are ignored.
+    Videos absent from ``scores`` are skipped (coverage is reported; the command refuses
+    unknown names and, without ``--allow-missing``, missing videos). With ``frames`` every
+    scored video needs a frame count and its score count must match it
+    (:func:`lagovad.eval.gt.check_score_count`, ``repeat`` frames per score).
     """
     labels, pooled, per_video = [], [], {}
     for v in bench.videos:
@@ -92,13 +119,24 @@ def evaluate_detection(bench: Benchmark, scores: dict[str, np.ndarray],
         s = np.asarray(scores[v.name], dtype=np.float64).reshape(-1)
         if s.size == 0:
             raise EvalError(f"scores of video {v.name} are empty; every video needs >= 1 score")
+        if not np.isfinite(s).all():
+            raise EvalError(f"scores of video {v.name} contain NaN or inf; scores must be finite")
         if bench.minmax_per_video:
             s = metrics.minmax_normalise(s)
-        n_frames = frames.get(v.name) if frames else None
-        s = expand_scores(s, resolution, repeat, n_frames)
-        # After expansion the scores and the ground truth have the same length in both modes.
-        g = video_gt(v, len(s), resolution, repeat,
-                     len(s) if resolution == "frame16" else None, native)
+        n_frames = None
+        if frames is not None:
+            if v.name not in frames:
+                raise EvalError(f"video {v.name} has scores but no frame count in the --frames "
+                                "file; every scored video needs one")
+            n_frames = int(frames[v.name])
+            if resolution == "feature":
+                check_score_count(v.name, len(s), n_frames, repeat)
+        s = expand_scores(s, resolution, repeat, n_frames if resolution == "frame16" else None,
+                          v.name)
+        # Ground truth over the real frame count (when known), cut to the frames with a score.
+        n_gt = n_frames if (resolution == "frame16" and n_frames is not None) else len(s)
+        g = video_gt(v, len(s), resolution, repeat, n_gt if resolution == "frame16" else None,
+                     native)[:len(s)]
         labels.append(g)
         pooled.append(s)
         if 0 < g.sum() < len(g):
@@ -134,7 +172,10 @@ def evaluate_classification(bench: Benchmark, defn: Definition,
     Args:
         bench: UCF or XD.
         defn: Its definition; ``sims`` columns follow ``defn.classification_classes``.
-        sims: ``{video: [T, C]}`` class similarity logits.
+        sims: ``{video: [T, C]}`` class logits or probabilities (the rule
+            ``[min_t Normal, max_t class]`` then argmax gives the same class for both kinds
+            of input only up to softmax's monotonicity per step, so pass what the method
+            produces).
     """
     idx = class_index(bench, defn)
     y_true, y_pred = [], []
@@ -146,41 +187,95 @@ def evaluate_classification(bench: Benchmark, defn: Definition,
         y_pred.append(int(np.argmax(probs)))
     n_classes = len(defn.classification_classes)
     return {"accuracy": metrics.accuracy(y_true, y_pred),
-            "macro_f1": metrics.macro_f1(y_true, y_pred, n_classes),
-            "n_classes": n_classes, "n_videos": len(y_true)}
+            "macro_f1": metrics.macro_f1(y_true, y_pred, n_classes, absent="ignore"),
+            "macro_f1_absent_as_zero": metrics.macro_f1(y_true, y_pred, n_classes, absent="zero"),
+            "f1_convention": F1_CONVENTION, "n_classes": n_classes, "n_videos": len(y_true)}
 
 
-def _proposals(name: str, anomaly: np.ndarray, class_probs: np.ndarray) -> list[tuple]:
-    seen, out = set(), []
-    for thr in PROPOSAL_THRESHOLDS:
-        for s, e in metrics.segments_from_scores(anomaly, thr):
-            if (s, e) in seen:
-                continue
-            seen.add((s, e))
-            mean_probs = class_probs[s:e, 1:].mean(axis=0)
-            c = int(np.argmax(mean_probs)) + 1
-            out.append((name, c, float(s), float(e),
-                        float(anomaly[s:e].mean() * mean_probs[c - 1])))
+def read_xd_segments(path: str | Path) -> dict[str, list[tuple[str, int, int]]]:
+    """XD-Violence ``annotations_multiclasses.txt``: ``{video: [(class, start, end), ...]}``.
+
+    Lines are ``name (code start end)+``; codes (``B1`` ... ``G``) map to the official class
+    names. Each segment keeps its own label (47 test videos have segments of several classes).
+    """
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        rest = parts[1:]
+        if not rest or len(rest) % 3 or any(c not in XD_CODES for c in rest[0::3]):
+            raise AnnotationFormatError(f"{path}:{lineno}: expected 'name (code start end)+' "
+                                        f"with codes {sorted(XD_CODES)}, got {line!r}")
+        try:
+            segs = [(XD_CODES[c], int(a), int(b))
+                    for c, a, b in zip(rest[0::3], rest[1::3], rest[2::3], strict=True)]
+        except ValueError as exc:
+            raise AnnotationFormatError(f"{path}:{lineno}: frame numbers must be integers, "
+                                        f"got {line!r}") from exc
+        out[video_key(parts[0])] = segs
     return out
 
 
-def evaluate_localisation(bench: Benchmark, defn: Definition,
-                          scores: dict[str, VideoScores]) -> dict[str, float]:
-    """mAP@IoU 0.1-0.5 at feature resolution (procedure in the module docstring)."""
-    idx = class_index(bench, defn)
-    proposals, gts = [], []
+def native_segments(bench: Benchmark) -> dict[str, list[tuple[str, int, int]]]:
+    """Labelled native frame segments of UCF or XD abnormal videos (VadCLIP's ground truth)."""
+    if bench.name == "xd":
+        return read_xd_segments(DATA_DIR / "xd" / "annotations_multiclasses.txt")
+    if bench.name == "ucf":
+        native = read_ucf_native(DATA_DIR / "ucf" / "Temporal_Anomaly_Annotation.txt")
+        return {k: [(cls, s, e) for s, e in spans] for k, (cls, spans) in native.items()}
+    raise EvalError(f"localisation is defined for ucf and xd only, got {bench.name!r}")
+
+
+def evaluate_localisation(bench: Benchmark, defn: Definition, scores: dict[str, VideoScores],
+                          repeat: int = 16, protocol: str = "vadclip") -> dict:
+    """mAP@IoU 0.1-0.5 as VadCLIP's ``getDetectionMAP`` (see the module docstring).
+
+    Args:
+        bench: UCF or XD.
+        defn: Its definition; class columns follow ``defn.classification_classes``.
+        scores: Videos with class scores (others are skipped).
+        repeat: Frames per score (VadCLIP repeats each snippet 16 times).
+        protocol: ``vadclip`` or ``vadclip-ucf-quirk`` (UCF normal videos labelled ``'A'``).
+
+    Returns:
+        ``{"protocol", "reference", "mAP@0.1" ... "mAP@0.5", "mAP@avg", "n_videos"}``.
+    """
+    if protocol not in LOCALISATION_PROTOCOLS:
+        raise EvalError(f"localisation protocol must be one of {LOCALISATION_PROTOCOLS}, "
+                        f"got {protocol!r}")
+    order = defn.classification_classes
+    segs_by_video = native_segments(bench)
+    normal_label = None if (protocol == "vadclip-ucf-quirk" and bench.name == "ucf") else 0
+    predictions, segments, labels = [], [], []
     for v in bench.videos:
         vs = scores.get(v.name)
         if vs is None or vs.class_sims is None:
             continue
-        anomaly = np.asarray(vs.anomaly, dtype=np.float64)
-        proposals += _proposals(v.name, anomaly, metrics.softmax(np.asarray(vs.class_sims)))
-        if v.is_anomaly:
-            for s, e in v.spans:
-                mask = spans_to_mask([(s, e)], len(anomaly))
-                for a, b in metrics.segments_from_scores(mask, 1):
-                    gts.append((v.name, idx[v.class_name], float(a), float(b)))
-    res = metrics.detection_map(proposals, gts, len(defn.classification_classes), IOU_THRESHOLDS)
-    out = {f"mAP@{t:.1f}": val for t, val in res.items()}
-    out["mAP@avg"] = float(np.nanmean(list(res.values())))
+        probs = np.repeat(vs.class_probs(), repeat, axis=0)
+        if not v.is_anomaly:
+            segs, labs = [(0, len(probs))], [normal_label]
+        else:
+            native = segs_by_video.get(v.name)
+            if not native:
+                raise AnnotationFormatError(f"no native frame segments for abnormal video "
+                                            f"{v.name} of {bench.name}")
+            segs = [(s, e) for _, s, e in native]
+            labs = [_class_position(order, defn.label_map.get(c, c), v.name) for c, _, _ in native]
+        predictions.append(probs)
+        segments.append(segs)
+        labels.append(labs)
+    if not predictions:
+        raise EvalError(f"no class scores for any video of {bench.name}")
+    res = metrics.vadclip_detection_map(predictions, segments, labels, IOU_THRESHOLDS)
+    out: dict = {"protocol": protocol, "reference": LOCALISATION_REFERENCE}
+    out.update({f"mAP@{t:.1f}": val for t, val in res.items()})
+    out["mAP@avg"] = float(np.mean(list(res.values())))
+    out["n_videos"] = len(predictions)
     return out
+
+
+def _class_position(order: tuple[str, ...], name: str, video: str) -> int:
+    if name not in order:
+        raise AnnotationFormatError(f"segment class {name!r} of {video} is not one of {order}")
+    return order.index(name)

@@ -67,10 +67,16 @@ def markdown_tables(results: dict) -> str:
         lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         vals = [_pct(res[n]["classification"][k]) for n in cls for k in ("accuracy", "macro_f1")]
         lines.append("| " + " | ".join([method] + vals) + " |")
+    if cls:
+        lines.append("\nF1 = " + res[cls[0]]["classification"].get("f1_convention", "macro F1")
+                     + ".")
     loc = [n for n in CLASSIFICATION_BENCHMARKS if "localisation" in res.get(n, {})]
     if loc:
-        keys = list(res[loc[0]]["localisation"])
-        lines += ["", "| Method | Benchmark | " + " | ".join(keys) + " |",
+        first = res[loc[0]]["localisation"]
+        keys = [k for k in first if k.startswith("mAP@")]
+        lines += ["", f"Localisation protocol: {first.get('protocol', '?')} "
+                      f"({first.get('reference', '')}); mAP over all classes incl. Normal.",
+                  "", "| Method | Benchmark | " + " | ".join(keys) + " |",
                   "|---|---|" + "---|" * len(keys)]
         for n in loc:
             lines.append(f"| {method} | {DISPLAY_NAMES[n]} | "

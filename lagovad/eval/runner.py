@@ -161,17 +161,24 @@ class ModelScorer:
 def evaluate_scores(bench: Benchmark, defn: Definition, scores: dict[str, VideoScores],
                     resolution: str = "feature", repeat: int = 16,
                     frames: dict[str, int] | None = None, native: bool = False,
-                    out_dir: Path | None = None, n_timelines: int = 3) -> dict:
-    """All metrics of one benchmark from per-video scores; writes figures when ``out_dir``."""
+                    out_dir: Path | None = None, n_timelines: int = 3,
+                    localisation: str = "vadclip") -> dict:
+    """All metrics of one benchmark from per-video scores; writes figures when ``out_dir``.
+
+    Class scores of ``scores`` come in definition order (Normal, then ``defn.classes``);
+    classification and localisation (UCF/XD) use them in ``defn.classification_classes`` order.
+    """
     det = protocol.evaluate_detection(bench, {k: v.anomaly for k, v in scores.items()},
                                       resolution, repeat, frames, native)
     res: dict = {"detection": det.as_dict()}
     has_sims = scores and all(v.class_sims is not None for v in scores.values())
     if has_sims and bench.name in CLASSIFICATION_BENCHMARKS:
-        view = {k: classification_view(defn, v.class_sims) for k, v in scores.items()}
-        res["classification"] = protocol.evaluate_classification(bench, defn, view)
-        res["localisation"] = protocol.evaluate_localisation(
-            bench, defn, {k: VideoScores(v.anomaly, view[k]) for k, v in scores.items()})
+        view = {k: VideoScores(v.anomaly, classification_view(defn, v.class_sims), v.class_kind)
+                for k, v in scores.items()}
+        res["classification"] = protocol.evaluate_classification(
+            bench, defn, {k: v.class_sims for k, v in view.items()})
+        res["localisation"] = protocol.evaluate_localisation(bench, defn, view, repeat,
+                                                             localisation)
     if out_dir is not None:
         figs = Path(out_dir) / "figures"
         report.plot_curves(bench.name, det.labels, det.scores, figs)
@@ -189,7 +196,7 @@ def evaluate_scores(bench: Benchmark, defn: Definition, scores: dict[str, VideoS
 def run(names: Iterable[str], scorer: Callable[[Benchmark, Definition], dict[str, VideoScores]],
         method: str, resolution: str = "feature", repeat: int = 16, native: bool = False,
         annotations: dict[str, Path] | None = None, frames: dict[str, int] | None = None,
-        out_dir: Path | None = None) -> dict:
+        out_dir: Path | None = None, localisation: str = "vadclip") -> dict:
     """Evaluate several benchmarks with one scorer and return the JSON-ready results.
 
     Args:
@@ -202,9 +209,11 @@ def run(names: Iterable[str], scorer: Callable[[Benchmark, Definition], dict[str
         annotations: Per-benchmark JSON overrides.
         frames: Known frame counts per video (``frame16`` only).
         out_dir: Where reports and figures go (None: nothing written).
+        localisation: mAP@IoU protocol (``protocol.LOCALISATION_PROTOCOLS``).
     """
     results: dict = {"method": method, "gt_resolution": resolution, "frame_repeat": repeat,
-                     "annotation_source": "native" if native else "json", "benchmarks": {},
+                     "annotation_source": "native" if native else "json",
+                     "localisation_protocol": localisation, "benchmarks": {},
                      "timing": {}}
     for name in names:
         ann = (annotations or {}).get(name)
@@ -217,7 +226,8 @@ def run(names: Iterable[str], scorer: Callable[[Benchmark, Definition], dict[str
             results.setdefault("skipped", {})[name] = "no features or scores for any video"
             continue
         results["benchmarks"][name] = evaluate_scores(bench, defn, scores, resolution, repeat,
-                                                      frames, native, out_dir)
+                                                      frames, native, out_dir,
+                                                      localisation=localisation)
         results["timing"][name] = {"videos": len(scores), "score_s": t1 - t0,
                                    "metrics_s": time.perf_counter() - t1}
     if out_dir is not None:
