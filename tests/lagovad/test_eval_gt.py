@@ -11,6 +11,7 @@ from lagovad.eval import gt
 from lagovad.eval.benchmarks import (
     BENCHMARKS,
     AnnotationFormatError,
+    EvalError,
     UnknownBenchmarkError,
     load_benchmark,
     load_definition,
@@ -92,7 +93,18 @@ def test_frame16_gt_repeats_scores():
     g = gt.video_gt(v, 2, "frame16", repeat=16)
     assert len(s) == len(g) == 32
     assert g[:16].sum() == 0 and g[16:].all()
-    assert gt.expand_scores(np.array([0.1, 0.9]), "frame16", 16, n_frames=40)[-1] == 0.9
+
+
+def test_frame_counts_never_pad_and_reject_wrong_lengths():
+    # 40 frames at 16 per score: floor -> 2 scores cover 32 frames (the tail has no score and
+    # is cut from the ground truth by the caller), ceil -> 3 scores, the last repeated 8 times.
+    two = gt.expand_scores(np.array([0.1, 0.9]), "frame16", 16, n_frames=40)
+    assert len(two) == 32 and two[-1] == 0.9
+    three = gt.expand_scores(np.array([0.1, 0.9, 0.5]), "frame16", 16, n_frames=40)
+    assert len(three) == 40 and (three[32:] == 0.5).all()
+    for n_scores in (1, 5, 6):  # one video-level score, 2x, 3x the length
+        with pytest.raises(EvalError, match=r"video v has .* need floor/ceil\(40/16\) = 2 or 3"):
+            gt.expand_scores(np.full(n_scores, 0.5), "frame16", 16, n_frames=40, video="v")
 
 
 def test_unknown_benchmark_and_bad_file(tmp_path):

@@ -74,6 +74,32 @@ def test_accuracy_and_macro_f1_hand_computed():
     assert metrics.macro_f1(y_true, y_pred, 3) == pytest.approx(1.3 / 3)
     assert metrics.macro_f1(y_true, y_pred, 3) == pytest.approx(
         skm.f1_score(y_true, y_pred, average="macro"))
+    # A 4th class nobody has nor predicts: torchmetrics leaves it out, "zero" divides by 4.
+    assert metrics.macro_f1(y_true, y_pred, 4) == pytest.approx(1.3 / 3)
+    assert metrics.macro_f1(y_true, y_pred, 4, absent="zero") == pytest.approx(1.3 / 4)
+
+
+def test_macro_f1_equals_torchmetrics_on_ucf_subset_without_a_class():
+    # The UCF test labels without Abuse (what --allow-missing can produce), predictions that
+    # never say Abuse: the authors' torchmetrics F1Score leaves Abuse out of the mean.
+    torch = pytest.importorskip("torch")
+    torchmetrics = pytest.importorskip("torchmetrics")
+    from lagovad.eval.benchmarks import load_benchmark, load_definition
+
+    defn = load_definition("ucf")
+    order = defn.classification_classes
+    abuse = order.index("Abuse")
+    y_true = np.array([order.index(defn.label_map.get(v.class_name, v.class_name))
+                       for v in load_benchmark("ucf").videos if v.class_name != "Abuse"])
+    rng = np.random.default_rng(5)
+    y_pred = np.where(rng.random(len(y_true)) < 0.4, y_true, rng.integers(0, len(order),
+                                                                           len(y_true)))
+    y_pred[y_pred == abuse] = 0
+    f1 = torchmetrics.F1Score("multiclass", num_classes=len(order), average="macro")
+    want = float(f1(torch.from_numpy(y_pred), torch.from_numpy(y_true)))
+    assert metrics.macro_f1(y_true, y_pred, len(order)) == pytest.approx(want, abs=1e-6)
+    zero = metrics.macro_f1(y_true, y_pred, len(order), absent="zero")
+    assert zero == pytest.approx(want * 13 / 14, abs=1e-6) and zero < want
 
 
 def test_segments_from_scores():
@@ -81,13 +107,48 @@ def test_segments_from_scores():
     assert got == [(1, 3), (4, 5)]
 
 
-def test_detection_map_hand_computed():
-    # Class 1 has two ground-truth instances; proposals ranked .9 (IoU 1 with gt a: TP),
-    # .8 (IoU 0 : FP), .7 (gt b [10,20) vs [12,20): IoU .8: TP at 0.5).
-    # Precision/recall: (1, .5), (.5, .5), (2/3, 1). Interpolated AP = .5*1 + .5*(2/3) = 5/6.
-    gts = [("v", 1, 0.0, 5.0), ("w", 1, 10.0, 20.0)]
-    props = [("v", 1, 0.0, 5.0, 0.9), ("v", 1, 30.0, 40.0, 0.8), ("w", 1, 12.0, 20.0, 0.7)]
-    res = metrics.detection_map(props, gts, n_classes=2, iou_thresholds=(0.5, 0.9))
-    assert res[0.5] == pytest.approx(5 / 6)
-    # At IoU 0.9 the third proposal misses: only 1 of 2 instances found -> AP = .5.
-    assert res[0.9] == pytest.approx(0.5)
+def _two_videos() -> tuple[list[np.ndarray], list, list]:
+    """Two 32-frame videos, classes (Normal, A); hand-computed in the tests below."""
+    v0 = np.zeros((32, 2))
+    v0[:, 0] = 0.5  # constant Normal curve: no run above max - 0.6 (max - min) = 0.5
+    v0[:, 1] = 0.2
+    v0[8:16, 1] = 0.8  # run [8, 16)
+    v0[20, 1] = 0.9  # a 1-frame run: dropped (runs need >= 2 frames)
+    v1 = np.zeros((32, 2))
+    v1[:16, 0], v1[16:, 0] = 0.9, 0.1
+    v1[:, 1] = 1 - v1[:, 0]
+    segments = [[(6, 16), (24, 30)], [(0, 16)]]
+    labels = [[1, 1], [0]]
+    return [v0, v1], segments, labels
+
+
+def test_vadclip_map_hand_computed():
+    # Class A: v0 top-2 mean (32 // 16 frames) = (.9 + .8) / 2 = .85, run [8,16) scores
+    # max .8 + .7 * .85 = 1.395; v1's run [16,32) scores .9 + .7 * .9 = 1.53 and ranks first
+    # but has no class-A ground truth (FP). [8,16) vs gt [6,16): IoU 8/10 = .8 -> TP at rank 2.
+    # Non-interpolated AP = precision at the TP (1/2) / #gt (2) = .25 (interpolated: .25 too;
+    # at IoU .9 no TP: 0). Normal: v1's run [0,16) equals its gt -> AP 1.
+    # mAP over both classes incl. Normal: IoU .5 -> (1 + .25) / 2; IoU .9 -> (1 + 0) / 2.
+    preds, segments, labels = _two_videos()
+    got = metrics.vadclip_detection_map(preds, segments, labels, (0.5, 0.9))
+    assert got == pytest.approx({0.5: 0.625, 0.9: 0.5})
+    # A label that matches no class (VadCLIP's UCF 'A') is no ground truth: Normal AP 0, and
+    # it still counts in the mean.
+    got = metrics.vadclip_detection_map(preds, segments, [[1, 1], [None]], (0.5,))
+    assert got == pytest.approx({0.5: 0.125})
+
+
+def test_vadclip_map_zero_when_a_class_has_no_proposal():
+    # VadCLIP returns 0 for the whole IoU as soon as one class has no proposal in any video.
+    preds, segments, labels = _two_videos()
+    for p in preds:
+        p[:, 1] = 0.3
+    assert metrics.vadclip_detection_map(preds, segments, labels, (0.5,)) == {0.5: 0.0}
+
+
+def test_vadclip_map_rejects_mismatched_inputs():
+    preds, segments, labels = _two_videos()
+    with pytest.raises(EvalError, match="one entry per video"):
+        metrics.vadclip_detection_map(preds, segments[:1], labels)
+    with pytest.raises(EvalError, match=r"video 1 must be \[n_frames, 2\]"):
+        metrics.vadclip_detection_map([preds[0], preds[1][:, :1]], segments, labels)
