@@ -339,6 +339,13 @@ def benchmark_scores(table: ScoreTable, bench: Benchmark, defn: Definition,
 
     names = [v.name for v in bench.videos if v.name in table.videos]
     with_cls = [n for n in names if n in table.classes]
+    if with_cls and source == "file" and table.class_names is None:
+        n = with_cls[0]
+        raise EvalError(
+            f"scores of video {n} in {table.path} have shape {table.classes[n].shape}: a 2-D "
+            f"array is [T, C] class probabilities and needs its column names ({CLASSES_KEY} in "
+            f"the file, or --score-classes {'/'.join(SCORE_CLASS_SOURCES[1:])}); anomaly "
+            "scores must be 1-D [T]")
     if with_cls and len(with_cls) != len(names):
         without = [n for n in names if n not in table.classes]
         raise EvalError(f"{table.path} has class scores for {len(with_cls)} of {len(names)} "

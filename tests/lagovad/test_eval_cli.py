@@ -212,3 +212,112 @@ def test_native_frame_ground_truth_with_frame_counts(tmp_path):
     data = json.loads((tmp_path / "o" / "results.json").read_text())
     assert data["annotation_source"] == "native"
     assert data["benchmarks"]["ucf"]["detection"]["auc"] == pytest.approx(1.0)
+
+
+def _one_error_line(res, *needles: str) -> None:
+    """Exit 2 with a single `error:` line holding every needle, no traceback."""
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def _ucf_lengths() -> dict[str, int]:
+    rng = np.random.default_rng(7)
+    return {v.name: int(rng.integers(300, 3000)) for v in load_benchmark("ucf").videos}
+
+
+@pytest.mark.parametrize(("case", "needles"), [
+    ("half", ("has {half} scores but {n} frames", "floor/ceil")),
+    ("triple", ("has {triple} scores but {n} frames",)),
+    ("one", ("has 1 score(s)", "per-step scores are needed")),
+    ("two_columns", ("shape ({t}, 2)", "__classes__", "--score-classes")),
+    ("unknown_video", ("not in ucf", "Fighting999_x264")),
+    ("no_frame_count", ("has scores but no frame count", "{video}")),
+])
+def test_bad_score_files_are_clear_errors(tmp_path, case, needles):
+    frames = _ucf_lengths()
+    video = load_benchmark("ucf").videos[2].name
+    n = frames[video]
+    scores = {k: np.full(c // 16, 0.5) for k, c in frames.items()}
+    t = len(scores[video])
+    fmt = {"half": t // 2, "triple": 3 * t, "n": n, "t": t, "video": video}
+    if case in ("half", "triple", "one"):
+        scores[video] = np.full({"half": t // 2, "triple": 3 * t, "one": 1}[case], 0.5)
+    elif case == "two_columns":
+        scores[video] = np.full((t, 2), 0.5)
+    elif case == "unknown_video":
+        scores["Fighting999_x264"] = np.full(10, 0.5)
+    else:
+        del frames[video]
+    np.savez(tmp_path / "s.npz", **scores)
+    (tmp_path / "frames.json").write_text(json.dumps(frames))
+    res = runner.invoke(_app(), ["eval", "-b", "ucf", "--scores", str(tmp_path / "s.npz"),
+                                 "--score-stride", "16", "--gt-resolution", "frame16",
+                                 "--frames", str(tmp_path / "frames.json"), "--no-plots",
+                                 "--out", str(tmp_path / "o")])
+    _one_error_line(res, *(s.format(**fmt) for s in needles))
+    if case not in ("two_columns", "unknown_video"):
+        assert video in res.output
+
+
+def test_frame_counts_not_multiple_of_16_are_not_padded(tmp_path):
+    # floor(n / 16) and ceil(n / 16) scores are both accepted; the ground truth is built over
+    # the real n frames and compared only where a score exists (no padded scores).
+    frames = _ucf_lengths()
+    bench = load_benchmark("ucf")
+    for rounding in (np.floor, np.ceil):
+        scores = {k: np.full(int(rounding(c / 16)), 0.5) for k, c in frames.items()}
+        np.savez(tmp_path / "s.npz", **scores)
+        (tmp_path / "frames.json").write_text(json.dumps(frames))
+        res = runner.invoke(_app(), ["eval", "-b", "ucf", "--scores", str(tmp_path / "s.npz"),
+                                     "--score-stride", "16", "--gt-resolution", "frame16",
+                                     "--frames", str(tmp_path / "frames.json"), "--no-plots",
+                                     "--out", str(tmp_path / "o")])
+        assert res.exit_code == 0, res.output
+    from lagovad.eval.protocol import evaluate_detection
+
+    floor = {k: np.full(c // 16, 0.5) for k, c in frames.items()}
+    det = evaluate_detection(bench, floor, "frame16", 16, frames)
+    assert len(det.labels) == sum(c // 16 * 16 for c in frames.values())
+    ceil = {k: np.full(-(-c // 16), 0.5) for k, c in frames.items()}
+    det = evaluate_detection(bench, ceil, "frame16", 16, frames)
+    assert len(det.labels) == sum(frames.values())
+
+
+def _xd_class_scores(tmp_path, classes, n_cols=None, scale=1.0, bad_video=None):
+    bench = load_benchmark("xd")
+    rng = np.random.default_rng(2)
+    out = {"__classes__": np.array(classes)}
+    for v in bench.videos:
+        c = n_cols if v.name == bad_video else len(classes)
+        p = rng.random((int(rng.integers(20, 60)), c))
+        out[v.name] = scale * p / p.sum(axis=1, keepdims=True)
+    np.savez(tmp_path / "c.npz", **out)
+    return runner.invoke(_app(), ["eval", "-b", "xd", "--scores", str(tmp_path / "c.npz"),
+                                  "--score-stride", "16", "--no-plots",
+                                  "--out", str(tmp_path / "o")])
+
+
+XD_NAMES = ["Normal", "Abuse", "Car accident", "Explosion", "Fighting", "Riot", "Shooting"]
+
+
+def test_class_scores_reach_classification_and_localisation(tmp_path):
+    res = _xd_class_scores(tmp_path, XD_NAMES[::-1])  # any column order, named in the file
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "o" / "results.json").read_text())["benchmarks"]["xd"]
+    assert data["classification"]["n_videos"] == 800
+    assert {"macro_f1", "macro_f1_absent_as_zero"} <= set(data["classification"])
+    assert data["localisation"]["protocol"] == "vadclip"
+    assert "Localisation protocol: vadclip" in res.output and "torchmetrics" in res.output
+
+
+def test_class_score_errors(tmp_path):
+    video = load_benchmark("xd").videos[3].name
+    _one_error_line(_xd_class_scores(tmp_path, ["Normal", "Fighting", "Kung fu"]),
+                    "class 'Kung fu'", "is not a xd class")
+    _one_error_line(_xd_class_scores(tmp_path, XD_NAMES[:-1]), "missing ['Shooting']")
+    _one_error_line(_xd_class_scores(tmp_path, XD_NAMES, n_cols=6, bad_video=video),
+                    f"video {video}", "expected [T, 7]")
+    _one_error_line(_xd_class_scores(tmp_path, XD_NAMES, scale=7.0), "must be probabilities")
