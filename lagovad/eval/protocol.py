@@ -172,10 +172,8 @@ def evaluate_classification(bench: Benchmark, defn: Definition,
     Args:
         bench: UCF or XD.
         defn: Its definition; ``sims`` columns follow ``defn.classification_classes``.
-        sims: ``{video: [T, C]}`` class logits or probabilities (the rule
-            ``[min_t Normal, max_t class]`` then argmax gives the same class for both kinds
-            of input only up to softmax's monotonicity per step, so pass what the method
-            produces).
+        sims: ``{video: [T, C]}`` class logits (a model) or probabilities (a score file);
+            the rule is applied to what the method produced.
     """
     idx = class_index(bench, defn)
     y_true, y_pred = [], []

@@ -90,12 +90,14 @@ def csv_rows(results: dict) -> str:
     """One CSV row per (benchmark, metric)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "benchmark", "task", "metric", "value", "gt_resolution"])
+    w.writerow(["method", "benchmark", "task", "metric", "value", "gt_resolution", "protocol"])
     for n, r in results["benchmarks"].items():
         for task, vals in r.items():
+            proto = vals.get("protocol", "")  # e.g. the localisation protocol (vadclip)
             for k, v in vals.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None:
-                    w.writerow([results["method"], n, task, k, v, results["gt_resolution"]])
+                    w.writerow([results["method"], n, task, k, v, results["gt_resolution"],
+                                proto])
     return buf.getvalue()
 
 

@@ -321,3 +321,42 @@ def test_class_score_errors(tmp_path):
     _one_error_line(_xd_class_scores(tmp_path, XD_NAMES, n_cols=6, bad_video=video),
                     f"video {video}", "expected [T, 7]")
     _one_error_line(_xd_class_scores(tmp_path, XD_NAMES, scale=7.0), "must be probabilities")
+
+
+def test_class_scores_from_parquet_with_separate_anomaly_scores(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Oracle class probabilities for UCF in VadCLIP's column order (named layout), plus an
+    # anomaly column that is the oracle too: accuracy 1, detection AUC 1.
+    from lagovad.eval.benchmarks import load_definition
+    from lagovad.eval.sources import SCORE_LAYOUTS
+
+    bench, defn = load_benchmark("ucf"), load_definition("ucf")
+    order = SCORE_LAYOUTS["vadclip"]["ucf"]
+    rows = {"video": [], "scores": [], "class_scores": []}
+    for v in bench.videos:
+        t = 40
+        mask = spans_to_mask(v.spans, t).astype(float)
+        probs = np.full((t, len(order)), 0.01)
+        probs[:, 0] = 1.0
+        if v.is_anomaly:  # a span shorter than a step still gets its start step
+            on = mask > 0 if mask.any() else [min(int(v.spans[0][0] * t), t - 1)]
+            probs[on, 0] = 0.01
+            probs[on, order.index(v.class_name)] = 1.0
+        probs /= probs.sum(axis=1, keepdims=True)
+        rows["video"].append(v.name)
+        rows["scores"].append(mask.tolist())
+        rows["class_scores"].append(probs.tolist())
+    pq.write_table(pa.table(rows), tmp_path / "s.parquet")
+    res = runner.invoke(_app(), ["eval", "-b", "ucf", "--scores", str(tmp_path / "s.parquet"),
+                                 "--score-stride", "16", "--score-classes", "vadclip",
+                                 "--no-plots", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "o" / "results.json").read_text())["benchmarks"]["ucf"]
+    assert data["detection"]["auc"] == pytest.approx(1.0)
+    assert data["classification"]["accuracy"] == pytest.approx(1.0)
+    assert data["classification"]["macro_f1"] == pytest.approx(1.0)
+    assert defn.classification_classes[8] == "Road Accidents"  # RoadAccidents mapped to it
+    csv_text = (tmp_path / "o" / "results.csv").read_text()
+    assert "localisation,mAP@0.1," in csv_text and csv_text.count(",vadclip\n") == 7
