@@ -235,6 +235,8 @@ def _ucf_lengths() -> dict[str, int]:
     ("two_columns", ("shape ({t}, 2)", "__classes__", "--score-classes")),
     ("unknown_video", ("not in ucf", "Fighting999_x264")),
     ("no_frame_count", ("has scores but no frame count", "{video}")),
+    ("nan", ("scores of video {video} contain NaN",)),
+    ("corrupt", ("is not a readable .npz file",)),
 ])
 def test_bad_score_files_are_clear_errors(tmp_path, case, needles):
     frames = _ucf_lengths()
@@ -249,16 +251,20 @@ def test_bad_score_files_are_clear_errors(tmp_path, case, needles):
         scores[video] = np.full((t, 2), 0.5)
     elif case == "unknown_video":
         scores["Fighting999_x264"] = np.full(10, 0.5)
-    else:
+    elif case == "nan":
+        scores[video][3] = np.nan
+    elif case == "no_frame_count":
         del frames[video]
     np.savez(tmp_path / "s.npz", **scores)
+    if case == "corrupt":
+        (tmp_path / "s.npz").write_bytes(b"not a zip archive")
     (tmp_path / "frames.json").write_text(json.dumps(frames))
     res = runner.invoke(_app(), ["eval", "-b", "ucf", "--scores", str(tmp_path / "s.npz"),
                                  "--score-stride", "16", "--gt-resolution", "frame16",
                                  "--frames", str(tmp_path / "frames.json"), "--no-plots",
                                  "--out", str(tmp_path / "o")])
     _one_error_line(res, *(s.format(**fmt) for s in needles))
-    if case not in ("two_columns", "unknown_video"):
+    if case not in ("two_columns", "unknown_video", "corrupt"):
         assert video in res.output
 
 

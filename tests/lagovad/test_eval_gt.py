@@ -125,3 +125,20 @@ def test_definitions_cover_every_class(name):
             assert defn.label_map.get(v.class_name, v.class_name) in defn.classes
     if name in ("ucf", "xd"):
         assert len(defn.classification_classes) == {"ucf": 14, "xd": 7}[name]
+
+
+@pytest.mark.parametrize(("name", "text", "needle"), [
+    ("f.csv", "video,n_frames\na,100\nb,abc\n", "frame count of b must be an integer >= 1"),
+    ("f.csv", "a,100\nb\n", "each row must be 'video,n_frames'"),
+    ("f.json", '{"a": 0}', "frame count of a must be an integer >= 1"),
+    ("f.json", '{"a": 10.5}', "frame count of a must be an integer >= 1"),
+    ("f.json", '{"a": 1', "is not valid JSON"),
+])
+def test_bad_frame_count_files(tmp_path, name, text, needle):
+    from lagovad.eval.sources import read_frames
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(EvalError, match=needle):
+        read_frames(tmp_path / name)
+    (tmp_path / "ok.csv").write_text("video,n_frames\na.mp4,100\n")
+    assert read_frames(tmp_path / "ok.csv") == {"a": 100}
