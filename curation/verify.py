@@ -67,6 +67,8 @@ class VerifyConfig:
         clip_model: open_clip model name of the image encoder (None: no CLIP signal).
         clip_pretrained: its pretrained tag or checkpoint file (None: random weights, tests).
         max_description_chars: longer descriptions are rejected without a model call.
+        max_claims: most unsupported claims in an answer.
+        max_claim_chars: longest unsupported claim (characters).
     """
 
     frames: FrameConfig = field(default_factory=FrameConfig)
@@ -75,17 +77,20 @@ class VerifyConfig:
     clip_model: str | None = "ViT-B-16"
     clip_pretrained: str | None = "openai"
     max_description_chars: int = 4000
+    max_claims: int = 10
+    max_claim_chars: int = 200
 
 
-def schema() -> dict[str, Any]:
+def schema(cfg: VerifyConfig | None = None) -> dict[str, Any]:
     """The VLM answer's JSON schema."""
+    cfg = cfg or VerifyConfig()
     return {
         "type": "object",
         "properties": {
             "verdict": {"type": "string", "enum": list(VERDICTS)},
             "score": {"type": "number", "minimum": 0, "maximum": 1},
-            "unsupported_claims": {"type": "array", "maxItems": 10,
-                                   "items": {"type": "string", "maxLength": 200}},
+            "unsupported_claims": {"type": "array", "maxItems": cfg.max_claims,
+                                   "items": {"type": "string", "maxLength": cfg.max_claim_chars}},
         },
         "required": ["verdict", "score", "unsupported_claims"],
         "additionalProperties": False,
@@ -152,7 +157,7 @@ def make_stage(store: Store, ecfg: EngineConfig, cfg: VerifyConfig | None = None
     """
     cfg = cfg or VerifyConfig()
     table = input_table or default_input_table(store)
-    sch = schema()
+    sch = schema(cfg)
     template = load_prompt(PROMPT)
     source = FrameSource(store, cfg.frames)
     eng = engine or build_engine(ecfg, store, vision=True, frames=cfg.frames.n)
@@ -211,7 +216,8 @@ def make_stage(store: Store, ecfg: EngineConfig, cfg: VerifyConfig | None = None
         {**ecfg.version_params(), "frames": [cfg.frames.n, cfg.frames.size],
          "min_score": cfg.min_score, "min_clip_mean": cfg.min_clip_mean,
          "clip": [cfg.clip_model, cfg.clip_pretrained],
-         "max_chars": cfg.max_description_chars, "input": table},
+         "max_chars": [cfg.max_description_chars, cfg.max_claims, cfg.max_claim_chars],
+         "input": table},
         files=[prompt_path(PROMPT)], code_version=CODE_VERSION,
     )
     return Stage(NAME, version, table, process, batch_size=ecfg.batch_size)

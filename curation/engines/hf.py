@@ -128,7 +128,9 @@ class TransformersEngine:
                                                           stop_token_ids=stops)
                 self._compiler = xgr.GrammarCompiler(info)
             # No free whitespace: a random-weight model would otherwise fill max_tokens with it.
-            self._grammars[key] = self._compiler.compile_json_schema(key, any_whitespace=False)
+            # The schema text keeps its property order: xgrammar emits properties in that order.
+            self._grammars[key] = self._compiler.compile_json_schema(json.dumps(schema),
+                                                                     any_whitespace=False)
         return self._grammars[key]
 
     # ------------------------------------------------------------------ generation
