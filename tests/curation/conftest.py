@@ -26,10 +26,13 @@ def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llm(tmp_path_factory.mktemp("models") / "tiny-qwen2")
 
 
-def gray_video(path: Path, n_frames: int = 20, fps: int = 10, size: int = 32) -> Path:
-    """An H.264 video whose frame i is uniformly gray level 10 * i (lossless)."""
-    return write_video(path, n_frames,
-                       lambda i: np.full((size, size, 3), min(255, 10 * i), np.uint8), fps=fps)
+def gray_video(path: Path, n_frames: int = 20, fps: int = 10, size: int = 32,
+               base: int = 0) -> Path:
+    """An H.264 video whose frame i is uniformly gray level base + 10 * i (lossless)."""
+    return write_video(
+        path, n_frames,
+        lambda i: np.full((size, size, 3), min(255, base + 10 * i), np.uint8), fps=fps,
+    )
 
 
 @pytest.fixture()
@@ -46,7 +49,7 @@ def video_store(tmp_path: Path) -> Store:
         if k == 2:
             (store.root / name).write_bytes(b"not a video at all" * 10)
         else:
-            gray_video(store.root / name)
+            gray_video(store.root / name, base=3 * k)
         v = Video.create("test", f"v{k}", uri=name, duration_s=2.0)
         videos.append(v)
         segments.append(Segment(make_id(v.video_id, 0.5, 1.5), v.video_id, "test", 0.5, 1.5,
