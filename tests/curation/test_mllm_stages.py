@@ -97,6 +97,8 @@ def test_verify_and_judge(described: Store, tiny_vlm: Path, tiny_llm: Path) -> N
         assert out["verdict"] in verify.VERDICTS and 0 <= out["score"] <= 1
         assert -1 <= out["clip_mean"] <= out["clip_max"] <= 1
         assert r["reason"] == verify.decide(out["verdict"], out["score"], out["clip_mean"], VCFG)
+    # verify used the frames describe decoded (same frame config): nothing decoded again.
+    assert len(list((store.root / "cache" / "frames").glob("*.npy"))) == 2
     typed = {t["id"]: t for t in queries.stage_results(store, "verify").to_pylist()}
     assert all(isinstance(t["clip_max"], float) for t in typed.values() if t["verdict"])
 
