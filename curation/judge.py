@@ -6,9 +6,11 @@ what the annotation/review step reads::
 
     {"video_id": str, "segment_id": str | null, "anomaly": bool,
      "category": "<canonical taxonomy name or Normal>", "top_level": str | null,
-     "confidence": float in [0, 1], "reason": str, "model": str, "engine": str}
+     "confidence": float in [0, 1], "reason": str, "model": str, "engine": str,
+     "description": str}
 
-``top_level`` is the category's top-level class (itself for a top-level class; null for Normal).
+``top_level`` is the category's top-level class (itself for a top-level class; null for Normal);
+``description`` is the describe output the judgement was made on.
 Rejected (output kept): ``category_outside_taxonomy`` (never stored as a new category),
 ``anomaly_category_mismatch`` (anomaly with Normal, or no anomaly with an anomaly class),
 ``confidence_out_of_range``, ``verify_rejected`` (the item failed verification, when
@@ -144,9 +146,11 @@ def make_stage(store: Store, ecfg: EngineConfig, cfg: JudgeConfig | None = None,
         verified = latest_statuses(store, "verify", ids) if cfg.require_verified else {}
         results: list[ItemResult | None] = [None] * len(items)
         reqs: list[Request | None] = []
+        descs: list[str | None] = []
         for i, it in enumerate(items):
             base = {"video_id": it.video_id, "segment_id": it.segment_id}
             desc = described.get(it.item_id, {}).get("description")
+            descs.append(desc)
             v = verified.get(it.item_id)
             if not isinstance(desc, str) or not desc:
                 results[i] = Failed(f"no describe result for {it.item_id!r}: run "
@@ -169,7 +173,8 @@ def make_stage(store: Store, ecfg: EngineConfig, cfg: JudgeConfig | None = None,
                 continue
             fields, reason = interpret(gen.parsed)
             output = {"video_id": it.video_id, "segment_id": it.segment_id, **fields,
-                      "model": eng.model_id, "engine": eng.kind, "cached": gen.cached}
+                      "model": eng.model_id, "engine": eng.kind, "cached": gen.cached,
+                      "description": descs[i]}
             if reason:
                 output["raw"] = gen.text
             results[i] = Rejected(reason, output) if reason else Ok(output=output)

@@ -35,6 +35,15 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
+def _dtype_kw(dtype: Any) -> dict[str, Any]:
+    """``from_pretrained``'s dtype keyword: ``dtype`` since transformers 4.56, ``torch_dtype``
+    before."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 class TransformersEngine:
     """Batched generation with a transformers model on CPU or CUDA.
 
@@ -104,7 +113,7 @@ class TransformersEngine:
             )
         cls = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
         try:
-            model = cls.from_pretrained(self.model_id, local_files_only=True, dtype=dtype)
+            model = cls.from_pretrained(self.model_id, local_files_only=True, **_dtype_kw(dtype))
         except (OSError, ValueError) as exc:
             raise EngineError(f"cannot load weights of {self.model_id!r}: "
                               f"{str(exc).splitlines()[0]}") from None
@@ -152,7 +161,8 @@ class TransformersEngine:
             kwargs["images"] = [list(f) for f in with_frames]
         if self.processor is self.tokenizer:
             return self.tokenizer(texts, **kwargs).to(self.device)
-        return self.processor(text=texts, **kwargs).to(self.device)
+        # BatchFeature.to casts only floating tensors (pixels) to the model's dtype (bf16 on GPU).
+        return self.processor(text=texts, **kwargs).to(self.device, dtype=self.model.dtype)
 
     def _run(self, reqs: Sequence[Request]) -> list[Generation]:
         import torch

@@ -128,6 +128,8 @@ def test_verify_and_judge(described: Store, tiny_vlm: Path, tiny_llm: Path) -> N
         n_answered += 1
         assert isinstance(out["video_id"], str) and isinstance(out["segment_id"], str)
         assert isinstance(out["anomaly"], bool) and isinstance(out["reason"], str)
+        assert out["description"] == json.loads(
+            latest(store, "describe")[r["id"]]["output_json"])["description"]
         assert out["category"] in taxonomy.all_names()
         assert 0 <= out["confidence"] <= 1
         if r["status"] == "ok":
