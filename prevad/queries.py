@@ -117,6 +117,96 @@ SELECT source, duration_s FROM videos WHERE duration_s IS NOT NULL ORDER BY sour
 """
 
 
+# ---------------------------------------------------------------- model-based curation stages
+
+#: Number of segments in the store (the multimodal stages read segments when there are any).
+COUNT_SEGMENTS = "SELECT count(*) AS n FROM segments"
+
+#: Video rows by id. Parameter: $ids (VARCHAR[]).
+VIDEOS_BY_ID = """
+SELECT video_id, uri, duration_s, start_s, end_s FROM videos
+WHERE list_contains($ids::VARCHAR[], video_id)
+"""
+
+#: Latest ``ok`` output of a stage per id, for some ids. Parameters: $stage, $ids (VARCHAR[]).
+LATEST_OK_OUTPUTS = """
+SELECT id, output_json FROM (
+    SELECT id, output_json, row_number() OVER (
+        PARTITION BY id ORDER BY time DESC, attempt DESC, stage_version DESC
+    ) AS rn
+    FROM stage_results
+    WHERE stage = $stage::VARCHAR AND status = 'ok' AND list_contains($ids::VARCHAR[], id)
+)
+WHERE rn = 1
+"""
+
+#: Latest result of a stage per id (any status), for some ids. Parameters: $stage, $ids.
+LATEST_STATUS_OF_IDS = f"""
+SELECT * FROM ({LATEST_STATUS}) WHERE list_contains($ids::VARCHAR[], id)
+"""
+
+#: describe results, latest per item, with typed columns. Parameter: $stage ('describe').
+DESCRIBE_RESULTS = f"""
+SELECT id, stage_version, status, reason, error,
+       json_extract_string(output_json, '$.video_id') AS video_id,
+       json_extract_string(output_json, '$.segment_id') AS segment_id,
+       json_extract_string(output_json, '$.description') AS description,
+       json_extract_string(output_json, '$.model') AS model,
+       output_json
+FROM ({LATEST_STATUS})
+"""
+
+#: verify results, latest per item: VLM verdict/score and CLIP similarity. Parameter: $stage.
+VERIFY_RESULTS = f"""
+SELECT id, stage_version, status, reason, error,
+       json_extract_string(output_json, '$.video_id') AS video_id,
+       json_extract_string(output_json, '$.segment_id') AS segment_id,
+       json_extract_string(output_json, '$.verdict') AS verdict,
+       TRY_CAST(json_extract(output_json, '$.score') AS DOUBLE) AS score,
+       TRY_CAST(json_extract(output_json, '$.clip_mean') AS DOUBLE) AS clip_mean,
+       TRY_CAST(json_extract(output_json, '$.clip_max') AS DOUBLE) AS clip_max,
+       CAST(json_extract(output_json, '$.unsupported_claims') AS VARCHAR[])
+           AS unsupported_claims,
+       output_json
+FROM ({LATEST_STATUS})
+"""
+
+#: judge results, latest per item: anomaly flag, taxonomy category, confidence, reason.
+#: Parameter: $stage ('judge'). ``judge_reason`` is the model's one-sentence reason;
+#: ``reason`` is the rejection reason of a rejected item.
+JUDGE_RESULTS = f"""
+SELECT id, stage_version, status, reason, error,
+       json_extract_string(output_json, '$.video_id') AS video_id,
+       json_extract_string(output_json, '$.segment_id') AS segment_id,
+       TRY_CAST(json_extract(output_json, '$.anomaly') AS BOOLEAN) AS anomaly,
+       json_extract_string(output_json, '$.category') AS category,
+       json_extract_string(output_json, '$.top_level') AS top_level,
+       TRY_CAST(json_extract(output_json, '$.confidence') AS DOUBLE) AS confidence,
+       json_extract_string(output_json, '$.reason') AS judge_reason,
+       output_json
+FROM ({LATEST_STATUS})
+"""
+
+#: describe-anomaly results, latest per human annotation. Parameter: $stage.
+DESCRIBE_ANOMALY_RESULTS = f"""
+SELECT id AS annotation_id, stage_version, status, reason, error,
+       json_extract_string(output_json, '$.video_id') AS video_id,
+       json_extract_string(output_json, '$.category') AS category,
+       json_extract_string(output_json, '$.description') AS description,
+       json_extract_string(output_json, '$.model_annotation_id') AS model_annotation_id,
+       output_json
+FROM ({LATEST_STATUS})
+"""
+
+#: Typed result query per model-based stage.
+STAGE_RESULT_QUERIES: dict[str, str] = {
+    "describe": DESCRIBE_RESULTS,
+    "verify": VERIFY_RESULTS,
+    "judge": JUDGE_RESULTS,
+    "describe-anomaly": DESCRIBE_ANOMALY_RESULTS,
+}
+
+
 def latest_status(store: Store, stage: str | None = None) -> pa.Table:
     """Latest result per (id, stage), optionally for one stage."""
     return store.query(LATEST_STATUS, {"stage": stage})
@@ -150,3 +240,23 @@ def dataset_counts(
 def stage_status_counts(store: Store) -> pa.Table:
     """Latest result counts per (stage, stage_version, status, reason)."""
     return store.query(STAGE_STATUS_REASONS, {"stage": None})
+
+
+def stage_results(store: Store, stage: str) -> pa.Table:
+    """Latest result per item of a model-based stage with its typed columns.
+
+    Args:
+        store: the store.
+        stage: "describe", "verify", "judge" or "describe-anomaly".
+
+    Raises:
+        ValueError: ``stage`` has no typed result query.
+    """
+    if stage not in STAGE_RESULT_QUERIES:
+        raise ValueError(f"stage must be one of {sorted(STAGE_RESULT_QUERIES)}, got {stage!r}")
+    return store.query(STAGE_RESULT_QUERIES[stage], {"stage": stage})
+
+
+def judge_results(store: Store) -> pa.Table:
+    """Latest judge result per item (anomaly, category, top_level, confidence, judge_reason)."""
+    return stage_results(store, "judge")

@@ -1,0 +1,68 @@
+"""Command-line options shared by the model-based stage commands (describe, verify, judge,
+describe-anomaly), and their error handling: one ``error: ...`` line, exit code 2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+
+from curation.engines import ENGINES, EngineError, Sampling
+from curation.frames import FrameError
+from curation.mllm import EngineConfig
+from prevad.errors import PrevadError
+from prevad.stage import StageSummary
+
+ROOT: Path = typer.Argument(..., help="The PreVAD store.")
+ENGINE: str = typer.Option("transformers", help=f"Inference engine: {' | '.join(ENGINES)}.")
+MODEL: str = typer.Option(..., help="Model directory or cached hub id (transformers, vllm); "
+                          "served model name (openai).")
+DEVICE: str = typer.Option("auto", help="transformers: auto | cpu | cuda | cuda:N.")
+BATCH_SIZE: int = typer.Option(8, min=1, help="Requests per engine call.")
+BASE_URL: str = typer.Option("", help="openai: server URL, e.g. http://127.0.0.1:8000/v1.")
+API_KEY: str = typer.Option("EMPTY", envvar="OPENAI_API_KEY", help="openai: API key.")
+CONCURRENCY: int = typer.Option(8, min=1, help="openai: requests in flight.")
+TIMEOUT: float = typer.Option(120.0, help="openai: seconds per request.")
+MAX_TOKENS: int = typer.Option(512, min=1, help="Most new tokens per answer.")
+TEMPERATURE: float = typer.Option(0.0, min=0.0, help="0 = greedy.")
+SEED: int = typer.Option(0, help="Sampling seed.")
+NO_CACHE: bool = typer.Option(False, "--no-cache", help="Do not use the request cache.")
+FRAMES: int = typer.Option(8, min=1, help="Frames sampled uniformly from each item's span.")
+FRAME_SIZE: int = typer.Option(224, min=8, help="Frame side in pixels (square).")
+LIMIT: int = typer.Option(0, min=0, help="Process at most this many items (0 = all).")
+
+
+def engine_config(engine: str, model: str, device: str, batch_size: int, base_url: str,
+                  api_key: str, concurrency: int, timeout: float, max_tokens: int,
+                  temperature: float, seed: int, no_cache: bool) -> EngineConfig:
+    """An :class:`EngineConfig` from the shared options.
+
+    Raises:
+        EngineError: unknown engine, or openai without --base-url.
+    """
+    if engine not in ENGINES:
+        raise EngineError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "openai" and not base_url:
+        raise EngineError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+    return EngineConfig(engine, model, device=device, batch_size=batch_size,
+                        base_url=base_url or None, api_key=api_key, concurrency=concurrency,
+                        timeout=timeout, sampling=Sampling(max_tokens, temperature, 1.0, seed),
+                        cache=not no_cache)
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn domain errors into one ``error: ...`` line and exit code 2."""
+    try:
+        yield
+    except (PrevadError, EngineError, FrameError, OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def print_summary(summary: StageSummary) -> None:
+    """The run's summary as one JSON line."""
+    typer.echo(json.dumps(summary.to_dict()))

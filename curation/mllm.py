@@ -1,0 +1,200 @@
+"""What the model-based curation stages share: engine settings, items, prompts, frames.
+
+An *item* is one work row of a stage resolved to a video file and a span: a ``segments`` row
+(the span ``[start_s, end_s]`` of its video's file, ``videos.uri``), a ``videos`` row (the whole
+file) or, for describe-anomaly, an ``annotations`` row (its video, narrowed to its spans).
+Relative URIs are taken relative to the store root.
+
+Prompts are data files under ``curation/prompts/``; :func:`render` fills ``{name}`` fields, and
+the files' bytes are part of each stage's ``stage_version``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curation.engines import CachedEngine, Engine, RequestCache, Sampling, make_engine
+from curation.frames import FrameCache, FrameConfig, FrameError
+from prevad import queries
+from prevad.errors import ValidationError
+from prevad.store import Store
+
+PROMPTS_DIR = Path(__file__).parent / "prompts"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Which engine and model a stage runs, and how.
+
+    Attributes:
+        kind: "transformers", "vllm" or "openai".
+        model: model directory / hub id, or the served model name (openai).
+        device: transformers device.
+        batch_size: requests per engine call (transformers batch, vLLM/HTTP chunk).
+        base_url: OpenAI-compatible server URL.
+        api_key: the server's key.
+        concurrency: HTTP requests in flight.
+        timeout: seconds per HTTP request.
+        max_retries: HTTP retries of transient errors.
+        sampling: sampling settings.
+        cache: use the persistent request cache under ``<store>/cache/``.
+        llm_kwargs: extra ``vllm.LLM`` arguments.
+    """
+
+    kind: str
+    model: str
+    device: str = "auto"
+    batch_size: int = 8
+    base_url: str | None = None
+    api_key: str = "EMPTY"
+    concurrency: int = 8
+    timeout: float = 120.0
+    max_retries: int = 2
+    sampling: Sampling = field(default_factory=Sampling)
+    cache: bool = True
+    llm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def version_params(self) -> dict[str, Any]:
+        """What of the engine changes a stage's results (model and sampling, not the engine)."""
+        return {"model": self.model, "sampling": self.sampling.as_dict()}
+
+
+def build_engine(cfg: EngineConfig, store: Store, *, vision: bool, frames: int = 8) -> Engine:
+    """The configured engine, behind the store's request cache unless ``cfg.cache`` is off."""
+    engine = make_engine(
+        cfg.kind, cfg.model, vision=vision, device=cfg.device, batch_size=cfg.batch_size,
+        frames=frames, base_url=cfg.base_url, api_key=cfg.api_key,
+        concurrency=cfg.concurrency, timeout=cfg.timeout, max_retries=cfg.max_retries,
+        **cfg.llm_kwargs,
+    )
+    if not cfg.cache:
+        return engine
+    return CachedEngine(engine, RequestCache(cache_dir(store) / "generations.sqlite"))
+
+
+def cache_dir(store: Store) -> Path:
+    """``<store>/cache`` (request cache and sampled frames)."""
+    return store.root / "cache"
+
+
+def prompt_path(name: str) -> Path:
+    """The prompt file ``curation/prompts/<name>.md``."""
+    return PROMPTS_DIR / f"{name}.md"
+
+
+def load_prompt(name: str) -> str:
+    """A prompt file's text."""
+    return prompt_path(name).read_text(encoding="utf-8")
+
+
+def render(template: str, **fields: Any) -> str:
+    """Fill ``{name}`` fields (only the given names: other braces, e.g. JSON, stay as they are)."""
+    for k, v in fields.items():
+        template = template.replace("{" + k + "}", str(v))
+    return template
+
+
+def default_input_table(store: Store) -> str:
+    """``segments`` when the store has any (cleaning ran), else ``videos``."""
+    n = store.query(queries.COUNT_SEGMENTS).column("n")[0].as_py()
+    return "segments" if n else "videos"
+
+
+def resolve_uri(store: Store, uri: str | None) -> Path | None:
+    """A video URI as a local path (``file://`` and relative paths are resolved)."""
+    if not uri:
+        return None
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    p = Path(uri).expanduser()
+    return p if p.is_absolute() else store.root / p
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A work row resolved to its video file and span."""
+
+    item_id: str
+    video_id: str
+    segment_id: str | None
+    path: Path | None
+    start_s: float | None
+    end_s: float | None
+
+
+def videos_by_id(store: Store, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """``videos`` rows (uri, duration) keyed by video_id."""
+    rows = store.query(queries.VIDEOS_BY_ID, {"ids": sorted(set(ids))}).to_pylist()
+    return {r["video_id"]: r for r in rows}
+
+
+def items_of(store: Store, input_table: str, rows: list[dict[str, Any]]) -> list[Item]:
+    """Resolve work rows of ``segments``, ``videos`` or ``annotations`` to :class:`Item`."""
+    videos = videos_by_id(store, [r["video_id"] for r in rows])
+    out = []
+    for r in rows:
+        v = videos.get(r["video_id"], {})
+        vpath = resolve_uri(store, v.get("uri"))
+        if input_table == "segments":
+            # The span is in the video file's time; a segment without a stored video file is
+            # read from its own uri, over its whole length.
+            if vpath is None and r.get("uri"):
+                out.append(Item(r["segment_id"], r["video_id"], r["segment_id"],
+                                resolve_uri(store, r["uri"]), None, None))
+            else:
+                out.append(Item(r["segment_id"], r["video_id"], r["segment_id"], vpath,
+                                r["start_s"], r["end_s"]))
+        elif input_table == "videos":
+            out.append(Item(r["video_id"], r["video_id"], None, vpath, None, None))
+        elif input_table == "annotations":
+            start, end = _span_of(r.get("spans") or [], v.get("duration_s"))
+            out.append(Item(r["annotation_id"], r["video_id"], None, vpath, start, end))
+        else:
+            raise ValidationError(f"no items for input table {input_table!r}")
+    return out
+
+
+def _span_of(spans: list[list[float]], duration: float | None) -> tuple[float | None,
+                                                                       float | None]:
+    """The seconds covered by relative spans (first start to last end), if the duration is known."""
+    if not spans or not duration:
+        return None, None
+    return min(s[0] for s in spans) * duration, max(s[1] for s in spans) * duration
+
+
+class FrameSource:
+    """Frames of items from the store's frame cache (decoded once, shared by the stages)."""
+
+    def __init__(self, store: Store, cfg: FrameConfig) -> None:
+        """Frames sampled with ``cfg``, cached under ``<store>/cache/frames``."""
+        self.cfg = cfg
+        self.cache = FrameCache(cache_dir(store) / "frames")
+
+    def frames(self, item: Item) -> np.ndarray:
+        """The item's frames.
+
+        Raises:
+            FrameError: no video file for the item, or none of its frames decode.
+        """
+        if item.path is None:
+            raise FrameError(f"item {item.item_id!r} (video {item.video_id!r}) has no video "
+                             "file: videos.uri is empty")
+        return self.cache.get(item.path, item.start_s, item.end_s, self.cfg)
+
+
+def stage_outputs(store: Store, stage: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Latest ``ok`` output of ``stage`` for each of ``ids`` (id -> decoded output JSON)."""
+    tbl = store.query(queries.LATEST_OK_OUTPUTS, {"stage": stage, "ids": sorted(set(ids))})
+    return {r["id"]: json.loads(r["output_json"]) for r in tbl.to_pylist()
+            if r["output_json"] is not None}
+
+
+def latest_statuses(store: Store, stage: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Latest result row (status, reason, output_json) of ``stage`` for each of ``ids``."""
+    tbl = store.query(queries.LATEST_STATUS_OF_IDS, {"stage": stage, "ids": sorted(set(ids))})
+    return {r["id"]: r for r in tbl.to_pylist()}

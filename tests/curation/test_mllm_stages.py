@@ -1,0 +1,229 @@
+"""describe -> verify -> judge and describe-anomaly on a real store with tiny random models."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from curation import describe, describe_anomaly, judge, verify
+from curation.engines import RequestCache, Sampling
+from curation.frames import FrameConfig
+from curation.mllm import EngineConfig
+from prevad import Store, queries, taxonomy
+from prevad.cli import app
+from prevad.records import Annotation, StageResult, make_id
+from prevad.stage import run_stage
+
+FRAMES = FrameConfig(n=4, size=56)
+DCFG = describe.DescribeConfig(FRAMES, min_chars=4, max_chars=12)
+VCFG = verify.VerifyConfig(FRAMES, min_score=0.0, min_clip_mean=-1.0,
+                           clip_model="lagovad-clip-tiny", clip_pretrained=None,
+                           max_claims=2, max_claim_chars=8)
+JCFG = judge.JudgeConfig(require_verified=False, max_reason_chars=10)
+
+
+def ecfg(model: Path, **kw) -> EngineConfig:
+    return EngineConfig("transformers", str(model), device="cpu", batch_size=4,
+                        sampling=Sampling(max_tokens=kw.pop("max_tokens", 120)), **kw)
+
+
+def latest(store: Store, stage: str) -> dict[str, dict]:
+    return {r["id"]: r for r in queries.latest_status(store, stage).to_pylist()}
+
+
+@pytest.fixture()
+def described(video_store: Store, tiny_vlm: Path) -> Store:
+    s = describe.run(video_store, ecfg(tiny_vlm), DCFG)
+    assert (s.items, s.ok, s.failed) == (3, 2, 1)
+    return video_store
+
+
+def test_describe_segments(described: Store) -> None:
+    store = described
+    rows = latest(store, "describe")
+    segs = {r.segment_id: r for r in store.records("segments")}
+    videos = {v.video_id: v for v in store.records("videos")}
+    assert set(rows) == set(segs)
+    for sid, r in rows.items():
+        seg = segs[sid]
+        if videos[seg.video_id].source_video_id == "v2":  # the corrupt file
+            assert r["status"] == "failed" and "frames:" in r["error"]
+            continue
+        assert r["status"] == "ok"
+        out = json.loads(r["output_json"])
+        assert out["video_id"] == seg.video_id and out["segment_id"] == sid
+        assert 4 <= len(out["description"]) <= 12
+    typed = queries.stage_results(store, "describe").to_pylist()
+    assert sorted(t["description"] is not None for t in typed) == [False, True, True]
+    # Frames were decoded once per item and cached for the next stages.
+    assert len(list((store.root / "cache" / "frames").glob("*.npy"))) == 2
+
+
+def test_describe_prefers_segments_then_videos(video_store: Store, tiny_vlm: Path) -> None:
+    assert describe.make_stage(video_store, ecfg(tiny_vlm), DCFG).input_table == "segments"
+    empty = Store.init(video_store.root.parent / "s2")
+    empty.append("videos", video_store.records("videos"))
+    assert describe.make_stage(empty, ecfg(tiny_vlm), DCFG).input_table == "videos"
+
+
+def test_rerun_only_retries_what_failed(described: Store, tiny_vlm: Path) -> None:
+    stage = describe.make_stage(described, ecfg(tiny_vlm), DCFG)
+    s = run_stage(described, stage)
+    # Only the failed item is retried (and fails again); the request cache holds the 2 answers.
+    assert (s.items, s.failed) == (1, 1)
+    assert len(RequestCache(described.root / "cache" / "generations.sqlite")) == 2
+    # What changes the answers changes the version (so every item runs again).
+    assert describe.make_stage(described, ecfg(tiny_vlm, max_tokens=121), DCFG).version \
+        != stage.version
+    assert describe.make_stage(described, ecfg(tiny_vlm), replace(DCFG, max_chars=13)).version \
+        != stage.version
+
+
+@pytest.mark.slow
+def test_verify_and_judge(described: Store, tiny_vlm: Path, tiny_llm: Path) -> None:
+    store = described
+    clip = verify.ClipScorer("lagovad-clip-tiny", None, "cpu")
+    s = run_stage(store, verify.make_stage(store, ecfg(tiny_vlm), VCFG, clip=clip))
+    assert s.items == 3 and s.failed == 1
+    for r in latest(store, "verify").values():
+        if r["status"] == "failed":
+            assert "no describe result" in r["error"]
+            continue
+        out = json.loads(r["output_json"])
+        assert out["verdict"] in verify.VERDICTS and 0 <= out["score"] <= 1
+        assert -1 <= out["clip_mean"] <= out["clip_max"] <= 1
+        assert r["reason"] == verify.decide(out["verdict"], out["score"], out["clip_mean"], VCFG)
+    # verify used the frames describe decoded (same frame config): nothing decoded again.
+    assert len(list((store.root / "cache" / "frames").glob("*.npy"))) == 2
+    typed = {t["id"]: t for t in queries.stage_results(store, "verify").to_pylist()}
+    assert all(isinstance(t["clip_max"], float) for t in typed.values() if t["verdict"])
+
+    # A CLIP threshold no similarity reaches rejects every verified item with the reason.
+    strict = replace(VCFG, min_clip_mean=1.01)
+    run_stage(store, verify.make_stage(store, ecfg(tiny_vlm), strict, clip=clip))
+    reasons = {r["reason"] for r in latest(store, "verify").values() if r["status"] != "failed"}
+    assert reasons <= {"clip_below_threshold", "vlm_inconsistent"} and "ok" not in {
+        r["status"] for r in latest(store, "verify").values()}
+
+    # judge, with require_verified: every described item was rejected by verify.
+    strict_judge = judge.JudgeConfig(require_verified=True, max_reason_chars=10)
+    run_stage(store, judge.make_stage(store, ecfg(tiny_llm), strict_judge))
+    rows = latest(store, "judge")
+    assert sorted(r["reason"] or r["status"] for r in rows.values()) == [
+        "failed", "verify_rejected", "verify_rejected"]
+
+    # judge without it: the output contract the review step reads.
+    s = run_stage(store, judge.make_stage(store, ecfg(tiny_llm), JCFG))
+    assert s.items == 3
+    n_answered = 0
+    for r in latest(store, "judge").values():
+        if r["status"] == "failed":
+            assert "no describe result" in r["error"]
+            continue
+        out = json.loads(r["output_json"])
+        n_answered += 1
+        assert isinstance(out["video_id"], str) and isinstance(out["segment_id"], str)
+        assert isinstance(out["anomaly"], bool) and isinstance(out["reason"], str)
+        assert out["description"] == json.loads(
+            latest(store, "describe")[r["id"]]["output_json"])["description"]
+        assert out["category"] in taxonomy.all_names()
+        assert 0 <= out["confidence"] <= 1
+        if r["status"] == "ok":
+            assert out["anomaly"] == (out["category"] != "Normal")
+            assert out["top_level"] == (None if out["category"] == "Normal"
+                                        else taxonomy.top_level(out["category"]))
+        else:
+            assert r["reason"] == "anomaly_category_mismatch"
+    assert n_answered == 2
+    typed = queries.judge_results(store).to_pylist()
+    assert {t["id"] for t in typed} == set(latest(store, "judge"))
+    for t in typed:
+        if t["status"] != "failed":
+            out = json.loads(t["output_json"])
+            assert (t["anomaly"], t["category"], t["confidence"]) == (
+                out["anomaly"], out["category"], out["confidence"])
+
+
+def test_judge_interpret_rejects_outside_taxonomy() -> None:
+    ok, reason = judge.interpret({"anomaly": True, "category": "car accident",
+                                  "confidence": 0.7, "reason": "A car hits a wall."})
+    assert reason is None and ok["category"] == "Car Accident"
+    assert ok["top_level"] == "Vehicle Accident"
+    assert judge.interpret({"anomaly": True, "category": "Alien Invasion", "confidence": 0.5,
+                            "reason": "x"})[1] == "category_outside_taxonomy"
+    assert judge.interpret({"anomaly": True, "category": "Normal", "confidence": 0.5,
+                            "reason": "x"})[1] == "anomaly_category_mismatch"
+    assert judge.interpret({"anomaly": False, "category": "Normal", "confidence": 1.5,
+                            "reason": "x"})[1] == "confidence_out_of_range"
+    normal, reason = judge.interpret({"anomaly": False, "category": "normal",
+                                      "confidence": 1, "reason": "x"})
+    assert reason is None and normal["top_level"] is None and normal["category"] == "Normal"
+
+
+def test_over_long_description_is_rejected(video_store: Store, tiny_llm: Path) -> None:
+    store = video_store
+    segs = store.records("segments")
+    store.append("stage_results", [
+        StageResult(segs[0].segment_id, "describe", "v1-test", "ok",
+                    output_json=json.dumps({"description": "word " * 1000})),
+    ])
+    stage = judge.make_stage(store, ecfg(tiny_llm), JCFG)
+    res = stage.process([{"segment_id": s.segment_id, "video_id": s.video_id,
+                          "start_s": s.start_s, "end_s": s.end_s, "uri": None} for s in segs])
+    assert res[0].reason == "description_too_long"
+    assert all("no describe result" in r.error for r in res[1:])
+
+
+def test_describe_anomaly(video_store: Store, tiny_vlm: Path) -> None:
+    store = video_store
+    v0, v1 = store.records("videos")[:2]
+    human = Annotation(make_id("h", v0.video_id), v0.video_id, "prevad", "human", "ann1",
+                       "Car Accident", True, spans=[[0.25, 0.75]])
+    normal = Annotation(make_id("n", v1.video_id), v1.video_id, "prevad", "human", "ann1",
+                        "Normal", False)
+    bench = Annotation(make_id("b", v1.video_id), v1.video_id, "ucf_crime", "human", "x",
+                       "Robbery", True)
+    store.append("annotations", [human, normal, bench])
+    s = describe_anomaly.run(store, ecfg(tiny_vlm), describe_anomaly.DescribeAnomalyConfig(
+        FRAMES, min_chars=4, max_chars=12))
+    assert (s.items, s.ok) == (3, 1)
+    assert s.rejected == {"not_human_prevad": 1, "normal_annotation": 1}
+    models = [a for a in store.records("annotations") if a.annotator_kind == "model"]
+    assert len(models) == 1
+    m = models[0]
+    assert (m.video_id, m.category, m.is_anomaly, m.spans, m.split) == (
+        v0.video_id, "Car Accident", True, [[0.25, 0.75]], "train")
+    typed = {t["annotation_id"]: t for t in
+             queries.stage_results(store, "describe-anomaly").to_pylist()}
+    assert typed[human.annotation_id]["description"] == m.description
+    assert typed[human.annotation_id]["model_annotation_id"] == m.annotation_id
+    # The prompt names the human category.
+    tmpl = describe_anomaly.load_prompt(describe_anomaly.PROMPT)
+    assert "{category}" in tmpl
+
+
+# ---------------------------------------------------------------------------- command line
+def test_cli_describe_and_errors(video_store: Store, tiny_vlm: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    root = str(video_store.root)
+    res = runner.invoke(app, ["curate", "describe", root, "--model", str(tiny_vlm),
+                              "--device", "cpu", "--frames", "4", "--frame-size", "56",
+                              "--min-chars", "4", "--max-chars", "12", "--max-tokens", "80"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (summary["items"], summary["ok"], summary["failed"]) == (3, 2, 1)
+
+    for args, msg in [
+        (["--model", str(tmp_path / "nope")], "does not exist"),
+        (["--model", "m", "--engine", "openai"], "--base-url"),
+        (["--model", str(tiny_vlm), "--engine", "vllm"], "pip install"),
+        (["--model", "m", "--engine", "tgi"], "--engine must be one of"),
+    ]:
+        res = runner.invoke(app, ["curate", "describe", root, *args])
+        assert res.exit_code == 2, res.output
+        assert res.stderr.startswith("error: ") and msg in res.stderr
+        assert "Traceback" not in res.output
