@@ -154,14 +154,21 @@ class PreLabel:
 
 
 def _judge_rows(store: Store) -> dict[str, list[dict[str, Any]]]:
-    """Latest ok judge outputs grouped by video id."""
+    """Latest ok judge outputs grouped by video id (rows of the newest judge version only)."""
     by_video: dict[str, list[dict[str, Any]]] = {}
     for r in queries.latest_status(store, JUDGE_STAGE).to_pylist():
         if r["status"] != "ok" or not r["output_json"]:
             continue
         out = json.loads(r["output_json"])
         vid = out.get("video_id") or r["id"]
-        by_video.setdefault(vid, []).append({**out, "_stage_version": r["stage_version"]})
+        by_video.setdefault(vid, []).append(
+            {**out, "_stage_version": r["stage_version"], "_time": r["time"]}
+        )
+    # Results of an older judge version (say, video-level before segment-level) are not mixed
+    # with the newest one's.
+    for vid, outs in by_video.items():
+        newest = max(outs, key=lambda o: o["_time"])["_stage_version"]
+        by_video[vid] = [o for o in outs if o["_stage_version"] == newest]
     return by_video
 
 
