@@ -81,7 +81,9 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
     """Start ``label-studio start`` on a free port of 127.0.0.1 with a temp data dir."""
     exe = LS_VENV / "bin" / "label-studio"
     if not exe.exists():
-        pytest.fail(f"Label Studio is not installed at {LS_VENV}: run scripts/setup_label_studio.sh")
+        pytest.fail(
+            f"Label Studio is not installed at {LS_VENV}: run scripts/setup_label_studio.sh"
+        )
     base = tmp_path_factory.mktemp("label-studio")
     data, media = base / "data", base / "media"
     data.mkdir()
@@ -107,7 +109,9 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"label-studio exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"label-studio exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+                )
             try:
                 if requests.get(f"{url}/health", timeout=5).ok:
                     break

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+
 import pytest
 from typer.testing import CliRunner
 
@@ -79,7 +80,8 @@ def test_person_reviews_in_browser_and_pull_writes_human_row(label_studio, tmp_p
         page.click('[data-testid="playback-button:play"]')
         page.wait_for_function("document.querySelector('video').currentTime > 0", timeout=30_000)
         # The person disagrees with the AI (Fire) and picks Explosion.
-        page.get_by_text("Explosion", exact=True).click()
+        page.locator("label", has=page.locator('input[name="Explosion"]')).click()
+        assert page.is_checked('input[name="Explosion"]')
         if shot := os.environ.get("REVIEW_SCREENSHOT"):  # docs/img/ screenshot for the README
             page.screenshot(path=shot)
         with page.expect_response(lambda r: "/annotations" in r.url
