@@ -137,3 +137,38 @@ def test_prelabels_from_judge_segments_and_frames_conversion(tmp_path):
     assert pre.span_source == "judge:segments"
     for a, b in [(1, 1), (1, 50), (7, 19), (33, 50)]:
         assert review.relative_to_frames(review.frames_to_relative(a, b, 50), 50) == (a, b)
+
+
+@pytest.mark.slow  # builds a tiny LaGoVAD (torch import + model) ~10-20 s on 2 cores
+def test_detector_proposes_spans_of_validation_videos(tmp_path):
+    import numpy as np
+    import torch
+
+    import lagovad
+    from lagovad.definition import AnomalyDefinition
+    from lagovad.detect import score_features
+    from prevad import taxonomy
+
+    store, vids = make_review_store(tmp_path / "s", [
+        {"category": "Fire", "split": "val", "spans": [[0.0, 0.1]]},
+        {"category": "Fire", "split": "train"},
+    ])
+    torch.manual_seed(3)
+    model = lagovad.create_model("lagovad-tiny")
+    ckpt = lagovad.save_checkpoint(tmp_path / "ckpt", model)
+    rng = np.random.default_rng(0)
+    feats = {}
+    for v in vids:  # 50 frames, stride 8, offset 4 -> 6 steps
+        feats[v.video_id] = rng.normal(size=(6, 32)).astype(np.float32)
+        store.write_features(v.video_id, "lagovad-clip-tiny", feats[v.video_id], frames=N_FRAMES)
+    pres = {p.video_id: p for p in review.collect_prelabels(store, checkpoint=ckpt)}
+
+    val, train = pres[vids[0].video_id], pres[vids[1].video_id]
+    assert val.span_source.startswith("lagovad:") and train.spans == []
+    definition = AnomalyDefinition.from_strings(list(taxonomy.TOP_LEVEL), kind="names")
+    scores, _, _ = score_features(model.eval(), feats[vids[0].video_id], definition)
+    above = [i for i, s in enumerate(scores) if s >= 0.5]
+    assert 0 < len(above) < 6, scores  # seed chosen so the proposal is a real part of the video
+    covered = sorted({f for i in above for f in range(i * 8, min((i + 1) * 8, N_FRAMES))})
+    got = sorted({f for a, b in val.spans for f in range(round(a * N_FRAMES), round(b * N_FRAMES))})
+    assert got == covered
