@@ -104,7 +104,7 @@ def label_config() -> str:
         f"    <Choice value={quoteattr(taxonomy.NORMAL)}/>",
     ]
     for top, subs in taxonomy.HIERARCHY.items():
-        lines.append(f"    <Choice value={quoteattr(top)} style=\"font-weight: bold\"/>")
+        lines.append(f"    <Choice value={quoteattr(top)}/>")
         lines.extend(f"    <Choice value={quoteattr(s)}/>" for s in subs)
     lines += [
         "  </Choices>",
@@ -729,14 +729,18 @@ class LabelStudio:
             )
         except requests.RequestException as exc:
             raise ReviewError(f"cannot reach Label Studio at {self.url}: {exc}") from None
-        if r.ok and "access" in r.json():
-            return f"Bearer {r.json()['access']}"
+        body = r.json() if "json" in r.headers.get("content-type", "") else {}
+        if r.ok and isinstance(body, dict) and "access" in body:
+            return f"Bearer {body['access']}"
         # Not a personal access token: try it as a legacy token.
         legacy = f"Token {self._token}"
-        probe = self._http.get(
-            f"{self.url}/api/current-user/whoami", headers={"Authorization": legacy},
-            timeout=self.timeout,
-        )
+        try:
+            probe = self._http.get(
+                f"{self.url}/api/current-user/whoami", headers={"Authorization": legacy},
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise ReviewError(f"cannot reach Label Studio at {self.url}: {exc}") from None
         if probe.ok:
             return legacy
         raise ReviewError(
@@ -768,7 +772,10 @@ class LabelStudio:
             break
         if not r.ok:
             raise ReviewError(f"{method} {path}: HTTP {r.status_code}: {r.text[:300]}")
-        return r.json() if r.content else None
+        try:
+            return r.json() if r.content else None
+        except ValueError:
+            raise ReviewError(f"{method} {path}: answer is not JSON: {r.text[:200]!r}") from None
 
     def _pages(self, path: str, key: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """All items of a paginated list endpoint."""

@@ -67,7 +67,7 @@ def test_person_reviews_in_browser_and_pull_writes_human_row(label_studio, tmp_p
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.goto(f"{ls.url}/user/login/")
         page.fill("input[name=email]", ls.email)
         page.fill("input[name=password]", ls.password)
