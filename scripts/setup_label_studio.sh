@@ -2,7 +2,8 @@
 # Installs what the review round-trip tests need, idempotently:
 #   * Label Studio (pinned) in its OWN virtualenv, because its dependency pins clash with ours;
 #   * Debian's chromium, which Playwright drives through executable_path (no browser download);
-#   * the Python `playwright` client in OUR venv (the `review` dev extra).
+#   * a migrated Label Studio database the tests copy (a fresh one costs minutes to migrate);
+#   * the Python `playwright` client in OUR venv (also in the `dev` extra).
 # Re-running is cheap: each step is skipped when its result is already there.
 # Env: LABEL_STUDIO_VENV (default ~/.cache/lagovad/label-studio-venv), PYTHON (default python3),
 #      OUR_PY (default .venv/bin/python), LABEL_STUDIO_VERSION (default 1.23.2).
@@ -23,6 +24,19 @@ else
   "$LS_VENV/bin/python" -m pip install -q --upgrade pip
   "$LS_VENV/bin/python" -m pip install -q "label-studio==$LS_VERSION"
   touch "$LS_VENV/.ls-$LS_VERSION"
+fi
+
+# A data dir with the database already migrated, copied by each test session: Django's
+# migrations are most of a fresh server start (`label-studio version` migrates and exits).
+TEMPLATE="$(dirname "$LS_VENV")/label-studio-test-db-$LS_VERSION"
+if [ -f "$TEMPLATE/label_studio.sqlite3" ]; then
+  echo "label-studio test database: already in $TEMPLATE"
+else
+  echo "label-studio test database: migrating into $TEMPLATE"
+  rm -rf "$TEMPLATE.tmp$$"
+  LABEL_STUDIO_BASE_DATA_DIR="$TEMPLATE.tmp$$" "$LS_VENV/bin/label-studio" version >/dev/null 2>&1
+  rm -rf "$TEMPLATE"
+  mv "$TEMPLATE.tmp$$" "$TEMPLATE"
 fi
 
 if [ -x /usr/bin/chromium ]; then
