@@ -172,3 +172,17 @@ def test_detector_proposes_spans_of_validation_videos(tmp_path):
     covered = sorted({f for i in above for f in range(i * 8, min((i + 1) * 8, N_FRAMES))})
     got = sorted({f for a, b in val.spans for f in range(round(a * N_FRAMES), round(b * N_FRAMES))})
     assert got == covered
+
+
+def test_media_urls_point_into_the_store(tmp_path):
+    store_root = (tmp_path / "root" / "store").resolve()
+    local = review.Media(store_root, document_root=tmp_path / "root")
+    assert local.url("videos/a b.mp4", "v") == "/data/local-files/?d=store/videos/a%20b.mp4"
+    assert local.url(str(store_root / "x.mp4"), "v") == "/data/local-files/?d=store/x.mp4"
+    web = review.Media(store_root, url_prefix="http://media.local/prevad/")
+    assert web.url("videos/a.mp4", "v") == "http://media.local/prevad/videos/a.mp4"
+    assert web.url("https://cdn/x.mp4", "v") == "https://cdn/x.mp4"
+    with pytest.raises(review.ReviewError, match="outside Label Studio's document root"):
+        review.Media(store_root, document_root=tmp_path / "elsewhere").url("videos/a.mp4", "v7")
+    with pytest.raises(review.ReviewError, match="video v8 has no uri"):
+        local.url(None, "v8")
