@@ -180,5 +180,14 @@ def _add_curate() -> None:
 
 _add_curate()
 
+
+def _add_review() -> None:
+    from prevad.review_cli import app as review_app
+
+    app.add_typer(review_app, name="review")
+
+
+_add_review()
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -260,3 +260,31 @@ def stage_results(store: Store, stage: str) -> pa.Table:
 def judge_results(store: Store) -> pa.Table:
     """Latest judge result per item (anomaly, category, top_level, confidence, judge_reason)."""
     return stage_results(store, "judge")
+
+
+#: Final label per video of a dataset (``prevad review``): the latest human annotation, else the
+#: latest model one. Parameter: $dataset. One row per video with ``n_human`` / ``n_model``.
+FINAL_LABELS = """
+SELECT video_id, annotation_id, annotator_kind, annotator, category, is_anomaly, description,
+       spans, split, created_at, n_human, n_model
+FROM (
+    SELECT *,
+           row_number() OVER (
+               PARTITION BY video_id
+               ORDER BY annotator_kind = 'human' DESC, created_at DESC, annotation_id
+           ) AS rn,
+           count(*) FILTER (WHERE annotator_kind = 'human') OVER (PARTITION BY video_id)
+               AS n_human,
+           count(*) FILTER (WHERE annotator_kind = 'model') OVER (PARTITION BY video_id)
+               AS n_model
+    FROM annotations
+    WHERE dataset = $dataset::VARCHAR
+)
+WHERE rn = 1
+ORDER BY video_id
+"""
+
+
+def final_labels(store: Store, dataset: str = "prevad") -> pa.Table:
+    """One row per video of ``dataset``: its latest human label, else its latest model label."""
+    return store.query(FINAL_LABELS, {"dataset": dataset})
