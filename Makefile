@@ -22,7 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m flows.quickstart --out runs/quickstart
 
+# The review tests run a real Label Studio (own venv) and drive Debian's chromium: the setup
+# script installs both once and is a no-op afterwards.
 test: $(STAMP)
+	OUR_PY=$(PY) bash scripts/setup_label_studio.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
