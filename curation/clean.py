@@ -13,8 +13,8 @@ For each stored video (input table ``videos``), the stage
    and why are the item's stage output.
 
 Policy (:class:`CleanPolicy`, every knob is part of the stage version). The **main shot** (the
-longest shot that is neither black nor static; the longest shot if all are) is never dropped. An edge shot (first or last remaining) no longer than ``max_edge_s``
-is dropped when it is
+longest shot that is neither black nor static; the longest shot if all are) is never dropped.
+An edge shot (first or last remaining) no longer than ``max_edge_s`` is dropped when it is
 
 - ``black``: at least ``black_fraction`` of its frames are black (mean luma < ``black_luma`` and
   95th percentile < 2 x ``black_luma``, 0-255);

@@ -160,11 +160,13 @@ class ClipEncoder:
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 #: Function words that carry no content (kept tiny on purpose: short captions are sparse).
-STOPWORDS = frozenset(
-    "a an the is are was were be being been of in on at to for from by with and or as it its "
-    "this that these those there their his her he she they them some someone something while "
-    "into onto up down out over about who which what".split()
-)
+STOPWORDS = frozenset([
+    "a", "an", "the", "is", "are", "was", "were", "be", "being", "been", "of", "in", "on",
+    "at", "to", "for", "from", "by", "with", "and", "or", "as", "it", "its", "this", "that",
+    "these", "those", "there", "their", "his", "her", "he", "she", "they", "them", "some",
+    "someone", "something", "while", "into", "onto", "up", "down", "out", "over", "about",
+    "who", "which", "what",
+])
 
 
 def bm25_tokens(text: str) -> list[str]:

@@ -8,6 +8,7 @@ requests per path so tests can assert how often a client retried.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -108,10 +109,8 @@ def _handler(server: MediaServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
             self.end_headers()
             if body:
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(chunk)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
         def _status(self, code: int) -> None:
             msg = f"status {code}\n".encode()

@@ -193,6 +193,10 @@ def test_dense_corpus_embeddings_are_cached_and_not_recomputed(store, small_csv,
     retrieve(store, small_csv, Settings(model_dir=tiny_dense_dir, top_k=2, min_score=-1,
                                         queries=q), encoder=enc)
     assert enc.calls == [1]  # only the new query: the corpus came from the cache
+    enc.calls.clear()
+    retrieve(store, small_csv, Settings(model_dir=tiny_dense_dir, top_k=3, min_score=-1,
+                                        queries=q), encoder=enc)
+    assert enc.calls == []  # known query sentences come from the store's query cache
     out = [r for r in store.records("stage_results") if r.stage == "retrieve"]
     assert sorted(r.output["embedding_cache_hit"] for r in out) == [False, True]
 
@@ -234,4 +238,5 @@ def test_real_minilm_retrieves_real_msrvtt_captions(store, msrvtt_csv):
     assert any("car" in t or "crash" in t for t in car)
     emb = np.load(next((store.root / "cache" / "embeddings").rglob("*.npy")))
     distinct = {c.caption for c in corpora.read_corpus(msrvtt_csv)[1]}
-    assert emb.shape == (len(distinct), 384) == (995, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+    assert emb.shape == (len(distinct), 384) == (995, 384)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
