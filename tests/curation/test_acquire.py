@@ -112,20 +112,24 @@ def test_timeout_is_transient_and_fails_after_retries(store, media_server, small
     assert store.read("videos").num_rows == 0
 
 
-def test_truncated_download_fails_with_the_reason(store, media_server, tmp_path):
+@pytest.mark.parametrize("faststart, message", [
+    (False, "not a readable video"),  # index at the end: the cut file has no moov atom
+    (True, "truncated: decoded"),  # index first: it announces frames the file no longer has
+])
+def test_truncated_download_fails_with_the_reason(store, media_server, tmp_path, faststart,
+                                                  message):
     from lagovad.video import write_video
     from tests.curation.conftest import Behaviour, colour_frames
 
-    # index at the end (no faststart): the truncated file has no moov atom
     src = write_video(tmp_path / "t.mp4", 100, colour_frames([(10, 10, 200)], [100]),
-                      lossless=False)
+                      lossless=False, faststart=faststart)
     shutil.copy(src, media_server.root / "trunc.mp4")
-    media_server.behaviours["trunc.mp4"] = Behaviour(truncate_to=src.stat().st_size // 2)
+    media_server.behaviours["trunc.mp4"] = Behaviour(truncate_to=src.stat().st_size * 6 // 10)
     cand = _cand(store, media_server.url("trunc.mp4"), "t")
     summary = acquire(store, AcquireSettings(**FAST))
     assert summary.failed == 1
     res, _ = _latest(store, cand)
-    assert res.error.startswith("bad download:") and "not a readable video" in res.error
+    assert res.error.startswith("bad download:") and message in res.error
     assert store.read("videos").num_rows == 0
     assert not list((store.root / "videos").rglob("*.mp4"))
 
