@@ -465,7 +465,16 @@ def register(app: typer.Typer) -> None:
         settings = Settings(method=method, top_k=top_k, min_score=min_score, aggregate=aggregate,
                             queries=query_file, model_dir=model,
                             clip=load_json_arg(clip, "--clip") or None, layout=layout)
-        summary = retrieve(Store(root), corpus, settings, progress=True)
+        store = Store(root)
+        summary = retrieve(store, corpus, settings, progress=True)
         print_summary(summary)
         if summary.items == 0:
             typer.echo("nothing to do: this corpus was already retrieved at this stage version")
+            return
+        for row in store_queries.latest_status(store, STAGE).to_pylist():
+            if row["run_id"] == summary.run_id and row["output_json"]:
+                out = json.loads(row["output_json"])
+                typer.echo(f"{out['captions']} captions, {out['videos']} videos -> "
+                           f"{out['candidates']} candidates ({settings.method}, top-k "
+                           f"{settings.top_k}, min-score {settings.min_score}; embedding cache "
+                           f"hit: {out['embedding_cache_hit']})")
