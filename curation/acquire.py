@@ -43,7 +43,16 @@ from curation.common import ProbeError, clean_errors, print_summary, probe_video
 from curation.ffmpeg import ffmpeg_dir
 from prevad import queries as store_queries
 from prevad.records import Video, video_id_for
-from prevad.stage import Failed, ItemResult, Ok, Rejected, Stage, run_stage, stage_version
+from prevad.stage import (
+    Failed,
+    ItemResult,
+    Ok,
+    Rejected,
+    Stage,
+    StageSummary,
+    run_stage,
+    stage_version,
+)
 from prevad.store import Store
 
 STAGE = "acquire"
@@ -301,7 +310,7 @@ def make_stage(store: Store, settings: AcquireSettings | None = None) -> Stage:
 
 
 def acquire(store: Store, settings: AcquireSettings | None = None, *, limit: int | None = None,
-            progress: bool = False, run_id: str | None = None):
+            progress: bool = False, run_id: str | None = None) -> StageSummary:
     """Run the acquire stage over the store's candidates work list (see :func:`run_stage`)."""
     stage = make_stage(store, settings)
     return run_stage(store, stage, shard_size=8, limit=limit, progress=progress, run_id=run_id)

@@ -44,7 +44,16 @@ import typer
 
 from curation.common import CurationError, clean_errors, print_summary, resolve_uri
 from prevad.records import Segment, make_id
-from prevad.stage import Failed, ItemResult, Ok, Rejected, Stage, run_stage, stage_version
+from prevad.stage import (
+    Failed,
+    ItemResult,
+    Ok,
+    Rejected,
+    Stage,
+    StageSummary,
+    run_stage,
+    stage_version,
+)
 from prevad.store import Store
 
 STAGE = "clean"
@@ -283,7 +292,7 @@ def make_stage(store: Store, policy: CleanPolicy | None = None) -> Stage:
 
 
 def clean(store: Store, policy: CleanPolicy | None = None, *, limit: int | None = None,
-          progress: bool = False, run_id: str | None = None):
+          progress: bool = False, run_id: str | None = None) -> StageSummary:
     """Run the clean stage over the videos work list (see :func:`run_stage`)."""
     return run_stage(store, make_stage(store, policy), shard_size=16, limit=limit,
                      progress=progress, run_id=run_id)

@@ -31,7 +31,16 @@ from curation.common import CurationError, ProbeError, clean_errors, print_summa
 from curation.ffmpeg import ffmpeg_path
 from prevad import queries as store_queries
 from prevad.records import SourceCandidate, Video, make_id, video_id_for
-from prevad.stage import Failed, ItemResult, Ok, Rejected, Stage, run_stage, stage_version
+from prevad.stage import (
+    Failed,
+    ItemResult,
+    Ok,
+    Rejected,
+    Stage,
+    StageSummary,
+    run_stage,
+    stage_version,
+)
 from prevad.store import Store
 
 STAGE = "record"
@@ -167,7 +176,7 @@ def make_stage(store: Store, settings: RecordSettings | None = None) -> Stage:
 
 
 def record(store: Store, settings: RecordSettings | None = None, *, limit: int | None = None,
-           progress: bool = False, run_id: str | None = None):
+           progress: bool = False, run_id: str | None = None) -> StageSummary:
     """Run the record stage over the candidates work list (see :func:`run_stage`)."""
     return run_stage(store, make_stage(store, settings), shard_size=4, limit=limit,
                      progress=progress, run_id=run_id)
