@@ -22,7 +22,9 @@ app = typer.Typer(help="Curation stages (retrieve, acquire, record, clean, descr
                   pretty_exceptions_enable=False)
 
 #: Modules (under ``curation``) whose ``register(app)`` adds a stage command.
-STAGE_MODULES: tuple[str, ...] = ("describe", "verify", "judge", "describe_anomaly")
+STAGE_MODULES: tuple[str, ...] = (
+    "retrieve", "acquire", "record", "clean", "describe", "verify", "judge", "describe_anomaly",
+)
 
 
 @app.command()

@@ -54,3 +54,30 @@ def ffmpeg_version() -> str:
         timeout=30,
     )
     return out.stdout.splitlines()[0]
+
+
+@lru_cache(maxsize=1)
+def ffmpeg_dir() -> Path:
+    """A folder holding an executable named ``ffmpeg`` (for tools that look for that name).
+
+    yt-dlp's ``ffmpeg_location`` maps a file path to ``<its folder>/ffmpeg``, so the versioned
+    name of the imageio-ffmpeg binary (``ffmpeg-linux-x86_64-v7...``) is not found. When the
+    binary is not called ``ffmpeg``, a symlink of that name is made in a private cache folder.
+    """
+    exe = ffmpeg_path()
+    if exe.name == "ffmpeg":
+        return exe.parent
+    import hashlib
+    import os
+    import tempfile
+
+    tag = hashlib.sha256(str(exe).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"curation-ffmpeg-{os.getuid()}-{tag}"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "ffmpeg"
+    if not link.exists():
+        tmp = folder / f".ffmpeg.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(exe)
+        os.replace(tmp, link)  # atomic: concurrent callers never see a half-made link
+    return folder

@@ -288,3 +288,29 @@ ORDER BY video_id
 def final_labels(store: Store, dataset: str = "prevad") -> pa.Table:
     """One row per video of ``dataset``: its latest human label, else its latest model label."""
     return store.query(FINAL_LABELS, {"dataset": dataset})
+
+# ---------------------------------------------------------------- curation stages (retrieve,
+# acquire, record): lookups by id.
+
+#: Every attempt of one item at one stage version. Parameters: $id, $stage, $stage_version.
+ITEM_ATTEMPTS = """
+SELECT status, attempt FROM stage_results
+WHERE id = $id::VARCHAR AND stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+ORDER BY attempt
+"""
+
+#: The stored row of one video. Parameter: $video_id.
+VIDEO_BY_ID = """
+SELECT * FROM videos WHERE video_id = $video_id::VARCHAR
+"""
+
+
+def item_attempts(store: Store, item_id: str, stage: str, stage_version: str) -> pa.Table:
+    """Status and attempt number of every result of one item at one stage version."""
+    return store.query(ITEM_ATTEMPTS, {"id": item_id, "stage": stage,
+                                       "stage_version": stage_version})
+
+
+def video_by_id(store: Store, video_id: str) -> pa.Table:
+    """The ``videos`` row of ``video_id`` (no rows when it is not stored)."""
+    return store.query(VIDEO_BY_ID, {"video_id": video_id})
