@@ -1,9 +1,8 @@
 """Prefect flows for curation stages: any :class:`prevad.stage.Stage` on a store.
 
-A stage is named by a *stage reference*: a short name registered in :data:`STAGES`, or an import
-path ``"package.module:factory"``. The factory takes the stage's parameters as keyword arguments
-and returns the :class:`~prevad.stage.Stage` (cheap to call; models are built by the stage's
-``process`` or by the factory itself on each Ray actor).
+A stage is named by a *stage reference* (:mod:`curation.registry`): a short name registered in
+``curation.registry.STAGES``, or an import path ``"package.module:factory"`` whose factory takes
+the stage's parameters as keywords and returns the :class:`~prevad.stage.Stage`.
 
 The flow is a thin task over :func:`prevad.stage.run_stage`. The store is the source of truth:
 the work list holds only items without an ok/rejected result, so rerunning a flow (after a crash,
@@ -20,10 +19,8 @@ Without ``PREFECT_API_URL`` every flow runs on Prefect's embedded server.
 
 from __future__ import annotations
 
-import functools
-import importlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +32,10 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from prevad.errors import ValidationError
-from prevad.stage import Stage, StageSummary
+from curation.registry import STAGES, resolve_factory, short_name, stage_factory
+from prevad.stage import StageSummary
 
-#: Short stage names -> factory import paths (``"curation.clean:make_stage"``). Filled in as the
-#: curation stage modules land; any ``module:factory`` path works without being registered.
-STAGES: dict[str, str] = {}
+__all__ = ["STAGES", "STAGE_TAGS", "make_stage_flow", "resolve_factory", "stage_flow"]
 
 #: Concurrency tags per stage name (stages not listed get none).
 STAGE_TAGS: dict[str, tuple[str, ...]] = {
@@ -64,42 +59,6 @@ TRANSIENT_RAY_ERRORS = frozenset({
     "ObjectLostError", "OwnerDiedError", "WorkerCrashedError", "GetTimeoutError",
     "RaySystemError",
 })
-
-
-# ---------------------------------------------------------------------------- stage references
-def resolve_factory(ref: str) -> Callable[..., Stage]:
-    """The stage factory a reference names (a :data:`STAGES` key or ``"module:function"``).
-
-    Raises:
-        ValidationError: unknown name, malformed path, or nothing callable at that path.
-    """
-    path = STAGES.get(ref, ref)
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValidationError(
-            f"unknown stage {ref!r}: use one of {sorted(STAGES) or '(none registered)'} or an "
-            f"import path 'package.module:factory'"
-        )
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValidationError(f"stage factory {path!r} cannot be imported: {exc}") from exc
-    if not callable(factory):
-        raise ValidationError(f"stage factory {path!r} is not callable")
-    return factory
-
-
-def stage_factory(ref: str, params: dict[str, Any] | None = None) -> Callable[[], Stage]:
-    """A zero-argument, picklable factory for the stage (what each Ray actor calls once)."""
-    return functools.partial(_build_stage, ref, dict(params or {}))
-
-
-def _build_stage(ref: str, params: dict[str, Any]) -> Stage:
-    stage = resolve_factory(ref)(**params)
-    if not isinstance(stage, Stage):
-        raise ValidationError(f"stage factory {ref!r} returned {type(stage).__name__}, "
-                              f"expected prevad.stage.Stage")
-    return stage
 
 
 # ---------------------------------------------------------------------------- retries
@@ -212,8 +171,8 @@ def submit_stage(store: str, stage: str, params: dict[str, Any] | None = None, *
                  retry_delay_s: float = 10.0, tags: Sequence[str] | None = None
                  ) -> dict[str, Any]:
     """Run :func:`run_stage_task` inside the current flow with the stage's tags and retries."""
-    name = stage.rpartition(":")[2] if stage not in STAGES else stage
-    task_tags = list(STAGE_TAGS.get(stage, ()) if tags is None else tags)
+    name = short_name(stage)
+    task_tags = list(STAGE_TAGS.get(name, ()) if tags is None else tags)
     return run_stage_task.with_options(
         name=f"stage-{name}", tags=task_tags, retries=retries, retry_delay_seconds=retry_delay_s
     )(store, stage, params, engine, shard_size, limit, actors, num_gpus)

@@ -15,7 +15,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 
-from flows.stage_flow import is_transient, resolve_factory, stage_flow
+from flows.stage_flow import is_transient, make_stage_flow, resolve_factory, stage_flow
 from prevad.errors import ValidationError
 from prevad.store import Store
 from tests.flows.stages import CALLS, add_videos
@@ -96,3 +96,14 @@ def test_error_classification_and_bad_references():
         resolve_factory("nope")
     with pytest.raises(ValidationError, match="cannot be imported"):
         resolve_factory("tests.flows.stages:no_such_factory")
+
+
+def test_make_stage_flow_names_a_flow_per_stage(store):
+    clean = make_stage_flow("clean", CLEAN, default_params={"min_duration": 4.0})
+    state = clean(str(store.root), params={"crash_on": 6.0}, engine="local", card=False,
+                  return_state=True)
+    summary = state.result()
+    assert (summary["ok"], summary["rejected"], summary["failed"]) == (3, {"too_short": 4}, 1)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+        assert client.read_flow(run.flow_id).name == "clean"
