@@ -83,10 +83,13 @@ class RayEngine:
     def _connect(self) -> None:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(address=self.address or os.environ.get("RAY_ADDRESS") or None,
-                     runtime_env=self.runtime_env, include_dashboard=False,
-                     log_to_driver=False)
+        if ray.is_initialized():
+            return
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if address:  # a cluster: its own dashboard; actor logs stream to this driver
+            ray.init(address=address, runtime_env=self.runtime_env)
+        else:  # a private local instance for this process
+            ray.init(runtime_env=self.runtime_env, include_dashboard=False, log_to_driver=False)
 
     def __call__(self, stage: Stage, batches: Iterable[list[dict[str, Any]]]
                  ) -> Iterator[list[ItemResult]]:
