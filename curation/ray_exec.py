@@ -112,16 +112,29 @@ class RayEngine:
             num_gpus=self.num_gpus,
             num_cpus=self.num_cpus,
         )
-        # Ray Data streams results as they finish; hold early ones until their turn.
-        pending: dict[int, list[ItemResult]] = {}
-        want = 0
-        for row in ds.iter_rows():
-            pending[int(row["i"])] = pickle.loads(row["results"])
-            while want in pending:
-                yield pending.pop(want)
-                want += 1
-        if want != len(items):
-            raise ValidationError(f"Ray returned results for {want} of {len(items)} batches")
+        rows = ((int(row["i"]), pickle.loads(row["results"])) for row in ds.iter_rows())
+        yield from in_order(rows, len(items))
+
+
+def in_order(indexed: Iterable[tuple[int, Any]], n: int) -> Iterator[Any]:
+    """Yield the values of ``(index, value)`` pairs in index order 0..n-1 as soon as possible.
+
+    Ray Data streams results as they finish; early ones wait here until their turn.
+
+    Raises:
+        ValidationError: an index is repeated or out of range, or some never arrived.
+    """
+    pending: dict[int, Any] = {}
+    want = 0
+    for k, value in indexed:
+        if not want <= k < n or k in pending:
+            raise ValidationError(f"batch index {k} repeated or out of range 0..{n - 1}")
+        pending[k] = value
+        while want in pending:
+            yield pending.pop(want)
+            want += 1
+    if want != n:
+        raise ValidationError(f"results came back for {want} of {n} batches")
 
 
 def resolve_engine(engine: str) -> str:
