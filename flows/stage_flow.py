@@ -35,7 +35,13 @@ from prefect.cache_policies import NO_CACHE
 from curation.registry import STAGES, resolve_factory, short_name, stage_factory
 from prevad.stage import StageSummary
 
-__all__ = ["STAGES", "STAGE_TAGS", "make_stage_flow", "resolve_factory", "stage_flow"]
+__all__ = ["CURATION_CHAIN", "STAGES", "STAGE_TAGS", "curate", "make_stage_flow",
+           "resolve_factory", "stage_flow", "submit_stage"]
+
+#: The curation chain run by :func:`curate`, in order (names registered in ``STAGES``).
+CURATION_CHAIN: tuple[str, ...] = (
+    "retrieve", "acquire", "record", "clean", "describe", "verify", "judge", "pre-label",
+)
 
 #: Concurrency tags per stage name (stages not listed get none).
 STAGE_TAGS: dict[str, tuple[str, ...]] = {
@@ -231,3 +237,38 @@ def make_stage_flow(name: str, ref: str, tags: Sequence[str] | None = None,
 
     run.__doc__ = f"Run the {name!r} stage ({ref}) on a store; publish its summary and card."
     return flow(run, name=name, log_prints=True)
+
+
+@flow(name="curate", log_prints=True)
+def curate(store: str, stages: list[str] | None = None,
+           params: dict[str, dict[str, Any]] | None = None, engine: str = "auto",
+           shard_size: int = 64, actors: int = 1, num_gpus: float = 0.0, retries: int = 2,
+           retry_delay_s: float = 10.0, card: bool = True) -> dict[str, Any]:
+    """Run stages in order on a store (default :data:`CURATION_CHAIN`), then the data card.
+
+    Every reference is resolved before the first stage runs, so a typo fails at once. Rerunning
+    after a crash continues where the store says work is left.
+
+    Args:
+        store: store root.
+        stages: stage references in order (default :data:`CURATION_CHAIN`).
+        params: per stage (reference or short name) its factory keywords.
+        engine, shard_size, actors, num_gpus, retries, retry_delay_s: as :func:`stage_flow`.
+        card: write and publish the data card at the end.
+
+    Returns:
+        ``{"stages": {name: summary}, "card": path or None}``.
+    """
+    refs = list(stages or CURATION_CHAIN)
+    for ref in refs:
+        resolve_factory(ref)
+    params = params or {}
+    out: dict[str, Any] = {"stages": {}, "card": None}
+    for ref in refs:
+        name = short_name(ref)
+        out["stages"][name] = submit_stage(
+            store, ref, params.get(ref, params.get(name)), engine=engine, shard_size=shard_size,
+            actors=actors, num_gpus=num_gpus, retries=retries, retry_delay_s=retry_delay_s)
+    if card:
+        out["card"] = data_card_task(store)
+    return out

@@ -61,3 +61,13 @@ def flaky_stage(error: str, times: int, key: str) -> Stage:
         exc = {"connection": ConnectionError, "validation": ValidationError}[error]
         raise exc(f"simulated {error} error, build {CALLS[key]}")
     return clean_stage()
+
+
+def caption_stage(prefix: str = "a clip of") -> Stage:
+    """A second stage, over ``segments``: a caption per segment as the item's output."""
+
+    def process(rows):
+        return [Ok(output={"caption": f"{prefix} {r['end_s'] - r['start_s']:.1f} s"})
+                for r in rows]
+
+    return Stage("caption", stage_version("caption", {"prefix": prefix}), "segments", process)
