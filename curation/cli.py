@@ -41,3 +41,6 @@ def status(root: Path) -> None:
 
 for _name in STAGE_MODULES:
     importlib.import_module(f"curation.{_name}").register(app)
+
+# The generic runner (any stage by reference, --engine local|ray|auto).
+importlib.import_module("curation.run_cmd").register(app)

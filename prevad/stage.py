@@ -25,7 +25,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +178,24 @@ def _process_batch(stage: Stage, rows: list[dict[str, Any]]) -> list[ItemResult]
     return results
 
 
+def process_batch(stage: Stage, rows: list[dict[str, Any]]) -> list[ItemResult]:
+    """Public name of the per-batch step (used by executors that run ``process`` elsewhere)."""
+    return _process_batch(stage, rows)
+
+
+#: How batches are processed: ``(stage, batches) -> one result list per batch, in batch order``.
+#: The default runs ``stage.process`` in this process; ``curation.ray_exec`` runs it on Ray
+#: actors while this process stays the store's single writer.
+BatchMapper = Callable[["Stage", Iterable[list[dict[str, Any]]]], Iterator[Sequence[ItemResult]]]
+
+
+def local_map_batches(stage: Stage, batches: Iterable[list[dict[str, Any]]]
+                      ) -> Iterator[list[ItemResult]]:
+    """The default :data:`BatchMapper`: each batch through :func:`process_batch`, in order."""
+    for batch in batches:
+        yield _process_batch(stage, batch)
+
+
 def commit_results(store: Store, stage: Stage, rows: list[dict[str, Any]],
                    results: Sequence[ItemResult], run_id: str) -> None:
     """Store a shard's outputs and status rows (outputs first, then the status rows)."""
@@ -207,6 +225,7 @@ def run_stage(
     limit: int | None = None,
     progress: bool = False,
     run_id: str | None = None,
+    map_batches: BatchMapper | None = None,
 ) -> StageSummary:
     """Run ``stage`` over its work list, committing shard by shard.
 
@@ -217,6 +236,8 @@ def run_stage(
         limit: process at most this many items (None = all).
         progress: show a progress bar (command line).
         run_id: identifies this run in ``stage_results.run_id`` (generated if None).
+        map_batches: where ``process`` runs (:data:`BatchMapper`; default
+            :func:`local_map_batches`); results always come back here to be committed.
 
     Returns:
         The run's :class:`StageSummary` (also written to ``stage_runs/<stage>/<run_id>.json``).
@@ -235,12 +256,21 @@ def run_stage(
         bar = tqdm(total=len(todo), desc=stage.name, unit="item")
     start = time.perf_counter()
     rejected: Counter[str] = Counter()
-    for s in range(0, len(todo), shard_size):
-        shard = todo[s : s + shard_size]
+    shards = [todo[s : s + shard_size] for s in range(0, len(todo), shard_size)]
+    # All batches go to the mapper at once (a remote engine keeps its workers busy across
+    # shards); results come back in batch order and are committed shard by shard.
+    batches = [shard[b : b + stage.batch_size] for shard in shards
+               for b in range(0, len(shard), stage.batch_size)]
+    outcomes = iter((map_batches or local_map_batches)(stage, iter(batches)))
+    for shard in shards:
         results: list[ItemResult] = []
         for b in range(0, len(shard), stage.batch_size):
             batch = shard[b : b + stage.batch_size]
-            results.extend(_process_batch(stage, batch))
+            got = list(next(outcomes))
+            if len(got) != len(batch):
+                raise ValidationError(f"stage {stage.name!r}: map_batches returned {len(got)} "
+                                      f"results for a batch of {len(batch)}")
+            results.extend(got)
             if bar is not None:
                 bar.update(len(batch))
         commit_results(store, stage, shard, results, run_id)
