@@ -23,6 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from lagovad.errors import LagovadError
 from lagovad.model import LaGoVAD
 from prevad.io import atomic_write_bytes
 
@@ -35,7 +36,7 @@ TRAIN_JSON = "training_state.json"
 FROZEN_PREFIX = "text.backbone."
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LagovadError, RuntimeError):
     """A checkpoint is missing, malformed or does not fit the model."""
 
 

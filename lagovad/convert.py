@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from lagovad.checkpoint import load_weights, save_checkpoint
+from lagovad.errors import LagovadError
 from lagovad.model import LaGoVAD
 
 _RULES: list[tuple[str, str]] = [
@@ -62,7 +63,7 @@ _ANCHORS = ("bin_head.adp_alpha", "temporal_encoder.embed_positions.weight")
 _IGNORED = re.compile(r"clip_text_model\.(?!prompt_embedding\.).+|.*position_ids")
 
 
-class ConversionError(RuntimeError):
+class ConversionError(LagovadError, RuntimeError):
     """An official checkpoint cannot be read or does not fit the model."""
 
 

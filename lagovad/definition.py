@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from lagovad.errors import LagovadError
+
 NORMAL = "Normal"
 #: The shared normal prompt of the authors' evaluation (used as the Normal *description*).
 NORMAL_PROMPT = (
@@ -26,7 +28,7 @@ _KINDS = ("name", "description")
 _AUTO_MAX_NAME_WORDS = 4
 
 
-class DefinitionError(ValueError):
+class DefinitionError(LagovadError, ValueError):
     """An anomaly definition is empty, has blank or duplicate entries, or an unknown kind."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from lagovad.definition import AnomalyDefinition
+from lagovad.errors import LagovadError
 from lagovad.extract import FolderSink, Protocol, StoreSink, VideoJob, make_protocol, run_extraction
 from lagovad.image_encoder import ImageEncoder, load_image_encoder
 from lagovad.video import probe
@@ -43,7 +44,7 @@ DEFAULT_MERGE_GAP_S = 1.0
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lagovad" / "features"
 
 
-class DetectError(Exception):
+class DetectError(LagovadError):
     """Detection cannot run as asked (features/model mismatch, missing weights, bad options)."""
 
 

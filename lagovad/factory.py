@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from lagovad.errors import LagovadError
 from lagovad.model import LaGoVAD
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
@@ -17,7 +18,7 @@ _NOT_MODELS = {"lagovad-clip-tiny"}
 _ARCH_KEYS = ("video_dim", "hidden", "temporal", "fusion", "binary_head", "prompts")
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(LagovadError, ValueError):
     """A model name is not one of the packaged configs."""
 
 

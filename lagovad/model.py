@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lagovad.definition import AnomalyDefinition
+from lagovad.errors import LagovadError
 from lagovad.text import TextBranch, load_clip_text
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(LagovadError, ValueError):
     """A model config value is out of range or inconsistent."""
 
 
-class ModelInputError(ValueError):
+class ModelInputError(LagovadError, ValueError):
     """Video features, mask or definition passed to the model are malformed."""
 
 

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lagovad.errors import LagovadError
+
 log = logging.getLogger(__name__)
 
 SOT_TOKEN = 49406
@@ -40,7 +42,7 @@ _CACHE_LIMIT = 65536
 _CONFIG_DIR = Path(__file__).with_name("model_configs")
 
 
-class ClipLoadError(RuntimeError):
+class ClipLoadError(LagovadError, RuntimeError):
     """A CLIP text model could not be built or loaded."""
 
 

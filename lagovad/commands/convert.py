@@ -7,11 +7,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from lagovad.commands import handles_errors
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``convert-official`` command to ``app``."""
 
     @app.command("convert-official")
+    @handles_errors
     def convert_official_cmd(
         ckpt: Path = typer.Argument(..., help="The authors' Lightning .ckpt (or a state dict)."),
         out: Path = typer.Argument(..., help="Output checkpoint directory."),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from lagovad.commands import handles_errors
+
 
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg="red", err=True)
@@ -146,6 +148,6 @@ def rescore_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add `extract`, `detect` and `rescore` to the lagovad app."""
-    app.command("extract")(extract_cmd)
-    app.command("detect")(detect_cmd)
-    app.command("rescore")(rescore_cmd)
+    app.command("extract")(handles_errors(extract_cmd))
+    app.command("detect")(handles_errors(detect_cmd))
+    app.command("rescore")(handles_errors(rescore_cmd))

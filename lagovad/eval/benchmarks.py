@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lagovad.errors import LagovadError
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFINITIONS_DIR = Path(__file__).resolve().parent / "definitions"
 
@@ -28,7 +30,7 @@ XD_CODES = {"B1": "Fighting", "B2": "Shooting", "B4": "Riot", "B5": "Abuse", "B6
             "G": "Explosion"}
 
 
-class EvalError(ValueError):
+class EvalError(LagovadError, ValueError):
     """Base class of evaluation errors (bad benchmark, bad file, missing data)."""
 
 

@@ -172,7 +172,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, args: list[str], needle: str) -
     root = str(tmp_path / "s")
     runner.invoke(app, ["init", root])
     r = runner.invoke(app, [a.format(root=root) for a in args])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert needle in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
 
