@@ -215,6 +215,20 @@ def clear_out_folder(found: Sequence[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
+def check_train_split(cfg: TrainConfig, data: SplitData) -> None:
+    """Training needs abnormal and normal videos (MIL pairs them; synthesis mixes them)."""
+    n_abnormal = sum(v.is_anomaly for v in data.videos)
+    n_normal = len(data.videos) - n_abnormal
+    if not n_abnormal or not n_normal:
+        where = f"store {cfg.store}, split {cfg.train_split!r}" + (
+            f", dataset {cfg.dataset!r}" if cfg.dataset else "")
+        missing = "no abnormal" if not n_abnormal else "no normal"
+        raise TrainError(
+            f"{where} has {missing} videos ({n_abnormal} abnormal, {n_normal} normal): training "
+            "needs both"
+        )
+
+
 def resume_changes(cfg: TrainConfig, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Settings of ``cfg`` that differ from the ``train_config`` a checkpoint was written with.
 
@@ -530,6 +544,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     store = Store(cfg.store)
     feature_model = resolve_feature_model(store, cfg.feature_model)
     train_data = load_split(store, cfg.train_split, feature_model, dim, cfg.dataset)
+    check_train_split(cfg, train_data)
     val_data = (
         load_split(store, cfg.val_split, feature_model, dim, cfg.dataset, require_spans=True)
         if cfg.val_split
