@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lagovad.checkpoint import load_weights, save_checkpoint
+from lagovad.checkpoint import load_weights
 from lagovad.errors import LagovadError
 from lagovad.model import LaGoVAD
 
@@ -213,42 +213,13 @@ def load_official_into(model: LaGoVAD, path: str | Path) -> ConversionReport:
     return report
 
 
-def _stand_in_clip(hidden: int) -> dict:
-    # Conversion never encodes text: a small random CLIP of the right width avoids loading the
-    # real one (which may need a download); config.json still names the real CLIP.
+def stand_in_clip(hidden: int) -> dict:
+    """A ``clip`` entry for a tiny random CLIP text model of width ``hidden``.
+
+    Conversion never encodes text: this avoids loading the real CLIP (which may need a
+    download) while the converted config.json still names the real one.
+    """
     return {"backend": "hf", "random_init": True,
             "text_config": {"hidden_size": hidden, "intermediate_size": 4, "num_hidden_layers": 1,
                             "num_attention_heads": 1, "vocab_size": 49408,
                             "max_position_embeddings": 77}}
-
-
-def convert_official(
-    ckpt: str | Path,
-    out_dir: str | Path,
-    model_name: str = "lagovad-b16",
-    clip: dict | None = None,
-) -> ConversionReport:
-    """Convert an official checkpoint to a LaGoVAD checkpoint directory.
-
-    Args:
-        ckpt: The authors' Lightning ``.ckpt`` (or a bare state dict file).
-        out_dir: Output checkpoint directory.
-        model_name: Our config the weights belong to.
-        clip: Optional override of the CLIP the config names (stored in config.json).
-
-    Returns:
-        The report.
-    """
-    from lagovad.factory import build_model, get_model_config, merge_config
-
-    config = get_model_config(model_name)
-    if clip is not None:
-        config["clip"] = merge_config(config["clip"], clip)
-    stand_in = dict(config, clip=_stand_in_clip(int(config["hidden"])))
-    model = build_model(stand_in)
-    report = load_official_into(model, ckpt)
-    model.config = config
-    extra = {"converted_from": str(ckpt), "official_meta": report.meta,
-             "official_prefix": report.prefix, "ignored_official_keys": len(report.ignored)}
-    save_checkpoint(out_dir, model, extra=extra)
-    return report

@@ -26,16 +26,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Map the authors' checkpoint onto LaGoVAD; save model.safetensors + config.json."""
-        from lagovad.convert import ConversionError, convert_official
-        from lagovad.factory import UnknownModelError
+        from lagovad.factory import convert_official
 
         console = Console(stderr=True)
         override = {"backend": "hf", "name": clip} if clip else None
-        try:
-            report = convert_official(ckpt, out, model_name=model, clip=override)
-        except (ConversionError, UnknownModelError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(code=2) from exc
+        report = convert_official(ckpt, out, model_name=model, clip=override)
         console.print(
             f"converted {len(report.mapped)} tensors from {ckpt} -> {out} "
             f"(prefix {report.prefix!r}, ignored {len(report.ignored)} CLIP/buffer keys)"

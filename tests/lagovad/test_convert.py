@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 import lagovad
 from lagovad.commands import convert as convert_cmd
-from lagovad.convert import ConversionError, convert_official, ours_to_official
-from lagovad.factory import get_model_config
+from lagovad.convert import ConversionError, ours_to_official
+from lagovad.factory import build_model, convert_official, get_model_config
 
 DEFN = lagovad.AnomalyDefinition.from_strings(["Fighting", "Explosion", "Car Accident"])
 
@@ -170,8 +170,8 @@ def test_b16_official_layout_maps_completely_with_the_authors_count():
     sd = official_state_dict(cfg)
     trainable = sum(v.numel() for k, v in sd.items() if "embed_positions" not in k)
     assert trainable == 18_939_908
-    model = lagovad.LaGoVAD(dict(cfg, clip={"backend": "hf", "random_init": True,
-                                            "text_config": {"num_hidden_layers": 1}}))
+    model = build_model(dict(cfg, clip={"backend": "hf", "random_init": True,
+                                        "text_config": {"num_hidden_layers": 1}}))
     from lagovad.convert import official_to_ours
 
     ours, report = official_to_ours(sd)

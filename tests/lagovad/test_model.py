@@ -13,7 +13,7 @@ from transformers.models.roformer.modeling_roformer import (
 
 import lagovad
 from lagovad.convert import ours_to_official
-from lagovad.factory import UnknownModelError, get_model_config
+from lagovad.factory import UnknownModelError, build_model, get_model_config
 from lagovad.model import (
     AdaptiveBinaryHead,
     ModelConfigError,
@@ -164,7 +164,7 @@ def test_unknown_model_and_bad_config():
     cfg = get_model_config("lagovad-tiny")
     cfg["binary_head"]["kernel_size"] = 4
     with pytest.raises(ModelConfigError, match="odd integer >= 1, got 4"):
-        lagovad.LaGoVAD(cfg)
+        build_model(cfg)
 
 
 def test_training_step_updates_prompts_and_heads():
