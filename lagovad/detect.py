@@ -477,14 +477,10 @@ def intervals_csv(det: Detection) -> str:
 
 def plot_detection(det: Detection, path: str | Path, top_k: int = 3) -> None:
     """PNG: anomaly score over time, threshold, intervals shaded, top classes in the legend."""
-    import matplotlib
+    from prevad.io import atomic_save_png, new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from prevad.io import atomic_save_png
-
-    fig, ax = plt.subplots(figsize=(10, 3.2), dpi=100)
+    fig = new_figure(figsize=(10, 3.2), dpi=100)  # pyplot-free: the caller's backend stays
+    ax = fig.subplots()
     ax.plot(det.times_s, det.anomaly_scores, color="black", lw=1.5, label="anomaly score")
     labels = det.definition.labels
     for name, prob in det.top_classes(top_k):
@@ -502,7 +498,4 @@ def plot_detection(det: Detection, path: str | Path, top_k: int = 3) -> None:
     ax.set_title(det.video.name)
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
-    try:
-        atomic_save_png(fig, path)
-    finally:
-        plt.close(fig)
+    atomic_save_png(fig, path)

@@ -656,14 +656,12 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]
     Returns:
         The written path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from prevad.io import new_figure
 
     epochs = [m["epoch"] for m in history]
     terms = ["loss", "mil", "frame_bce", "pseudo_mil", "mil_align", "contrastive"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))  # pyplot-free: the caller's backend is left alone
+    ax1, ax2 = fig.subplots(1, 2)
     for name in terms:
         if all(name in m for m in history):
             ax1.plot(epochs, [m[name] for m in history], marker=".", label=name,
@@ -682,10 +680,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]
         ax2.legend(fontsize="small")
     else:
         ax2.text(0.5, 0.5, "no validation split", ha="center", va="center")
-    try:
-        return atomic_save_png(fig, path)
-    finally:
-        plt.close(fig)
+    return atomic_save_png(fig, path)
 
 
 def _public_config(cfg: TrainConfig) -> dict[str, Any]:
