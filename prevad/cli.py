@@ -59,11 +59,25 @@ def init(root: Path) -> None:
 
 @app.command("import-benchmark")
 @_clean_errors
-def import_benchmark(root: Path, name: str, file: Path) -> None:
-    """Import an official benchmark FILE (test_annotations.json) as dataset NAME."""
+def import_benchmark(
+    root: Path,
+    name: str,
+    file: Path,
+    classes: str | None = typer.Option(
+        None, "--classes",
+        help="Comma-separated class list of a benchmark other than the seven known ones "
+        "(ucf, xd, msad, ubnormal, dota, tad, lad), Normal included.",
+    ),
+) -> None:
+    """Import an official benchmark FILE (test_annotations.json) as dataset NAME.
+
+    Every entry's class must be in the benchmark's class list (known for the seven zero-shot
+    benchmarks, else --classes); Normal entries must have no span, anomalies at least one.
+    """
     from prevad import interop
 
-    res = interop.import_benchmark(Store(root), name, file)
+    allowed = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    res = interop.import_benchmark(Store(root), name, file, classes=allowed)
     typer.echo(f"{name}: {res.written} rows written, {res.skipped} identical rows skipped")
 
 
