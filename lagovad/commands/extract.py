@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from lagovad.commands import handles_errors
+from prevad.cli_errors import fail
 
 
 def _fail(exc: Exception) -> None:
@@ -66,6 +67,9 @@ def extract_cmd(
     )
     for f in summary.failures:
         typer.echo(f"  failed: {f['path']}: {f['reason']}")
+    if summary.failed and summary.failed == summary.total:
+        # nothing usable came out: a script must not read this as success
+        fail(f"every input failed ({summary.failed} of {summary.total} videos; reasons above)")
 
 
 def detect_cmd(
