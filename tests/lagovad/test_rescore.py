@@ -99,3 +99,32 @@ def test_rescore_errors(scored_store):
         videos_with_class(store, definition, label, "Shooting")
     with pytest.raises(RescoreError, match="no-such-model"):
         rescore(store, model, definition, label, model_id="no-such-model", progress=False)
+
+
+def test_nan_in_one_feature_file_skips_only_that_video(tmp_path, tiny_lagovad_checkpoint):
+    from typer.testing import CliRunner
+
+    from lagovad.cli import app
+    from tests.lagovad.helpers import make_store
+
+    store = make_store(tmp_path / "store", n_train=1, n_val=0, splits=("train",))
+    rows = store.read("features").to_pylist()
+    bad = rows[1]
+    arr = np.load(store.root / bad["location"])
+    arr[3] = np.nan
+    np.save(store.root / bad["location"], arr)
+    model, label = load_detector(tiny_lagovad_checkpoint, device="cpu")
+    definition = AnomalyDefinition.from_strings(["Fighting"])
+    summary = rescore(store, model, definition, label, progress=False)
+    assert summary.scored == len(rows) - 1
+    assert [f["video_id"] for f in summary.failures] == [bad["video_id"]]
+    assert "NaN/Inf" in summary.failures[0]["reason"]
+    scored = set(store.query("SELECT DISTINCT video_id FROM scores").column("video_id")
+                 .to_pylist())
+    assert scored == {r["video_id"] for r in rows} - {bad["video_id"]}
+    # the CLI names the video too
+    result = CliRunner().invoke(app, ["rescore", "--store", str(store.root), "--define",
+                                      "Shooting", "--checkpoint", str(tiny_lagovad_checkpoint),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"failed: {bad['video_id']}" in result.output and "NaN/Inf" in result.output
