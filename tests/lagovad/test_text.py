@@ -204,3 +204,25 @@ def test_definition_json_round_trip_and_id():
     d = AnomalyDefinition.from_strings(["Fighting", "Shooting"])
     assert AnomalyDefinition.from_json(d.to_json()) == d
     assert d.id != AnomalyDefinition.from_strings(["Shooting", "Fighting"]).id
+
+
+def test_definition_longer_than_clip_reads_is_not_cut_silently(tiny_model):
+    import warnings
+
+    from lagovad.errors import LagovadWarning
+
+    long_text = "A man walks into a store and " + "looks around slowly " * 500  # ~10,000 chars
+    definition = AnomalyDefinition.from_strings(["Fighting", long_text])
+    with pytest.warns(LagovadWarning, match=r"'A man walks into.*\.\.\.' has \d{4} CLIP tokens "
+                                            r"but the description path reads 77"):
+        with torch.no_grad():
+            tiny_model.encode_definition(definition)
+    long_name = " ".join(["Fire"] * 80)
+    with pytest.warns(LagovadWarning, match=r"name \(soft-prompt\) path reads 69"):
+        with torch.no_grad():
+            tiny_model.encode_text([long_name], prompts=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a definition that fits warns nothing
+        with torch.no_grad():
+            tiny_model.encode_definition(AnomalyDefinition.from_strings(
+                ["Shooting", "A man points a gun at a cashier and takes the money."]))
