@@ -15,7 +15,12 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2) from exc
 
 
-def _definition(define: list[str] | None):
+NORMAL_HELP = ("Normal class added to the definition: 'name' (the word Normal), 'prompt' (the "
+               "authors' sentence 'Normal behavior, views or surveillance content ...'), 'auto' "
+               "(name for class names, prompt for descriptions).")
+
+
+def _definition(define: list[str] | None, normal: str = "auto"):
     from lagovad.definition import AnomalyDefinition, DefinitionError
 
     if not define:
@@ -23,7 +28,7 @@ def _definition(define: list[str] | None):
             "--define is required at least once (a class name like 'Fighting' or a description "
             "like 'A man points a gun at a cashier.')"
         )
-    return AnomalyDefinition.from_strings(define)
+    return AnomalyDefinition.from_strings(define, normal=normal)
 
 
 def extract_cmd(
@@ -89,6 +94,7 @@ def detect_cmd(
     merge_gap: float = typer.Option(1.0, help="Merge intervals closer than this, seconds."),
     device: str = typer.Option(None, help="cuda / cpu."),
     plot: bool = typer.Option(True, help="Write the PNG plot."),
+    normal: str = typer.Option("auto", "--normal", help=NORMAL_HELP),
 ) -> None:
     """Detect anomalies in one video under your own definition (names and/or descriptions)."""
     from lagovad.definition import DefinitionError
@@ -96,7 +102,7 @@ def detect_cmd(
     from lagovad.image_encoder import ImageEncoderError
 
     try:
-        definition = _definition(define)
+        definition = _definition(define, normal)
         net, label = load_detector(checkpoint, model, weights, device=device)
         encoder = encoder_for(net, clip_model, clip_pretrained, device=device)
         st = None
@@ -129,6 +135,7 @@ def rescore_cmd(
     weights: Path = typer.Option(None, "--weights", help="Weights for --model."),
     model_id: str = typer.Option(None, help="Stored feature model to score (if several)."),
     device: str = typer.Option(None, help="cuda / cpu."),
+    normal: str = typer.Option("auto", "--normal", help=NORMAL_HELP),
 ) -> None:
     """Score every stored video under a new definition from cached features (no decoding)."""
     from lagovad.definition import DefinitionError
@@ -137,7 +144,7 @@ def rescore_cmd(
     from prevad import Store
 
     try:
-        definition = _definition(define)
+        definition = _definition(define, normal)
         net, label = load_detector(checkpoint, model, weights, device=device)
         summary = rescore(Store(store), net, definition, label, model_id=model_id)
     except (DefinitionError, DetectError, ValueError, OSError) as exc:

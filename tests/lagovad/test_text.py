@@ -226,3 +226,20 @@ def test_definition_longer_than_clip_reads_is_not_cut_silently(tiny_model):
         with torch.no_grad():
             tiny_model.encode_definition(AnomalyDefinition.from_strings(
                 ["Shooting", "A man points a gun at a cashier and takes the money."]))
+
+
+def test_definition_keeps_the_authors_normal_sentence_selectable():
+    # the authors' sentence given verbatim stays their sentence, even in a names definition
+    d = AnomalyDefinition.from_strings(["Fighting", NORMAL_PROMPT], kind="names")
+    assert d[0].text == NORMAL_PROMPT and d[0].kind == "description" and d.labels[0] == "Normal"
+    # or chosen without typing it
+    d = AnomalyDefinition.from_strings(["Fighting", "Shooting"], normal="prompt")
+    assert (d[0].text, d[0].kind) == (NORMAL_PROMPT, "description")
+    assert d.texts[1:] == ["Fighting", "Shooting"]
+    # the documented default: the word Normal for names, the sentence for descriptions
+    assert AnomalyDefinition.from_strings(["Fighting"]).texts[0] == "Normal"
+    assert AnomalyDefinition.from_strings(["Fighting"], normal="name").texts[0] == "Normal"
+    desc = AnomalyDefinition.from_strings(["normal", "Two men fight."], kind="descriptions")
+    assert desc.texts[0] == NORMAL_PROMPT
+    with pytest.raises(DefinitionError, match="normal must be"):
+        AnomalyDefinition.from_strings(["Fighting"], normal="sentence")
