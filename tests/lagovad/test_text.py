@@ -213,14 +213,13 @@ def test_definition_longer_than_clip_reads_is_not_cut_silently(tiny_model):
 
     long_text = "A man walks into a store and " + "looks around slowly " * 500  # ~10,000 chars
     definition = AnomalyDefinition.from_strings(["Fighting", long_text])
-    with pytest.warns(LagovadWarning, match=r"'A man walks into.*\.\.\.' has \d{4} CLIP tokens "
-                                            r"but the description path reads 77"):
-        with torch.no_grad():
-            tiny_model.encode_definition(definition)
+    too_long = r"'A man walks into.*\.\.\.' has \d{4} CLIP tokens but the description path reads 77"
+    with pytest.warns(LagovadWarning, match=too_long), torch.no_grad():
+        tiny_model.encode_definition(definition)
     long_name = " ".join(["Fire"] * 80)
-    with pytest.warns(LagovadWarning, match=r"name \(soft-prompt\) path reads 69"):
-        with torch.no_grad():
-            tiny_model.encode_text([long_name], prompts=True)
+    with pytest.warns(LagovadWarning, match=r"name \(soft-prompt\) path reads 69"), \
+            torch.no_grad():
+        tiny_model.encode_text([long_name], prompts=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a definition that fits warns nothing
         with torch.no_grad():
