@@ -186,10 +186,12 @@ def create_model(
         load_official_into(model, path)
     else:
         stored = read_checkpoint_config(path)["model_config"]
-        mismatch = [k for k in _ARCH_KEYS if stored.get(k) != config.get(k)]
+        # compared as parsed configs: a default written out equals the same default left out
+        ours, theirs = ModelConfig.from_dict(config), ModelConfig.from_dict(stored)
+        mismatch = [k for k in _ARCH_KEYS if getattr(ours, k) != getattr(theirs, k)]
         if mismatch:
             raise CheckpointError(
-                f"checkpoint {path} ({stored.get('name')}) does not match model {name!r} on "
+                f"checkpoint {path} ({theirs.name}) does not match model {name!r} on "
                 f"{mismatch}; load it with lagovad.load_checkpoint instead"
             )
         # The checkpoint names its CLIP; only an explicit `clip` argument overrides it.
