@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from prevad import queries
+from prevad.cli_errors import exit_on
+from prevad.errors import PrevadError
 from prevad.store import Store
 
 app = typer.Typer(help="Curation stages (retrieve, acquire, record, clean, describe, verify, "
@@ -28,6 +30,7 @@ STAGE_MODULES: tuple[str, ...] = (
 
 
 @app.command()
+@exit_on(PrevadError, OSError)
 def status(root: Path) -> None:
     """Per stage and version: latest status counts (ok / rejected by reason / failed)."""
     tbl = queries.stage_status_counts(Store(root))

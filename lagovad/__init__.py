@@ -8,14 +8,10 @@ Front door::
     out = model(video, mask, defn)
 """
 
-from lagovad.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_training_state,
-    save_checkpoint,
-)
+from lagovad.checkpoint import CheckpointError, load_training_state, save_checkpoint
 from lagovad.definition import NORMAL, NORMAL_PROMPT, AnomalyClass, AnomalyDefinition
-from lagovad.factory import create_model, get_model_config, list_models
+from lagovad.errors import LagovadError, LagovadWarning
+from lagovad.factory import create_model, get_model_config, list_models, load_checkpoint
 from lagovad.model import LaGoVAD, LaGoVADOutput
 
 __all__ = [
@@ -26,6 +22,8 @@ __all__ = [
     "CheckpointError",
     "LaGoVAD",
     "LaGoVADOutput",
+    "LagovadError",
+    "LagovadWarning",
     "create_model",
     "get_model_config",
     "list_models",

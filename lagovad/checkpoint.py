@@ -8,6 +8,10 @@ A checkpoint is a directory::
     training_state.safetensors optional: every tensor of the optimizer/scheduler states
     training_state.json        optional: the rest of those states, tensors replaced by references
 
+Reading is :func:`read_checkpoint_config` + :func:`read_weights` here; building a model from them
+is :func:`lagovad.factory.load_checkpoint` (this module sits below the factory: it imports no
+model-building code).
+
 Every file is written atomically (temp file in the same folder, fsync, ``os.replace``); config.json
 is written last, so a directory with a config.json is a complete checkpoint.
 """
@@ -23,6 +27,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from lagovad.config import ModelConfig, ModelConfigError
+from lagovad.errors import LagovadError
 from lagovad.model import LaGoVAD
 from prevad.io import atomic_write_bytes
 
@@ -35,7 +41,7 @@ TRAIN_JSON = "training_state.json"
 FROZEN_PREFIX = "text.backbone."
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LagovadError, RuntimeError):
     """A checkpoint is missing, malformed or does not fit the model."""
 
 
@@ -131,6 +137,9 @@ def save_checkpoint(
 
 def _checkpoint_dir(path: str | Path) -> Path:
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist (expected a folder with "
+                              f"{CONFIG} and {WEIGHTS})")
     directory = path.parent if path.is_file() else path
     if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
         raise CheckpointError(
@@ -140,16 +149,63 @@ def _checkpoint_dir(path: str | Path) -> Path:
 
 
 def read_checkpoint_config(path: str | Path) -> dict:
-    """The parsed config.json of a checkpoint (directory or a file inside it)."""
+    """The parsed config.json of a checkpoint (directory or a file inside it).
+
+    Raises:
+        CheckpointError: The file is not JSON (truncated, another encoding), is not a lagovad
+            checkpoint config, or its ``model_config`` is missing or invalid (e.g. a NaN) —
+            each message names the file.
+    """
     directory = _checkpoint_dir(path)
-    data = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+    file = directory / CONFIG
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{file} is not UTF-8 text ({exc.reason} at byte {exc.start})") \
+            from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file} is not valid JSON (truncated or corrupt?): {exc.msg} at "
+                              f"line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} holds a JSON {type(data).__name__}, expected an object")
     if data.get("format") != FORMAT:
-        raise CheckpointError(f"{directory / CONFIG} has format {data.get('format')!r}, "
+        raise CheckpointError(f"{file} has format {data.get('format')!r}, "
                               f"expected {FORMAT!r}")
-    if data.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{directory} has format_version {data['format_version']}; this "
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{directory} has format_version {version!r}; this "
                               f"lagovad reads up to {FORMAT_VERSION}")
+    if "model_config" not in data:
+        raise CheckpointError(f"{file} has no 'model_config': it cannot say which model the "
+                              "weights belong to")
+    try:
+        ModelConfig.from_dict(data["model_config"], source=f"{file} model_config")
+    except ModelConfigError as exc:
+        raise CheckpointError(str(exc)) from None
     return data
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a checkpoint's model.safetensors (directory or a file inside it).
+
+    Raises:
+        CheckpointError: The file is truncated or not a safetensors file, or holds NaN/Inf
+            (the message names the file and the tensor).
+    """
+    file = _checkpoint_dir(path) / WEIGHTS
+    return _read_tensors(file)
+
+
+def _read_tensors(file: Path) -> dict[str, Tensor]:
+    try:
+        tensors = st_load(file.read_bytes())
+    except Exception as exc:  # safetensors raises its own SafetensorError (not exported)
+        raise CheckpointError(f"{file} is not a readable safetensors file (truncated or another "
+                              f"format?): {exc}") from None
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{file}: tensor {key!r} holds NaN/Inf values")
+    return tensors
 
 
 def load_weights(model: LaGoVAD, tensors: dict[str, Tensor], source: str = "weights") -> None:
@@ -173,42 +229,15 @@ def load_weights(model: LaGoVAD, tensors: dict[str, Tensor], source: str = "weig
     model.text.clear_cache()
 
 
-def load_checkpoint(
-    path: str | Path,
-    clip: dict | None = None,
-    device: str | torch.device | None = None,
-) -> tuple[LaGoVAD, dict]:
-    """Rebuild a model from a checkpoint.
-
-    Args:
-        path: Checkpoint directory, or its model.safetensors / config.json.
-        clip: Optional override of the CLIP entry (e.g. a local copy of the named CLIP).
-        device: Target device.
-
-    Returns:
-        (model in eval mode, extra dict).
-    """
-    from lagovad.factory import build_model, merge_config
-
-    directory = _checkpoint_dir(path)
-    data = read_checkpoint_config(directory)
-    config = data["model_config"]
-    if clip is not None:
-        config["clip"] = merge_config(config["clip"], clip)
-    model = build_model(config)
-    tensors = st_load((directory / WEIGHTS).read_bytes())
-    load_weights(model, tensors, source=str(directory / WEIGHTS))
-    if device is not None:
-        model = model.to(device)
-    return model.eval(), data.get("extra", {})
-
-
 def load_training_state(path: str | Path) -> dict | None:
     """``{"optimizer": ..., "scheduler": ..., "training": ...}`` saved with a checkpoint (None
     entries for what was not given), or None if no state was saved."""
     directory = _checkpoint_dir(path)
     if not (directory / TRAIN_JSON).is_file():
         return None
-    tensors = st_load((directory / TRAIN_TENSORS).read_bytes())
-    state = json.loads((directory / TRAIN_JSON).read_text(encoding="utf-8"))
+    tensors = _read_tensors(directory / TRAIN_TENSORS)
+    try:
+        state = json.loads((directory / TRAIN_JSON).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{directory / TRAIN_JSON} is not valid JSON: {exc}") from None
     return unflatten_state(state, tensors)

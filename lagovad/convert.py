@@ -27,6 +27,7 @@ carries them, are ignored (ours come from the named CLIP). Loading uses
 
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lagovad.checkpoint import load_weights, save_checkpoint
+from lagovad.checkpoint import load_weights
+from lagovad.errors import LagovadError
 from lagovad.model import LaGoVAD
 
 _RULES: list[tuple[str, str]] = [
@@ -62,7 +64,7 @@ _ANCHORS = ("bin_head.adp_alpha", "temporal_encoder.embed_positions.weight")
 _IGNORED = re.compile(r"clip_text_model\.(?!prompt_embedding\.).+|.*position_ids")
 
 
-class ConversionError(RuntimeError):
+class ConversionError(LagovadError, RuntimeError):
     """An official checkpoint cannot be read or does not fit the model."""
 
 
@@ -164,28 +166,86 @@ def ours_to_official(state: dict[str, Tensor], prefix: str = "") -> dict[str, Te
     return out
 
 
+class StandIn:
+    """Inert replacement for a class or function an authors' checkpoint pickles.
+
+    Lightning's ``Trainer.save_checkpoint`` pickles the authors' config classes (hyper-parameters,
+    callbacks, loop states) next to the weights. :func:`read_official_checkpoint` never imports
+    or runs them: each such name is bound to a fresh subclass of this class, whose construction
+    and state restoring do nothing, inside ``torch.load(weights_only=True)``'s restricted
+    unpickler. Only tensors and plain containers are kept from what comes back.
+    """
+
+    def __new__(cls, *args: object, **kwargs: object) -> StandIn:
+        return object.__new__(cls)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass  # the pickled state (a config's fields) is dropped, not applied
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {type(self).pickled_name}>"
+
+    pickled_name = ""
+
+
+def _stand_ins(names: list[str]) -> list[tuple[type, str]]:
+    out = []
+    for full in names:
+        module = full.rsplit(".", 1)[0]
+        if module.split(".")[0] in ("sys", "os", "posix", "nt"):
+            continue  # torch refuses these modules outright; the load then fails with a message
+        out.append((type(f"StandIn[{full}]", (StandIn,), {"pickled_name": full}), full))
+    return out
+
+
+def _torch_load_restricted(path: Path) -> object:
+    """``torch.load(weights_only=True)``, unknown pickled classes bound to inert stand-ins."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        unknown = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        if not unknown:
+            raise
+    with torch.serialization.safe_globals(_stand_ins(unknown)):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
-    """Read a Lightning checkpoint (or a bare state dict) with ``weights_only=True``.
+    """Read a Lightning checkpoint (or a bare state dict) without running any of its code.
+
+    ``torch.load(weights_only=True)`` only: a checkpoint written by Lightning's own
+    ``Trainer.save_checkpoint`` also pickles the authors' config classes, which are replaced by
+    inert :class:`StandIn` objects (never imported, never called), and everything but the
+    ``state_dict`` tensors and the integer ``epoch``/``global_step`` is dropped.
 
     Returns:
         (state dict, meta with epoch/global_step when present).
+
+    Raises:
+        ConversionError: Missing or unreadable file, or no tensor state dict in it.
     """
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"official checkpoint not found: {path}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types
+        blob = _torch_load_restricted(path)
+    except Exception as exc:  # pickle/zip errors come in many types
         raise ConversionError(
-            f"cannot read {path} with torch.load(weights_only=True): {exc}. Re-save its "
-            "'state_dict' alone (torch.save(ckpt['state_dict'], 'sd.pt')) and convert that."
-        ) from exc
+            f"cannot read {path} with torch.load(weights_only=True) (pickled classes bound to "
+            f"inert stand-ins): {exc}. Re-save its 'state_dict' alone "
+            "(torch.save(ckpt['state_dict'], 'sd.pt')) and convert that."
+        ) from None
     if not isinstance(blob, dict):
         raise ConversionError(f"{path} holds a {type(blob).__name__}, expected a dict")
     state = blob.get("state_dict", blob)
-    if not all(isinstance(v, Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not state or \
+            not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise ConversionError(f"{path}: 'state_dict' must map names to tensors")
-    meta = {k: blob[k] for k in ("epoch", "global_step") if isinstance(blob.get(k), int)}
+    meta = {k: blob[k] for k in ("epoch", "global_step")
+            if isinstance(blob.get(k), int) and not isinstance(blob.get(k), bool)}
     return dict(state), meta
 
 
@@ -212,42 +272,13 @@ def load_official_into(model: LaGoVAD, path: str | Path) -> ConversionReport:
     return report
 
 
-def _stand_in_clip(hidden: int) -> dict:
-    # Conversion never encodes text: a small random CLIP of the right width avoids loading the
-    # real one (which may need a download); config.json still names the real CLIP.
+def stand_in_clip(hidden: int) -> dict:
+    """A ``clip`` entry for a tiny random CLIP text model of width ``hidden``.
+
+    Conversion never encodes text: this avoids loading the real CLIP (which may need a
+    download) while the converted config.json still names the real one.
+    """
     return {"backend": "hf", "random_init": True,
             "text_config": {"hidden_size": hidden, "intermediate_size": 4, "num_hidden_layers": 1,
                             "num_attention_heads": 1, "vocab_size": 49408,
                             "max_position_embeddings": 77}}
-
-
-def convert_official(
-    ckpt: str | Path,
-    out_dir: str | Path,
-    model_name: str = "lagovad-b16",
-    clip: dict | None = None,
-) -> ConversionReport:
-    """Convert an official checkpoint to a LaGoVAD checkpoint directory.
-
-    Args:
-        ckpt: The authors' Lightning ``.ckpt`` (or a bare state dict file).
-        out_dir: Output checkpoint directory.
-        model_name: Our config the weights belong to.
-        clip: Optional override of the CLIP the config names (stored in config.json).
-
-    Returns:
-        The report.
-    """
-    from lagovad.factory import build_model, get_model_config, merge_config
-
-    config = get_model_config(model_name)
-    if clip is not None:
-        config["clip"] = merge_config(config["clip"], clip)
-    stand_in = dict(config, clip=_stand_in_clip(int(config["hidden"])))
-    model = build_model(stand_in)
-    report = load_official_into(model, ckpt)
-    model.config = config
-    extra = {"converted_from": str(ckpt), "official_meta": report.meta,
-             "official_prefix": report.prefix, "ignored_official_keys": len(report.ignored)}
-    save_checkpoint(out_dir, model, extra=extra)
-    return report

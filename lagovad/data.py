@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lagovad.errors import LagovadError
 from lagovad.eval.gt import spans_to_mask
 from lagovad.synthesis import TrainVideo
 from prevad import Store
@@ -23,7 +24,7 @@ __all__ = ["DataError", "SplitData", "frame_ground_truth", "load_split", "resolv
 _SHOW_IDS = 10
 
 
-class DataError(ValueError):
+class DataError(LagovadError, ValueError):
     """The store cannot provide the data a training run needs."""
 
 

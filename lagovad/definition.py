@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from lagovad.errors import LagovadError
+
 NORMAL = "Normal"
 #: The shared normal prompt of the authors' evaluation (used as the Normal *description*).
 NORMAL_PROMPT = (
@@ -26,7 +28,7 @@ _KINDS = ("name", "description")
 _AUTO_MAX_NAME_WORDS = 4
 
 
-class DefinitionError(ValueError):
+class DefinitionError(LagovadError, ValueError):
     """An anomaly definition is empty, has blank or duplicate entries, or an unknown kind."""
 
 
@@ -90,26 +92,41 @@ class AnomalyDefinition(Sequence[AnomalyClass]):
         cls,
         items: Iterable[str],
         kind: Literal["auto", "names", "descriptions"] = "auto",
+        normal: Literal["auto", "name", "prompt"] = "auto",
     ) -> AnomalyDefinition:
         """Build a definition from class names or descriptions.
+
+        How Normal is written (the one rewrite this method makes):
+
+        * The word "Normal" (any case) is the class *name* ``"Normal"`` in a names definition and
+          the authors' normal sentence :data:`NORMAL_PROMPT` (a *description*) when the entry is
+          a description (``kind="descriptions"``).
+        * The authors' sentence itself, if given as an entry, is kept verbatim as a description,
+          whatever ``kind`` says.
+        * When no entry is Normal, one is added: ``normal="name"`` adds the name ``"Normal"``,
+          ``normal="prompt"`` adds the authors' sentence (their evaluation's shared normal
+          prompt), ``"auto"`` follows the kind of the first anomaly class.
 
         Args:
             items: Class names (e.g. "Fighting") or descriptions (sentences). "Normal" (or the
                 shared normal prompt) may be given anywhere; it is moved first, or added if absent.
             kind: "names", "descriptions", or "auto" (per item: more than four words or a final
                 period means description).
+            normal: Which Normal class to add when ``items`` holds none (see above).
 
         Returns:
             The definition.
 
         Raises:
             DefinitionError: If there are no anomaly classes, an entry is blank or duplicated, or
-                ``kind`` is unknown.
+                ``kind``/``normal`` is unknown.
         """
         if isinstance(items, str):
             items = [items]
         if kind not in ("auto", "names", "descriptions"):
             raise DefinitionError(f"kind must be 'auto', 'names' or 'descriptions', got {kind!r}")
+        if normal not in ("auto", "name", "prompt"):
+            raise DefinitionError(f"normal must be 'auto', 'name' or 'prompt', got {normal!r}")
         classes = []
         for i, raw in enumerate(items):
             if not isinstance(raw, str) or not raw.strip():
@@ -120,10 +137,15 @@ class AnomalyDefinition(Sequence[AnomalyClass]):
             k: Kind = {"names": "name", "descriptions": "description"}.get(kind) or _guess_kind(
                 text
             )
-            if _is_normal_text(text):
+            if text.casefold() == NORMAL_PROMPT.casefold():
+                text, k = NORMAL_PROMPT, "description"  # the authors' sentence: kept as given
+            elif _is_normal_text(text):
                 text = NORMAL if k == "name" else NORMAL_PROMPT
             label = NORMAL if _is_normal_text(text) else text
             classes.append(AnomalyClass(label=label, text=text, kind=k))
+        if normal != "auto" and not any(c.is_normal for c in classes):
+            classes.insert(0, AnomalyClass(NORMAL, NORMAL, "name") if normal == "name"
+                           else AnomalyClass(NORMAL, NORMAL_PROMPT, "description"))
         return cls(classes)
 
     @classmethod

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from lagovad.definition import AnomalyDefinition
+from lagovad.errors import LagovadError
 from lagovad.extract import FolderSink, Protocol, StoreSink, VideoJob, make_protocol, run_extraction
 from lagovad.image_encoder import ImageEncoder, load_image_encoder
 from lagovad.video import probe
@@ -43,7 +44,7 @@ DEFAULT_MERGE_GAP_S = 1.0
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lagovad" / "features"
 
 
-class DetectError(Exception):
+class DetectError(LagovadError):
     """Detection cannot run as asked (features/model mismatch, missing weights, bad options)."""
 
 
@@ -476,14 +477,10 @@ def intervals_csv(det: Detection) -> str:
 
 def plot_detection(det: Detection, path: str | Path, top_k: int = 3) -> None:
     """PNG: anomaly score over time, threshold, intervals shaded, top classes in the legend."""
-    import matplotlib
+    from prevad.io import atomic_save_png, new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from prevad.io import atomic_save_png
-
-    fig, ax = plt.subplots(figsize=(10, 3.2), dpi=100)
+    fig = new_figure(figsize=(10, 3.2), dpi=100)  # pyplot-free: the caller's backend stays
+    ax = fig.subplots()
     ax.plot(det.times_s, det.anomaly_scores, color="black", lw=1.5, label="anomaly score")
     labels = det.definition.labels
     for name, prob in det.top_classes(top_k):
@@ -501,7 +498,4 @@ def plot_detection(det: Detection, path: str | Path, top_k: int = 3) -> None:
     ax.set_title(det.video.name)
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
-    try:
-        atomic_save_png(fig, path)
-    finally:
-        plt.close(fig)
+    atomic_save_png(fig, path)

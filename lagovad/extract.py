@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from lagovad.errors import LagovadError
 from lagovad.image_encoder import ImageEncoder
 from lagovad.video import (
     DecodeStats,
@@ -49,7 +50,7 @@ PROTOCOL_FILE = "extract_protocol.json"
 FAILURES_FILE = "failures.jsonl"
 
 
-class ExtractError(Exception):
+class ExtractError(LagovadError):
     """Extraction cannot start as configured (bad inputs, conflicting outputs or protocol)."""
 
 

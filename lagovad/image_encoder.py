@@ -18,6 +18,7 @@ import open_clip
 import torch
 from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
+from lagovad.errors import LagovadError
 from lagovad.text import register_open_clip_configs
 
 DEFAULT_MODEL = "ViT-B-16"
@@ -27,7 +28,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 
-class ImageEncoderError(Exception):
+class ImageEncoderError(LagovadError):
     """The image encoder cannot be built as asked."""
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lagovad.errors import LagovadError
+
 __all__ = [
     "ContrastiveLoss",
     "FrameBCELoss",
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 
-class LossError(ValueError):
+class LossError(LagovadError, ValueError):
     """Inputs to a loss violate its contract (shapes, empty videos, label values)."""
 
 

@@ -17,15 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lagovad.config import ModelConfig, ModelConfigError
 from lagovad.definition import AnomalyDefinition
-from lagovad.text import TextBranch, load_clip_text
+from lagovad.errors import LagovadError
+from lagovad.text import TextBackbone, TextBranch
 
 
-class ModelConfigError(ValueError):
-    """A model config value is out of range or inconsistent."""
-
-
-class ModelInputError(ValueError):
+class ModelInputError(LagovadError, ValueError):
     """Video features, mask or definition passed to the model are malformed."""
 
 
@@ -268,40 +266,40 @@ class SimilarityClassHead(nn.Module):
 class LaGoVAD(nn.Module):
     """Language-guided open-world video anomaly detector.
 
+    Building one does no file or network I/O: the frozen CLIP text backbone is passed in,
+    already loaded (:func:`lagovad.create_model` / :func:`lagovad.factory.build_model` load it
+    as ``config.clip`` names it, as open_clip's factory does).
+
     Args:
-        config: A model config (see ``lagovad/model_configs/*.json``).
-        text_backbone: Optional prebuilt frozen CLIP text backbone; loaded from
-            ``config["clip"]`` when omitted.
+        config: A model config, typed or as its JSON dict (see :mod:`lagovad.config`).
+        text_backbone: The frozen CLIP text backbone (:func:`lagovad.text.load_clip_text`).
+
+    Attributes:
+        cfg: The typed config.
+        config: The same as a plain JSON dict, every default filled in (what checkpoints store).
     """
 
-    def __init__(self, config: dict, text_backbone: nn.Module | None = None):
+    def __init__(self, config: ModelConfig | dict, text_backbone: TextBackbone):
         super().__init__()
-        self.config = config
-        hidden = int(config["hidden"])
-        if int(config["video_dim"]) != hidden:
+        cfg = ModelConfig.from_dict(config)
+        self.cfg = cfg
+        self.config = cfg.to_dict()
+        hidden = cfg.hidden
+        if getattr(text_backbone, "width", None) != hidden:
             raise ModelConfigError(
-                f"video_dim ({config['video_dim']}) must equal hidden ({hidden}): the temporal "
-                "encoder runs directly on the features"
+                f"CLIP text width ({getattr(text_backbone, 'width', None)}) must equal hidden "
+                f"({hidden}); clip={cfg.clip}"
             )
-        tc, fc, bc = config["temporal"], config["fusion"], config["binary_head"]
-        backbone = text_backbone or load_clip_text(config["clip"], seed=config.get("seed", 0))
-        if backbone.width != hidden:
-            raise ModelConfigError(
-                f"CLIP text width ({backbone.width}) must equal hidden ({hidden}); "
-                f"clip={config['clip']}"
-            )
-        pc = config["prompts"]
-        self.text = TextBranch(backbone, pc["front"], pc["back"], pc.get("init_std", 0.02))
+        tc, fc, bc, pc = cfg.temporal, cfg.fusion, cfg.binary_head, cfg.prompts
+        self.text = TextBranch(text_backbone, pc.front, pc.back, pc.init_std)
         self.temporal = TemporalEncoder(
-            hidden, tc["layers"], tc["heads"], tc["ffn"], tc["window"], tc["rotary_positions"],
-            tc.get("dropout", 0.1), tc.get("attention_dropout", 0.1),
-            tc.get("layer_norm_eps", 1e-12),
+            hidden, tc.layers, tc.heads, tc.ffn, tc.window, tc.rotary_positions,
+            tc.dropout, tc.attention_dropout, tc.layer_norm_eps,
         )
-        self.fusion = CoAttentionFusion(hidden, fc["layers"], fc["heads"], fc["ffn"],
-                                        fc.get("dropout", 0.1))
-        self.binary_head = AdaptiveBinaryHead(hidden, bc["kernel_size"], bc["alpha_init"],
-                                              bc.get("alpha_scale", 10.0))
-        self.class_head = SimilarityClassHead(config["class_head"]["temperature_init"])
+        self.fusion = CoAttentionFusion(hidden, fc.layers, fc.heads, fc.ffn, fc.dropout)
+        self.binary_head = AdaptiveBinaryHead(hidden, bc.kernel_size, bc.alpha_init,
+                                              bc.alpha_scale)
+        self.class_head = SimilarityClassHead(cfg.class_head.temperature_init)
 
     @property
     def hidden(self) -> int:

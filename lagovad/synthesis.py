@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from lagovad.errors import LagovadError
 from prevad.io import atomic_write
 
 __all__ = [
@@ -49,7 +50,7 @@ MAX_CLIPS = 5
 P_CROP_FILLER = 0.5
 
 
-class SynthesisError(ValueError):
+class SynthesisError(LagovadError, ValueError):
     """The videos given to synthesis cannot produce samples (no normals, no abnormals, ...)."""
 
 

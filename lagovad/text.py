@@ -24,6 +24,7 @@ causal mask. Tests compare the plain path to each library's own pooled output.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lagovad.errors import LagovadError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ _CACHE_LIMIT = 65536
 _CONFIG_DIR = Path(__file__).with_name("model_configs")
 
 
-class ClipLoadError(RuntimeError):
+class ClipLoadError(LagovadError, RuntimeError):
     """A CLIP text model could not be built or loaded."""
 
 
@@ -76,6 +79,43 @@ def tokenize(texts: Sequence[str], context_length: int) -> Tensor:
     # the causal mask the padding never reaches the pooled state, but keep their ids anyway.
     after_end = torch.cumsum((ids == EOT_TOKEN).int(), dim=1) > 0
     return torch.where(after_end, torch.full_like(ids, EOT_TOKEN), ids)
+
+
+def token_count(text: str) -> int:
+    """CLIP tokens of ``text`` before any truncation, start and end tokens included."""
+    return len(_tokenizer().encode(text)) + 2
+
+
+_WARNED_TOO_LONG: set[tuple[str, int]] = set()
+
+
+def warn_if_truncated(texts: Sequence[str], context_length: int, path: str) -> None:
+    """Warn (once per text) when a text is longer than the context CLIP reads for it.
+
+    CLIP reads a fixed number of tokens; the rest of a longer text is cut off and has no effect
+    on the score, which a user cannot tell from the output.
+
+    Args:
+        texts: The texts about to be tokenized.
+        context_length: Tokens the path reads (start and end tokens included).
+        path: "name" or "description", for the message.
+    """
+    from lagovad.errors import LagovadWarning
+
+    for text in texts:
+        if (text, context_length) in _WARNED_TOO_LONG:
+            continue
+        n = token_count(text)
+        if n > context_length:
+            _WARNED_TOO_LONG.add((text, context_length))
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            warnings.warn(
+                f"definition entry {shown!r} has {n} CLIP tokens but the {path} path reads "
+                f"{context_length} (start and end included): everything after token "
+                f"{context_length - 2} is ignored; shorten it or split it into several classes",
+                LagovadWarning,
+                stacklevel=3,
+            )
 
 
 def _first_end(ids: Tensor) -> Tensor:
@@ -354,8 +394,10 @@ class TextBranch(nn.Module):
     def _run(self, texts: list[str], prompts: bool) -> Tensor:
         device = self.prompt_embedding.device
         if prompts:
+            warn_if_truncated(texts, self.name_context_length, "name (soft-prompt)")
             ids = tokenize(texts, self.name_context_length).to(device)
             return self._encode_names(ids)
+        warn_if_truncated(texts, self.backbone.context_length, "description")
         ids = tokenize(texts, self.backbone.context_length).to(device)
         return self.encode_plain_ids(ids)
 

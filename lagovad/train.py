@@ -32,6 +32,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -46,6 +47,7 @@ import lagovad
 from lagovad.checkpoint import WEIGHTS, load_weights, read_checkpoint_config
 from lagovad.data import SplitData, frame_ground_truth, load_split, resolve_feature_model
 from lagovad.definition import AnomalyDefinition
+from lagovad.errors import LagovadError, LagovadWarning
 from lagovad.eval.metrics import average_precision, roc_auc
 from lagovad.loss import LaGoVADLoss
 from lagovad.synthesis import (
@@ -73,7 +75,7 @@ LATEST = "latest.json"
 CURVES = "training_curves.png"
 
 
-class TrainError(ValueError):
+class TrainError(LagovadError, ValueError):
     """A training configuration or resume folder is invalid."""
 
 
@@ -100,6 +102,8 @@ class TrainConfig:
         progress: show a progress bar.
         keep_last: keep only the newest N epoch folders (0 = keep all).
         resume: checkpoint folder (or output folder) to continue from.
+        overwrite: replace a run already in ``out`` (without it, such an ``out`` is refused
+            unless ``resume`` continues that very run).
     """
 
     store: str
@@ -125,6 +129,7 @@ class TrainConfig:
     progress: bool = True
     keep_last: int = 0
     resume: str | None = None
+    overwrite: bool = False
 
     def validate(self) -> None:
         """Raise TrainError on out-of-range values."""
@@ -132,6 +137,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "grad_clip", "description_prob", "exclude_prob"):
+            if not math.isfinite(getattr(self, name)):
+                raise TrainError(f"{name} must be a finite number, got {getattr(self, name)}")
         if not self.lr > 0:
             raise TrainError(f"lr must be > 0, got {self.lr}")
         if self.max_len is not None and self.max_len < 1:
@@ -147,6 +155,112 @@ class TrainConfig:
         """Inverse of ``asdict`` (unknown keys ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# ----------------------------------------------------------------------------- run folder
+#: Settings that may change between a run and its resume without a warning: where files go and
+#: how the run is shown, not what it computes.
+RESUMABLE_CHANGES = frozenset({"out", "progress", "device", "keep_last", "resume", "overwrite"})
+
+
+def run_contents(out: Path) -> list[Path]:
+    """What makes ``out`` hold a training run: epoch folders, ``latest.json``, curves."""
+    if not out.is_dir():
+        return []
+    found = sorted(out.glob("epoch-[0-9][0-9][0-9]"))
+    found += [p for p in (out / LATEST, out / CURVES) if p.exists()]
+    return found
+
+
+def check_out_folder(cfg: TrainConfig, resume_from: Path | None) -> list[Path]:
+    """Refuse an ``out`` that already holds another run, unless ``cfg.overwrite``.
+
+    Resuming a checkpoint that lies inside ``out`` continues that run and is always allowed.
+
+    Args:
+        cfg: the run's configuration.
+        resume_from: the resolved checkpoint folder to resume from, if any.
+
+    Returns:
+        What :func:`clear_out_folder` must delete once the run has passed every check (empty
+        when nothing is to be replaced).
+
+    Raises:
+        TrainError: ``out`` is a file, or holds a run and neither ``resume`` continues it nor
+            ``overwrite`` is set.
+    """
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out} is a file; it must be a folder for the checkpoints")
+    found = run_contents(out)
+    if not found:
+        return []
+    if resume_from is not None and resume_from.resolve().parent == out.resolve():
+        return []  # continuing the run that is there
+    if not cfg.overwrite:
+        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise TrainError(
+            f"--out {out} already holds a training run ({names}); pass --resume {out} to "
+            "continue it, --overwrite to replace it, or choose another --out"
+        )
+    return found
+
+
+def clear_out_folder(found: Sequence[Path]) -> None:
+    """Delete a replaced run's files (called only after every input check has passed)."""
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def check_train_split(cfg: TrainConfig, data: SplitData) -> None:
+    """Training needs abnormal and normal videos (MIL pairs them; synthesis mixes them)."""
+    n_abnormal = sum(v.is_anomaly for v in data.videos)
+    n_normal = len(data.videos) - n_abnormal
+    if not n_abnormal or not n_normal:
+        where = f"store {cfg.store}, split {cfg.train_split!r}" + (
+            f", dataset {cfg.dataset!r}" if cfg.dataset else "")
+        missing = "no abnormal" if not n_abnormal else "no normal"
+        raise TrainError(
+            f"{where} has {missing} videos ({n_abnormal} abnormal, {n_normal} normal): training "
+            "needs both"
+        )
+
+
+def resume_changes(cfg: TrainConfig, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Settings of ``cfg`` that differ from the ``train_config`` a checkpoint was written with.
+
+    Args:
+        cfg: the configuration of the resumed run.
+        saved: the checkpoint's ``extra["train_config"]``.
+
+    Returns:
+        ``{name: (saved value, new value)}`` for every changed setting that affects the result.
+    """
+    now = asdict(cfg)
+    return {
+        k: (saved[k], now[k])
+        for k in sorted(now.keys() & saved.keys())
+        if k not in RESUMABLE_CHANGES and saved[k] != now[k]
+    }
+
+
+def warn_resume_changes(cfg: TrainConfig, folder: Path) -> None:
+    """Warn (LagovadWarning) when resuming with settings other than the checkpoint's."""
+    saved = read_checkpoint_config(folder).get("extra", {}).get("train_config")
+    if not isinstance(saved, dict):
+        return
+    changes = resume_changes(cfg, saved)
+    if changes:
+        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        warnings.warn(
+            f"resuming {folder} with settings that differ from the run it continues: {listed}; "
+            "the result will not equal an uninterrupted run with either setting",
+            LagovadWarning,
+            stacklevel=2,
+        )
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -363,17 +477,45 @@ def _prune_checkpoints(out: Path, keep_last: int) -> None:
         shutil.rmtree(old)
 
 
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in (WEIGHTS, RNG_STATE, "config.json"))
+
+
 def resolve_resume(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint folder, or an output folder whose ``latest.json`` names one."""
+    """A checkpoint folder, or an output folder whose ``latest.json`` names one.
+
+    When ``latest.json`` is unreadable or names an epoch that is gone or incomplete (deleted by
+    hand, or pruned), the newest complete ``epoch-NNN`` folder is used, with a warning.
+
+    Raises:
+        TrainError: nothing to resume from.
+    """
     folder = Path(path)
-    if (folder / LATEST).is_file():
-        folder = folder / json.loads((folder / LATEST).read_text())["checkpoint"]
-    if not (folder / RNG_STATE).is_file() or not (folder / WEIGHTS).is_file():
-        raise TrainError(
-            f"cannot resume from {path}: need a trainer checkpoint folder (with {WEIGHTS} and "
-            f"{RNG_STATE}) or an output folder with {LATEST}"
-        )
-    return folder
+    if not folder.is_dir():
+        raise TrainError(f"cannot resume from {path}: no such folder")
+    if _complete(folder):
+        return folder
+    latest = folder / LATEST
+    named = None
+    if latest.is_file():
+        try:
+            named = folder / json.loads(latest.read_text())["checkpoint"]
+        except (ValueError, KeyError, TypeError):
+            named = None
+        if named is not None and _complete(named):
+            return named
+    epochs = [p for p in sorted(folder.glob("epoch-[0-9][0-9][0-9]")) if _complete(p)]
+    if epochs:
+        if latest.is_file():
+            what = f"names {named.name}, which is missing or incomplete" if named else \
+                "cannot be read"
+            warnings.warn(f"{latest} {what}; resuming from the newest complete epoch, "
+                          f"{epochs[-1]}", LagovadWarning, stacklevel=2)
+        return epochs[-1]
+    raise TrainError(
+        f"cannot resume from {path}: need a trainer checkpoint folder (with {WEIGHTS} and "
+        f"{RNG_STATE}) or an output folder with a complete epoch-NNN folder"
+    )
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -387,6 +529,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     cfg.validate()
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
+    resume_from = resolve_resume(cfg.resume) if cfg.resume else None
+    replaced = check_out_folder(cfg, resume_from)
+    if resume_from is not None:
+        warn_resume_changes(cfg, resume_from)
 
     # -- model first (its config fixes the feature dimension); a seeded init is reproducible
     torch.manual_seed(cfg.seed)
@@ -398,6 +544,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     store = Store(cfg.store)
     feature_model = resolve_feature_model(store, cfg.feature_model)
     train_data = load_split(store, cfg.train_split, feature_model, dim, cfg.dataset)
+    check_train_split(cfg, train_data)
     val_data = (
         load_split(store, cfg.val_split, feature_model, dim, cfg.dataset, require_spans=True)
         if cfg.val_split
@@ -424,10 +571,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     criterion = LaGoVADLoss()
 
     start_epoch, step, history = 0, 0, []
-    if cfg.resume:
-        extra = _restore(resolve_resume(cfg.resume), model, optimizer, scheduler, device)
+    if resume_from is not None:
+        extra = _restore(resume_from, model, optimizer, scheduler, device)
         start_epoch, step = int(extra["epoch"]), int(extra["step"])
         history = list(extra.get("history", []))
+    clear_out_folder(replaced)  # every check passed: only now is the old run replaced
     out.mkdir(parents=True, exist_ok=True)
 
     metrics: dict[str, Any] = history[-1] if history else {}
@@ -508,14 +656,12 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]
     Returns:
         The written path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from prevad.io import new_figure
 
     epochs = [m["epoch"] for m in history]
     terms = ["loss", "mil", "frame_bce", "pseudo_mil", "mil_align", "contrastive"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))  # pyplot-free: the caller's backend is left alone
+    ax1, ax2 = fig.subplots(1, 2)
     for name in terms:
         if all(name in m for m in history):
             ax1.plot(epochs, [m[name] for m in history], marker=".", label=name,
@@ -534,15 +680,13 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]
         ax2.legend(fontsize="small")
     else:
         ax2.text(0.5, 0.5, "no validation split", ha="center", va="center")
-    try:
-        return atomic_save_png(fig, path)
-    finally:
-        plt.close(fig)
+    return atomic_save_png(fig, path)
 
 
 def _public_config(cfg: TrainConfig) -> dict[str, Any]:
     data = asdict(cfg)
     data.pop("resume")
+    data.pop("overwrite")
     return data
 
 

@@ -19,12 +19,14 @@ from pathlib import Path
 import av
 import numpy as np
 
+from lagovad.errors import LagovadError
+
 #: Decoded-vs-indexed frame shortfall tolerated before a file is called truncated: MP4 edit lists
 #: can legitimately hide a couple of priming frames that the sample table still counts.
 TRUNCATION_TOLERANCE = 0.01
 
 
-class VideoError(Exception):
+class VideoError(LagovadError):
     """Base class of the errors raised while reading a video."""
 
 

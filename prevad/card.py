@@ -4,34 +4,33 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import pyarrow as pa
 
-matplotlib.use("Agg")  # no display: cards are written by CLIs and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import pyarrow as pa  # noqa: E402
-
-from prevad import taxonomy  # noqa: E402
-from prevad.io import atomic_save_png, atomic_write_text  # noqa: E402
-from prevad.stats import StoreStats, compute_stats, markdown_table  # noqa: E402
-from prevad.store import Store  # noqa: E402
+from prevad import taxonomy
+from prevad.io import atomic_save_png, atomic_write_text, new_figure
+from prevad.stats import StoreStats, compute_stats, markdown_table
+from prevad.store import Store
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    try:
-        return atomic_save_png(fig, path)
-    finally:
-        plt.close(fig)
+def _save(fig: Any, path: Path) -> Path:
+    return atomic_save_png(fig, path)
 
 
-def _empty(ax: plt.Axes, text: str) -> None:
+def _subplots(**kwargs: Any) -> tuple[Any, Any]:
+    fig = new_figure(**kwargs)  # pyplot-free: the caller's matplotlib backend is left alone
+    return fig, fig.subplots()
+
+
+def _empty(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
 
 
 def plot_durations(stats: StoreStats, path: Path) -> Path:
     """Histogram of video durations (seconds); says so when no video has a duration."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _subplots(figsize=(6, 3.5))
     if stats.durations.size:
         ax.hist(stats.durations, bins=min(40, max(5, stats.durations.size // 5)), color="#4c72b0")
         ax.set_xlabel("duration (s)")
@@ -45,7 +44,7 @@ def plot_durations(stats: StoreStats, path: Path) -> Path:
 def plot_categories(stats: StoreStats, path: Path, top: int = 30) -> Path:
     """Horizontal bar chart of annotation counts per (dataset, category)."""
     rows = sorted(stats.categories.to_pylist(), key=lambda r: -r["n"])[:top]
-    fig, ax = plt.subplots(figsize=(7, 0.28 * max(len(rows), 4) + 1))
+    fig, ax = _subplots(figsize=(7, 0.28 * max(len(rows), 4) + 1))
     if rows:
         labels = [f"{r['dataset']}: {r['category']}" for r in rows][::-1]
         colors = ["#c44e52" if r["is_anomaly"] else "#55a868" for r in rows][::-1]
@@ -61,7 +60,7 @@ def plot_categories(stats: StoreStats, path: Path, top: int = 30) -> Path:
 def plot_sources(stats: StoreStats, path: Path) -> Path:
     """Bar chart of videos per source."""
     rows = stats.sources.to_pylist()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _subplots(figsize=(6, 3.5))
     if rows:
         ax.bar([r["source"] for r in rows], [r["videos"] for r in rows], color="#8172b2")
         ax.set_ylabel("videos")

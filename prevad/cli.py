@@ -1,12 +1,12 @@
 """The ``prevad`` command line: init, import/export, query, stats, card, manifest.
 
-Errors print one line (``error: ...``) and exit with code 1, never a traceback.
+Errors print one line (``error: ...``) and exit with code 2, never a traceback
+(:mod:`prevad.cli_errors`, shared with ``lagovad``).
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 from collections.abc import Callable
@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prevad.cli_errors import exit_on
 from prevad.errors import PrevadError
 from prevad.store import Store
 
@@ -35,16 +36,8 @@ class Fmt(StrEnum):
     json = "json"
 
 
-def _clean_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (PrevadError, OSError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
+#: Every command: a PrevadError or OSError is one `error: ...` line and exit code 2.
+_clean_errors = exit_on(PrevadError, OSError)
 
 
 def _print_table(tbl: pa.Table, title: str | None = None) -> None:
@@ -66,11 +59,25 @@ def init(root: Path) -> None:
 
 @app.command("import-benchmark")
 @_clean_errors
-def import_benchmark(root: Path, name: str, file: Path) -> None:
-    """Import an official benchmark FILE (test_annotations.json) as dataset NAME."""
+def import_benchmark(
+    root: Path,
+    name: str,
+    file: Path,
+    classes: str | None = typer.Option(
+        None, "--classes",
+        help="Comma-separated class list of a benchmark other than the seven known ones "
+        "(ucf, xd, msad, ubnormal, dota, tad, lad), Normal included.",
+    ),
+) -> None:
+    """Import an official benchmark FILE (test_annotations.json) as dataset NAME.
+
+    Every entry's class must be in the benchmark's class list (known for the seven zero-shot
+    benchmarks, else --classes); Normal entries must have no span, anomalies at least one.
+    """
     from prevad import interop
 
-    res = interop.import_benchmark(Store(root), name, file)
+    allowed = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    res = interop.import_benchmark(Store(root), name, file, classes=allowed)
     typer.echo(f"{name}: {res.written} rows written, {res.skipped} identical rows skipped")
 
 

@@ -33,16 +33,22 @@ OFFICIAL_ANNOTATOR = "official"
 
 
 def load_json(path: str | Path) -> Any:
-    """Parse a JSON file.
+    """Parse a JSON file (UTF-8, as JSON requires).
 
     Raises:
-        MalformedFileError: naming the file, line and column of the first error.
+        MalformedFileError: naming the file, line and column of the first error, or the
+            offset of the first byte that is not UTF-8 (a Latin-1 file, say).
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MalformedFileError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise MalformedFileError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "JSON files must be UTF-8 — re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -96,12 +102,25 @@ def _descriptions(d: Any) -> tuple[str | None, list[str] | None]:
 
 def _records(
     entries: list[dict[str, Any]], path: str | Path, dataset: str, source: str, split: str,
-    category_of: Any,
-) -> tuple[list[Video], list[Annotation]]:
+    category_of: Any, require_spans: bool = False,
+) -> tuple[list[Video], list[Annotation], int]:
+    """Records of the entries; byte-identical repeats of an entry are dropped and counted.
+
+    Returns:
+        (videos, annotations, number of identical repeats skipped).
+    """
     videos, anns = [], []
+    seen: dict[str, int] = {}
+    repeats = 0
     for i, e in enumerate(entries):
+        key = json.dumps(e, sort_keys=True)
+        if key in seen:  # the same entry twice: one video, not a conflict with itself
+            repeats += 1
+            continue
+        seen[key] = i
         try:
             category = category_of(e["class_name"])
+            _check_spans(category, e["anomaly_span"], require_spans)
             vid = video_id_for(source, e["video_path"])
             desc, descs = _descriptions(e["descriptions"])
             videos.append(Video(vid, source, e["video_path"], uri=e["video_path"],
@@ -115,7 +134,17 @@ def _records(
             ))
         except ValidationError as exc:
             raise type(exc)(f"{path}: entry {i} ({e['video_path']}): {exc}") from None
-    return videos, anns
+    return videos, anns, repeats
+
+
+def _check_spans(category: str, spans: list, require_spans: bool) -> None:
+    """Normal videos have no anomaly span; test-set anomalies must say where they are."""
+    if category == taxonomy.NORMAL and spans:
+        raise ValidationError(f"class 'Normal' with anomaly_span {spans}: a normal video has "
+                              "no anomalous span")
+    if require_spans and category != taxonomy.NORMAL and not spans:
+        raise ValidationError(f"class {category!r} with an empty anomaly_span: a test-set "
+                              "anomaly needs at least one [start, end] span")
 
 
 def _append_pair(store: Store, videos: list[Video], anns: list[Annotation]) -> AppendResult:
@@ -128,9 +157,20 @@ def _append_pair(store: Store, videos: list[Video], anns: list[Annotation]) -> A
     return AppendResult(rv.written + ra.written, rv.skipped + ra.skipped)
 
 
-def benchmark_classes(entries: list[dict[str, Any]]) -> list[str]:
-    """The class list of a benchmark file: its class names in order of first appearance."""
-    return list(dict.fromkeys(e["class_name"] for e in entries))
+def benchmark_classes(name: str) -> tuple[str, ...]:
+    """The class list of a known benchmark (:data:`prevad.taxonomy.BENCHMARK_CLASSES`).
+
+    Raises:
+        ValidationError: ``name`` is not one of the seven benchmarks.
+    """
+    try:
+        return taxonomy.BENCHMARK_CLASSES[name]
+    except KeyError:
+        raise ValidationError(
+            f"no class list known for benchmark {name!r} (known: "
+            f"{', '.join(taxonomy.BENCHMARK_CLASSES)}); pass its class list (classes=[...], "
+            "CLI --classes)"
+        ) from None
 
 
 def import_benchmark(
@@ -138,11 +178,16 @@ def import_benchmark(
 ) -> AppendResult:
     """Import an official benchmark test file as Video + Annotation rows (split "test").
 
+    Every entry is checked against the benchmark's own class list (never one computed from the
+    file itself), a Normal entry must have no span and an anomaly at least one. An entry
+    repeated byte for byte is imported once (and counted as skipped).
+
     Args:
         store: target store.
         name: benchmark name, used as video source and annotation dataset (e.g. "ucf").
         path: the ``test_annotations.json`` file.
-        classes: the benchmark's class list; default: computed from the file.
+        classes: the benchmark's class list; default: the known list of ``name``
+            (:func:`benchmark_classes`), required for any other benchmark.
 
     Raises:
         MalformedFileError, UnknownCategoryError, ValidationError, DuplicateIdError.
@@ -150,7 +195,7 @@ def import_benchmark(
     if name == "prevad":
         raise ValidationError("benchmark name 'prevad' is reserved for the PreVAD training set")
     entries = read_entries(path)
-    allowed = classes if classes is not None else benchmark_classes(entries)
+    allowed = list(classes) if classes is not None else list(benchmark_classes(name))
 
     def check(c: str) -> str:
         if c not in allowed:
@@ -161,8 +206,10 @@ def import_benchmark(
             )
         return c
 
-    videos, anns = _records(entries, path, name, name, "test", check)
-    return _append_pair(store, videos, anns)
+    videos, anns, repeats = _records(entries, path, name, name, "test", check,
+                                     require_spans=True)
+    res = _append_pair(store, videos, anns)
+    return AppendResult(res.written, res.skipped + 2 * repeats)
 
 
 def import_prevad(store: Store, path: str | Path, split: str = "train") -> AppendResult:
@@ -173,8 +220,10 @@ def import_prevad(store: Store, path: str | Path, split: str = "train") -> Appen
         DuplicateIdError.
     """
     entries = read_entries(path)
-    videos, anns = _records(entries, path, "prevad", "prevad", split, taxonomy.canonical)
-    return _append_pair(store, videos, anns)
+    videos, anns, repeats = _records(entries, path, "prevad", "prevad", split,
+                                     taxonomy.canonical)
+    res = _append_pair(store, videos, anns)
+    return AppendResult(res.written, res.skipped + 2 * repeats)
 
 
 def export_entries(store: Store, dataset: str, split: str | None = None) -> list[dict[str, Any]]:

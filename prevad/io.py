@@ -82,6 +82,21 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+def new_figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` made without pyplot, for files only.
+
+    Library code never calls ``matplotlib.use`` nor keeps pyplot state: the caller's backend
+    (a notebook's inline one, an interactive window) is left alone, and the figure needs no
+    ``plt.close`` (it is freed with its last reference). Save it with :func:`atomic_save_png`.
+
+    Args:
+        **kwargs: ``matplotlib.figure.Figure`` arguments (``figsize``, ``dpi``).
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def atomic_save_png(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG atomically (tight bounding box); returns the path."""
     with atomic_write(path, "wb") as fh:

@@ -456,6 +456,7 @@ class Store:
 
         Raises:
             FeatureFileMissingError: no Feature row, or its .npy file is missing.
+            ValidationError: the array's shape differs from its row, or it holds NaN/Inf.
         """
         if isinstance(row, str):
             row = self._feature_row(row, model_id)
@@ -473,6 +474,8 @@ class Store:
             raise ValidationError(
                 f"feature file {path} has shape {arr.shape}, its row says ({count}, {dim})"
             )
+        vid = row.video_id if isinstance(row, rec.Feature) else row.get("video_id")
+        _check_finite(arr, path, vid)
         return arr.astype(np.float32, copy=False)
 
     def _feature_row(self, video_id: str, model_id: str | None) -> dict[str, Any]:
@@ -523,3 +526,21 @@ def _same_or_raise(spec: TableSpec, key: tuple, old: dict, new: dict, where: str
         f"{spec.name}: key ({keytxt}) is {where} with different content (column {col!r}: "
         f"{old[col]!r} vs {new[col]!r}); keys are unique, nothing was written"
     )
+
+
+def _check_finite(arr: np.ndarray, path: Path, video_id: str | None) -> None:
+    """Raise ValidationError naming the file, the video and the first bad steps on NaN/Inf.
+
+    A single NaN step would turn every score of the video (and, in training, every weight) into
+    NaN far from its cause, so it is refused where the array enters.
+    """
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValidationError(f"feature file {path} holds {arr.dtype} values, not numbers")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        steps = np.flatnonzero(bad.reshape(len(arr), -1).any(axis=1)) if arr.ndim else [0]
+        who = f" (video {video_id})" if video_id else ""
+        raise ValidationError(
+            f"feature file {path}{who} holds {int(bad.sum())} NaN/Inf values at "
+            f"{len(steps)} steps (first: {[int(s) for s in steps[:5]]}); features must be finite"
+        )

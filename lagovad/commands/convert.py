@@ -7,11 +7,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from lagovad.commands import handles_errors
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``convert-official`` command to ``app``."""
 
     @app.command("convert-official")
+    @handles_errors
     def convert_official_cmd(
         ckpt: Path = typer.Argument(..., help="The authors' Lightning .ckpt (or a state dict)."),
         out: Path = typer.Argument(..., help="Output checkpoint directory."),
@@ -23,16 +26,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Map the authors' checkpoint onto LaGoVAD; save model.safetensors + config.json."""
-        from lagovad.convert import ConversionError, convert_official
-        from lagovad.factory import UnknownModelError
+        from lagovad.factory import convert_official
 
         console = Console(stderr=True)
         override = {"backend": "hf", "name": clip} if clip else None
-        try:
-            report = convert_official(ckpt, out, model_name=model, clip=override)
-        except (ConversionError, UnknownModelError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(code=2) from exc
+        report = convert_official(ckpt, out, model_name=model, clip=override)
         console.print(
             f"converted {len(report.mapped)} tensors from {ckpt} -> {out} "
             f"(prefix {report.prefix!r}, ignored {len(report.ignored)} CLIP/buffer keys)"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from lagovad.commands import handles_errors
 from lagovad.eval.benchmarks import BENCHMARKS, EvalError, check_name, load_benchmark, load_native
 from lagovad.eval.gt import GT_RESOLUTIONS
 from lagovad.eval.protocol import LOCALISATION_PROTOCOLS
@@ -234,5 +235,5 @@ def gt_command(
 
 def register(app: typer.Typer) -> None:
     """Add the `eval` and `gt` commands to the `lagovad` app."""
-    app.command("eval")(eval_command)
-    app.command("gt")(gt_command)
+    app.command("eval")(handles_errors(eval_command))
+    app.command("gt")(handles_errors(gt_command))

@@ -6,13 +6,21 @@ from pathlib import Path
 
 import typer
 
+from lagovad.commands import handles_errors
+from prevad.cli_errors import fail
+
 
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg="red", err=True)
     raise typer.Exit(code=2) from exc
 
 
-def _definition(define: list[str] | None):
+NORMAL_HELP = ("Normal class added to the definition: 'name' (the word Normal), 'prompt' (the "
+               "authors' sentence 'Normal behavior, views or surveillance content ...'), 'auto' "
+               "(name for class names, prompt for descriptions).")
+
+
+def _definition(define: list[str] | None, normal: str = "auto"):
     from lagovad.definition import AnomalyDefinition, DefinitionError
 
     if not define:
@@ -20,7 +28,7 @@ def _definition(define: list[str] | None):
             "--define is required at least once (a class name like 'Fighting' or a description "
             "like 'A man points a gun at a cashier.')"
         )
-    return AnomalyDefinition.from_strings(define)
+    return AnomalyDefinition.from_strings(define, normal=normal)
 
 
 def extract_cmd(
@@ -64,6 +72,9 @@ def extract_cmd(
     )
     for f in summary.failures:
         typer.echo(f"  failed: {f['path']}: {f['reason']}")
+    if summary.failed and summary.failed == summary.total:
+        # nothing usable came out: a script must not read this as success
+        fail(f"every input failed ({summary.failed} of {summary.total} videos; reasons above)")
 
 
 def detect_cmd(
@@ -83,6 +94,7 @@ def detect_cmd(
     merge_gap: float = typer.Option(1.0, help="Merge intervals closer than this, seconds."),
     device: str = typer.Option(None, help="cuda / cpu."),
     plot: bool = typer.Option(True, help="Write the PNG plot."),
+    normal: str = typer.Option("auto", "--normal", help=NORMAL_HELP),
 ) -> None:
     """Detect anomalies in one video under your own definition (names and/or descriptions)."""
     from lagovad.definition import DefinitionError
@@ -90,7 +102,7 @@ def detect_cmd(
     from lagovad.image_encoder import ImageEncoderError
 
     try:
-        definition = _definition(define)
+        definition = _definition(define, normal)
         net, label = load_detector(checkpoint, model, weights, device=device)
         encoder = encoder_for(net, clip_model, clip_pretrained, device=device)
         st = None
@@ -123,6 +135,7 @@ def rescore_cmd(
     weights: Path = typer.Option(None, "--weights", help="Weights for --model."),
     model_id: str = typer.Option(None, help="Stored feature model to score (if several)."),
     device: str = typer.Option(None, help="cuda / cpu."),
+    normal: str = typer.Option("auto", "--normal", help=NORMAL_HELP),
 ) -> None:
     """Score every stored video under a new definition from cached features (no decoding)."""
     from lagovad.definition import DefinitionError
@@ -131,7 +144,7 @@ def rescore_cmd(
     from prevad import Store
 
     try:
-        definition = _definition(define)
+        definition = _definition(define, normal)
         net, label = load_detector(checkpoint, model, weights, device=device)
         summary = rescore(Store(store), net, definition, label, model_id=model_id)
     except (DefinitionError, DetectError, ValueError, OSError) as exc:
@@ -146,6 +159,6 @@ def rescore_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add `extract`, `detect` and `rescore` to the lagovad app."""
-    app.command("extract")(extract_cmd)
-    app.command("detect")(detect_cmd)
-    app.command("rescore")(rescore_cmd)
+    app.command("extract")(handles_errors(extract_cmd))
+    app.command("detect")(handles_errors(detect_cmd))
+    app.command("rescore")(handles_errors(rescore_cmd))

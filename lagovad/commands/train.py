@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
+from lagovad.commands import handles_errors
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` command to ``app``."""
-    app.command("train")(train_command)
+    app.command("train")(handles_errors(train_command))
 
 
 def train_command(
@@ -41,13 +43,17 @@ def train_command(
     resume: Path | None = typer.Option(
         None, help="Continue from a checkpoint folder (or an output folder's latest epoch)."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite",
+        help="Replace a run already in --out (its epochs are deleted once the new run's inputs "
+        "pass every check). Without it such an --out is refused.",
+    ),
     progress: bool = typer.Option(True, help="Show progress bars."),
     keep_last: int = typer.Option(0, help="Keep only the newest N epoch checkpoints (0 = all)."),
 ) -> None:
     """Train LaGoVAD on a prevad store (validated before the first step)."""
     # Imported here so `lagovad --help` stays fast.
-    from lagovad.data import DataError
-    from lagovad.train import TrainConfig, TrainError, train
+    from lagovad.train import TrainConfig, train
 
     cfg = TrainConfig(
         store=str(store),
@@ -72,12 +78,9 @@ def train_command(
         progress=progress,
         keep_last=keep_last,
         resume=str(resume) if resume else None,
+        overwrite=overwrite,
     )
-    try:
-        metrics = train(cfg)
-    except (DataError, TrainError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+    metrics = train(cfg)  # a LagovadError becomes `error: ...`, exit 2 (handles_errors)
     keep = ("epoch", "step", "loss", "val_auc", "val_ap")
     shown = {k: v for k, v in metrics.items() if k in keep}
     typer.echo(f"done: {shown}; checkpoints in {out}")

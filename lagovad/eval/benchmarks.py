@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lagovad.errors import LagovadError
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFINITIONS_DIR = Path(__file__).resolve().parent / "definitions"
 
@@ -28,7 +30,7 @@ XD_CODES = {"B1": "Fighting", "B2": "Shooting", "B4": "Riot", "B5": "Abuse", "B6
             "G": "Explosion"}
 
 
-class EvalError(ValueError):
+class EvalError(LagovadError, ValueError):
     """Base class of evaluation errors (bad benchmark, bad file, missing data)."""
 
 
@@ -129,9 +131,25 @@ def video_key(path: str) -> str:
     return base
 
 
+def read_annotation_text(path: str | Path) -> str:
+    """An annotation file's text (UTF-8, whatever the locale).
+
+    Raises:
+        AnnotationFormatError: The file is not UTF-8 (e.g. saved as Latin-1): names the file
+            and the offset of the first bad byte.
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AnnotationFormatError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
 def _read_json_split(path: Path) -> list[BenchmarkVideo]:
     try:
-        rows = json.loads(path.read_text())
+        rows = json.loads(read_annotation_text(path))
     except json.JSONDecodeError as exc:
         raise AnnotationFormatError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(rows, list):
@@ -181,7 +199,7 @@ def read_ucf_native(path: str | Path) -> dict[str, tuple[str, tuple[tuple[int, i
         ``{name: (class_name, ((s1, e1), ...))}`` with frame numbers.
     """
     out: dict[str, tuple[str, tuple[tuple[int, int], ...]]] = {}
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_annotation_text(path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -203,7 +221,7 @@ def read_xd_native(path: str | Path) -> dict[str, tuple[tuple[int, int], ...]]:
         ``{name: ((s1, e1), ...)}`` with frame numbers (abnormal videos only).
     """
     out: dict[str, tuple[tuple[int, int], ...]] = {}
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_annotation_text(path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -272,7 +290,7 @@ def load_definition(name: str, path: str | Path | None = None) -> Definition:
     """Load the per-benchmark definition (class names and hand-written descriptions)."""
     key = check_name(name)
     p = Path(path) if path else DEFINITIONS_DIR / f"{key}.json"
-    data = json.loads(p.read_text())
+    data = json.loads(read_annotation_text(p))
     classes = tuple(data["classes"])
     desc = {c: tuple(d) for c, d in data["descriptions"].items()}
     for c in classes:

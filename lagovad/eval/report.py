@@ -113,12 +113,8 @@ def write_reports(results: dict, out_dir: str | Path) -> dict[str, Path]:
 
 def plot_curves(name: str, labels: np.ndarray, scores: np.ndarray, out_dir: str | Path) -> Path:
     """ROC and PR curves of pooled scores side by side (``<name>_curves.png``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 4))
+    fig = io_.new_figure(figsize=(9, 4))  # pyplot-free: the caller's backend is left alone
+    ax1, ax2 = fig.subplots(1, 2)
     if 0 < labels.sum() < len(labels):
         fpr, tpr, _ = metrics.roc_curve(labels, scores)
         ax1.plot(fpr, tpr, label=f"AUC {100 * metrics.roc_auc(labels, scores):.2f}")
@@ -134,10 +130,7 @@ def plot_curves(name: str, labels: np.ndarray, scores: np.ndarray, out_dir: str 
         ax.set_ylim(0, 1.02)
         ax.legend(loc="lower right" if ax is ax1 else "upper right")
     fig.suptitle(DISPLAY_NAMES.get(name, name))
-    try:
-        return io_.atomic_save_png(fig, Path(out_dir) / f"{name}_curves.png")
-    finally:
-        plt.close(fig)
+    return io_.atomic_save_png(fig, Path(out_dir) / f"{name}_curves.png")
 
 
 def plot_timelines(name: str, videos: list[tuple[str, np.ndarray, np.ndarray, float]],
@@ -147,12 +140,8 @@ def plot_timelines(name: str, videos: list[tuple[str, np.ndarray, np.ndarray, fl
     Args:
         videos: ``(video, scores, gt, per-video AUC)`` rows, e.g. best and worst videos.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(videos), 1, figsize=(9, 1.8 * len(videos)), squeeze=False)
+    fig = io_.new_figure(figsize=(9, 1.8 * len(videos)))
+    axes = fig.subplots(len(videos), 1, squeeze=False)
     for ax, (vid, s, g, auc) in zip(axes[:, 0], videos, strict=True):
         x = np.arange(len(s))
         ax.fill_between(x, 0, g, step="post", color="tab:red", alpha=0.2, label="ground truth")
@@ -161,7 +150,4 @@ def plot_timelines(name: str, videos: list[tuple[str, np.ndarray, np.ndarray, fl
         ax.set_title(f"{vid}  (video AUC {100 * auc:.1f})", fontsize=8)
     axes[0, 0].legend(loc="upper right", fontsize=7)
     fig.tight_layout()
-    try:
-        return io_.atomic_save_png(fig, Path(out_dir) / f"{name}_timelines.png")
-    finally:
-        plt.close(fig)
+    return io_.atomic_save_png(fig, Path(out_dir) / f"{name}_timelines.png")

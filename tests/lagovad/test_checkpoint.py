@@ -118,3 +118,103 @@ def test_exact_resume_with_optimizer_and_scheduler_state(tmp_path):
 
 def test_no_training_state_when_not_saved(tiny_lagovad_checkpoint):
     assert load_training_state(tiny_lagovad_checkpoint) is None
+
+
+# -- damaged checkpoints: an error naming the file, through the library and the CLIs -------
+def _damage(ckpt, kind: str) -> str:
+    """Damage a copy of a checkpoint; return the file name the error must name."""
+    config, weights = ckpt / "config.json", ckpt / "model.safetensors"
+    if kind == "truncated-config":
+        config.write_bytes(config.read_bytes()[:40])
+        return "config.json"
+    if kind == "no-model-config":
+        data = json.loads(config.read_text())
+        del data["model_config"]
+        config.write_text(json.dumps(data))
+        return "config.json"
+    if kind == "nan-in-config":
+        data = json.loads(config.read_text())
+        data["model_config"]["class_head"]["temperature_init"] = float("nan")
+        config.write_text(json.dumps(data))  # json writes NaN, and reads it back
+        return "config.json"
+    if kind == "truncated-weights":
+        weights.write_bytes(weights.read_bytes()[:100])
+        return "model.safetensors"
+    if kind == "not-safetensors":
+        torch.save({"a": torch.zeros(1)}, weights)  # a pickle under the safetensors name
+        return "model.safetensors"
+    assert kind == "nan-in-weights"
+    tensors = load_file(weights)
+    tensors["binary_head.alpha"] = torch.tensor([float("nan")])
+    save_file(tensors, str(weights))
+    return "model.safetensors"
+
+
+DAMAGE = {
+    "truncated-config": "not valid JSON",
+    "no-model-config": "no 'model_config'",
+    "nan-in-config": "class_head.temperature_init must be a finite number, got nan",
+    "truncated-weights": "not a readable safetensors file",
+    "not-safetensors": "not a readable safetensors file",
+    "nan-in-weights": "'binary_head.alpha' holds NaN/Inf",
+}
+
+
+@pytest.fixture
+def damaged(request, tmp_path, tiny_lagovad_checkpoint):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_lagovad_checkpoint, ckpt)
+    name = _damage(ckpt, request.param)
+    return ckpt, ckpt / name, DAMAGE[request.param]
+
+
+@pytest.mark.parametrize("damaged", list(DAMAGE), indirect=True)
+def test_damaged_checkpoint_gives_an_error_naming_the_file(damaged):
+    ckpt, file, rule = damaged
+    with pytest.raises(CheckpointError, match=rule) as info:
+        lagovad.load_checkpoint(ckpt)
+    assert str(file) in str(info.value)
+
+
+def _cli(args: list[str]):
+    from typer.testing import CliRunner
+
+    from lagovad.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def _one_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("damaged", ["truncated-config", "nan-in-config", "not-safetensors"],
+                         indirect=True)
+def test_detect_with_a_damaged_checkpoint_is_one_error_line(damaged, tmp_path):
+    ckpt, file, rule = damaged
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")  # never reached: the checkpoint is read first
+    line = _one_error(_cli(["detect", str(video), "--define", "Fighting",
+                            "--checkpoint", str(ckpt), "--device", "cpu"]))
+    assert str(file) in line and rule.split(" must")[0] in line
+
+
+def test_missing_checkpoint_in_detect_and_rescore(tmp_path):
+    from prevad import Store
+
+    missing = tmp_path / "no-such-checkpoint"
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    line = _one_error(_cli(["detect", str(video), "--define", "Fighting", "--checkpoint",
+                            str(missing), "--device", "cpu"]))
+    assert str(missing) in line and "does not exist" in line
+    Store.init(tmp_path / "store")
+    line = _one_error(_cli(["rescore", "--store", str(tmp_path / "store"), "--define", "Fighting",
+                            "--checkpoint", str(missing), "--device", "cpu"]))
+    assert str(missing) in line and "does not exist" in line

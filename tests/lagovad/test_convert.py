@@ -4,6 +4,7 @@ the temporal encoder, torch MultiheadAttention for the fusion, replicate-padded 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -19,8 +20,8 @@ from typer.testing import CliRunner
 
 import lagovad
 from lagovad.commands import convert as convert_cmd
-from lagovad.convert import ConversionError, convert_official, ours_to_official
-from lagovad.factory import get_model_config
+from lagovad.convert import ConversionError, ours_to_official
+from lagovad.factory import build_model, convert_official, get_model_config
 
 DEFN = lagovad.AnomalyDefinition.from_strings(["Fighting", "Explosion", "Car Accident"])
 
@@ -170,8 +171,8 @@ def test_b16_official_layout_maps_completely_with_the_authors_count():
     sd = official_state_dict(cfg)
     trainable = sum(v.numel() for k, v in sd.items() if "embed_positions" not in k)
     assert trainable == 18_939_908
-    model = lagovad.LaGoVAD(dict(cfg, clip={"backend": "hf", "random_init": True,
-                                            "text_config": {"num_hidden_layers": 1}}))
+    model = build_model(dict(cfg, clip={"backend": "hf", "random_init": True,
+                                        "text_config": {"num_hidden_layers": 1}}))
     from lagovad.convert import official_to_ours
 
     ours, report = official_to_ours(sd)
@@ -216,3 +217,72 @@ def test_cli_convert_official(tiny_official, tmp_path):
     res = runner.invoke(app, ["convert-official", str(tmp_path / "nope.ckpt"), str(out)])
     assert res.exit_code == 2
     assert "official checkpoint not found" in res.output
+
+
+# -- a checkpoint from Lightning's own Trainer.save_checkpoint: pickled config classes ------
+TRAP_LOG: list[str] = []
+
+
+def _trap(*args):
+    """Stands for code a pickled class would run on load; loading must never call it."""
+    TRAP_LOG.append(repr(args))
+    raise AssertionError("a pickled callable was executed while loading")
+
+
+@dataclasses.dataclass
+class AuthorsConfig:
+    """Like the authors' config dataclasses that Lightning pickles into hyper_parameters."""
+
+    lr: float = 5e-5
+    classes: tuple = ("Fighting", "Shooting")
+
+
+class RunsCodeOnLoad:
+    """A class whose unpickling calls a function (as many real classes' __reduce__ do)."""
+
+    def __init__(self, note: str):
+        self.note = note
+
+    def __reduce__(self):
+        return (_trap, (self.note,))
+
+
+def test_lightning_checkpoint_with_pickled_classes_converts_without_running_them(
+    tiny_official, tmp_path
+):
+    cfg, sd, _ = tiny_official
+    path = tmp_path / "trainer_saved.ckpt"
+    torch.save({
+        "epoch": 7, "global_step": 280, "pytorch-lightning_version": "2.4.0",
+        "state_dict": {f"model.{k}": v for k, v in sd.items()},
+        "hyper_parameters": {"config": AuthorsConfig(), "hook": RunsCodeOnLoad("boom")},
+        "callbacks": {"ModelCheckpoint": {"best": torch.tensor(0.9)}},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 5e-5}]}],
+    }, path)
+    # torch's plain restricted load refuses the file ...
+    with pytest.raises(Exception, match="AuthorsConfig|_trap|Unsupported global"):
+        torch.load(path, weights_only=True)
+    # ... ours converts it, and the pickled code never ran
+    report = convert_official(path, tmp_path / "ours", model_name="lagovad-tiny")
+    assert TRAP_LOG == []
+    assert report.ok and report.meta == {"epoch": 7, "global_step": 280}
+    model, _ = lagovad.load_checkpoint(tmp_path / "ours")
+    assert torch.equal(model.binary_head.alpha.detach(), sd["bin_head.adp_alpha"])
+
+
+def test_read_official_checkpoint_binds_unknown_classes_to_inert_stand_ins(tmp_path):
+    from lagovad.convert import StandIn, _torch_load_restricted, read_official_checkpoint
+
+    path = tmp_path / "c.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": AuthorsConfig(lr=1.0),
+                "hook": RunsCodeOnLoad("x")}, path)
+    blob = _torch_load_restricted(path)
+    assert isinstance(blob["hyper_parameters"], StandIn)
+    assert not hasattr(blob["hyper_parameters"], "lr")  # its state was dropped, not applied
+    assert isinstance(blob["hook"], StandIn) and TRAP_LOG == []
+    state, meta = read_official_checkpoint(path)
+    assert list(state) == ["w"] and meta == {}
+    # no tensors where the state dict should be: a clear error, not a stand-in passed on
+    torch.save({"state_dict": AuthorsConfig()}, path)
+    with pytest.raises(ConversionError, match="'state_dict' must map names to tensors"):
+        read_official_checkpoint(path)

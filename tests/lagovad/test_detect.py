@@ -66,10 +66,30 @@ def test_detect_end_to_end_outputs(tmp_path, gray_10s_mp4, detector):
         out = model(torch.as_tensor(feats)[None], definition=definition)
     np.testing.assert_allclose(det.anomaly_scores, torch.sigmoid(out.frame_logits[0]).numpy(),
                                rtol=1e-5, atol=1e-6)
-    # threshold 0 marks every step: one interval over the whole video.
-    assert len(det.intervals) == 1
-    assert det.intervals[0].start_s == 0.0 and det.intervals[0].end_s == pytest.approx(9.92)
-    assert det.intervals[0].top_class in definition.labels[1:]
+    # Intervals are the runs of steps scoring >= the threshold: with the threshold at the
+    # median score, some steps are in and some out, so the runs are not given by construction.
+    scores = det.anomaly_scores
+    threshold = float(np.median(scores))
+    det = detect(gray_10s_mp4, definition, model, encoder, checkpoint=label,
+                 cache_dir=tmp_path / "cache", threshold=threshold, min_duration_s=0.0,
+                 merge_gap_s=0.0)
+    above = scores >= threshold
+    assert 0 < above.sum() < t
+    runs, start = [], None
+    for i, a in enumerate([*above, False]):
+        if a and start is None:
+            start = i
+        elif not a and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    step_s = 8 / 25.0
+    assert [(iv.start_s, iv.end_s) for iv in det.intervals] == [
+        (pytest.approx(a * step_s), pytest.approx(min((b + 1) * step_s, det.duration_s)))
+        for a, b in runs]
+    for iv, (a, b) in zip(det.intervals, runs, strict=True):
+        assert iv.peak_score == pytest.approx(float(scores[a:b + 1].max()))
+        mean_probs = det.class_probs[a:b + 1, 1:].mean(axis=0)
+        assert iv.top_class == definition.labels[1 + int(np.argmax(mean_probs))]
 
     paths = write_outputs(det, tmp_path / "out")
     data = json.loads(paths["json"].read_text())

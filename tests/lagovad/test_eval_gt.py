@@ -142,3 +142,17 @@ def test_bad_frame_count_files(tmp_path, name, text, needle):
         read_frames(tmp_path / name)
     (tmp_path / "ok.csv").write_text("video,n_frames\na.mp4,100\n")
     assert read_frames(tmp_path / "ok.csv") == {"a": 100}
+
+def test_latin1_annotation_file_is_an_error_naming_it(tmp_path):
+    from lagovad.eval.benchmarks import AnnotationFormatError, load_benchmark, read_ucf_native
+
+    entry = {"path": "Abuse001_x264.npy", "video_path": "Abuse001_x264.mp4",
+             "class_name": "Abuse", "descriptions": ["Un café"], "anomaly_span": [[0.1, 0.2]]}
+    path = tmp_path / "latin1.json"
+    path.write_bytes(json.dumps([entry], ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(AnnotationFormatError, match=r"latin1.json is not UTF-8 text \(byte 0xe9"):
+        load_benchmark("ucf", path)
+    native = tmp_path / "Temporal_Anomaly_Annotation.txt"
+    native.write_bytes("Abuse001_x264.mp4  Abusé  10 20 -1 -1\n".encode("latin-1"))
+    with pytest.raises(AnnotationFormatError, match="Temporal_Anomaly_Annotation.txt is not UTF-8"):
+        read_ucf_native(native)

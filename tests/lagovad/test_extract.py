@@ -167,3 +167,24 @@ def test_cli_extract_writes_npy(tmp_path, gray_videos_dir, tiny_open_clip_checkp
     assert result.exit_code == 0, result.output
     assert "extracted 1" in result.output
     assert np.load(tmp_path / "gray40.npy").shape == (5, 32)
+
+
+def test_cli_extract_fails_when_every_input_failed(tmp_path, gray_videos_dir,
+                                                   tiny_open_clip_checkpoint):
+    app = typer.Typer()
+    register(app)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.mp4").write_bytes(b"")
+    (bad / "readme.mp4").write_text("not a video")
+    args = ["--out", str(tmp_path / "out"), "--model", "lagovad-clip-tiny", "--pretrained",
+            str(tiny_open_clip_checkpoint), "--device", "cpu"]
+    result = CliRunner().invoke(app, ["extract", str(bad), *args])
+    assert result.exit_code == 2, result.output
+    assert "every input failed (2 of 2 videos" in result.output
+    assert "failed: " in result.output and "empty.mp4" in result.output
+    # one good input among bad ones is a partial success: exit 0, failures listed
+    (bad / "gray40.mp4").write_bytes((gray_videos_dir / "gray40.mp4").read_bytes())
+    result = CliRunner().invoke(app, ["extract", str(bad), *args])
+    assert result.exit_code == 0, result.output
+    assert "extracted 1" in result.output and "failed 2" in result.output

@@ -124,7 +124,12 @@ def test_contrastive_is_zero_without_abnormal_videos_and_keeps_a_graph():
         torch.zeros(2, 5),
     )["contrastive"]
     assert out.item() == 0.0
+    # "Keeps a graph": the total loss can call backward() on such a batch, and this term adds
+    # exactly nothing to the gradient of the logits.
+    assert out.requires_grad
     out.backward()
+    assert logits.grad is not None
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 def test_total_loss_is_invariant_to_padding():

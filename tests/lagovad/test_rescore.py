@@ -9,7 +9,6 @@ from lagovad.definition import AnomalyDefinition
 from lagovad.detect import encoder_for, load_detector, score_features
 from lagovad.extract import extract
 from lagovad.rescore import (
-    CLASS_INTERVALS_SQL,
     RescoreError,
     rescore,
     videos_with_class,
@@ -72,20 +71,25 @@ def test_class_interval_query_matches_the_scores(scored_store):
     definition = AnomalyDefinition.from_strings(["Robbery", "A person steals from a shop."])
     rescore(store, model, definition, label, progress=False)
     name = "Robbery"
-    probs = store.query(
-        "SELECT class_prob FROM scores WHERE definition_id = $d AND class_name = $c",
+    table = store.query(
+        "SELECT class_prob, anomaly_score FROM scores WHERE definition_id = $d AND class_name = $c",
         {"d": definition.id, "c": name},
-    ).column("class_prob").to_numpy()
-    for min_prob, min_score in ((0.8, 0.8), (float(np.median(probs)), 0.0)):
+    )
+    prob_mid = float(np.median(table.column("class_prob").to_numpy()))
+    score_mid = float(np.median(table.column("anomaly_score").to_numpy()))
+    all_steps = _expected_runs(store, model, definition, name, 0.0, 0.0)
+    # Each case filters on a median, so it keeps some steps and drops others: the class
+    # threshold alone, the score threshold alone, then both.
+    for min_prob, min_score in ((prob_mid, 0.0), (0.0, score_mid), (prob_mid, score_mid)):
         got = videos_with_class(store, definition, label, name, min_prob, min_score)
         expected = _expected_runs(store, model, definition, name, min_prob, min_score)
+        assert expected and expected != all_steps, (min_prob, min_score)
         assert sorted((r["video_id"], r["first_index"], r["last_index"]) for r in got) == expected
         for r in got:
-            assert r["peak_prob"] >= min_prob and r["start_s"] <= r["end_s"]
+            assert r["peak_prob"] >= min_prob and r["peak_score"] >= min_score
+            assert r["start_s"] <= r["end_s"]
             assert r["steps"] == r["last_index"] - r["first_index"] + 1
             assert r["uri"].endswith(".mp4")
-    assert len(expected) > 0  # the median threshold finds something
-    assert "$class_name" in CLASS_INTERVALS_SQL
 
 
 def test_rescore_errors(scored_store):
@@ -95,3 +99,32 @@ def test_rescore_errors(scored_store):
         videos_with_class(store, definition, label, "Shooting")
     with pytest.raises(RescoreError, match="no-such-model"):
         rescore(store, model, definition, label, model_id="no-such-model", progress=False)
+
+
+def test_nan_in_one_feature_file_skips_only_that_video(tmp_path, tiny_lagovad_checkpoint):
+    from typer.testing import CliRunner
+
+    from lagovad.cli import app
+    from tests.lagovad.helpers import make_store
+
+    store = make_store(tmp_path / "store", n_train=1, n_val=0, splits=("train",))
+    rows = store.read("features").to_pylist()
+    bad = rows[1]
+    arr = np.load(store.root / bad["location"])
+    arr[3] = np.nan
+    np.save(store.root / bad["location"], arr)
+    model, label = load_detector(tiny_lagovad_checkpoint, device="cpu")
+    definition = AnomalyDefinition.from_strings(["Fighting"])
+    summary = rescore(store, model, definition, label, progress=False)
+    assert summary.scored == len(rows) - 1
+    assert [f["video_id"] for f in summary.failures] == [bad["video_id"]]
+    assert "NaN/Inf" in summary.failures[0]["reason"]
+    scored = set(store.query("SELECT DISTINCT video_id FROM scores").column("video_id")
+                 .to_pylist())
+    assert scored == {r["video_id"] for r in rows} - {bad["video_id"]}
+    # the CLI names the video too
+    result = CliRunner().invoke(app, ["rescore", "--store", str(store.root), "--define",
+                                      "Shooting", "--checkpoint", str(tiny_lagovad_checkpoint),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"failed: {bad['video_id']}" in result.output and "NaN/Inf" in result.output

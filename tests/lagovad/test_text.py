@@ -124,10 +124,24 @@ def test_prompts_change_name_embeddings_but_not_descriptions(oc_backbone):
 
 
 def test_gradients_reach_prompts_and_not_the_frozen_backbone(oc_backbone):
-    branch = TextBranch(oc_backbone, front=2, back=2).train()
-    branch.encode(["Fighting", "Shooting"], prompts=True).sum().backward()
-    assert branch.prompt_embedding.grad is not None
-    assert branch.prompt_embedding.grad.abs().sum() > 0
+    branch = TextBranch(oc_backbone, front=2, back=2, init_std=0.5).train()
+    assert all(not p.requires_grad for p in branch.backbone.parameters())
+    # A fixed random readout: `sum()` of a LayerNorm output has zero gradient by construction
+    # (LayerNorm's output sums to a constant), so it could not show that gradients flow.
+    readout = torch.randn(branch.backbone.width, generator=torch.Generator().manual_seed(0))
+
+    def objective() -> torch.Tensor:
+        return (branch.encode(["Fighting", "Shooting"], prompts=True) @ readout).sum()
+
+    before = objective()
+    before.backward()
+    grad = branch.prompt_embedding.grad
+    assert grad is not None and torch.isfinite(grad).all()
+    assert grad.abs().amax() > 1e-3 * branch.prompt_embedding.abs().amax()
+    # The gradient is the real one: a small step against it lowers the objective.
+    with torch.no_grad():
+        branch.prompt_embedding.sub_(1e-2 * grad / grad.norm())
+        assert objective() < before.detach()
     assert all(p.grad is None for p in branch.backbone.parameters())
     assert not branch.backbone.training
 
@@ -190,3 +204,41 @@ def test_definition_json_round_trip_and_id():
     d = AnomalyDefinition.from_strings(["Fighting", "Shooting"])
     assert AnomalyDefinition.from_json(d.to_json()) == d
     assert d.id != AnomalyDefinition.from_strings(["Shooting", "Fighting"]).id
+
+
+def test_definition_longer_than_clip_reads_is_not_cut_silently(tiny_model):
+    import warnings
+
+    from lagovad.errors import LagovadWarning
+
+    long_text = "A man walks into a store and " + "looks around slowly " * 500  # ~10,000 chars
+    definition = AnomalyDefinition.from_strings(["Fighting", long_text])
+    too_long = r"'A man walks into.*\.\.\.' has \d{4} CLIP tokens but the description path reads 77"
+    with pytest.warns(LagovadWarning, match=too_long), torch.no_grad():
+        tiny_model.encode_definition(definition)
+    long_name = " ".join(["Fire"] * 80)
+    with pytest.warns(LagovadWarning, match=r"name \(soft-prompt\) path reads 69"), \
+            torch.no_grad():
+        tiny_model.encode_text([long_name], prompts=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a definition that fits warns nothing
+        with torch.no_grad():
+            tiny_model.encode_definition(AnomalyDefinition.from_strings(
+                ["Shooting", "A man points a gun at a cashier and takes the money."]))
+
+
+def test_definition_keeps_the_authors_normal_sentence_selectable():
+    # the authors' sentence given verbatim stays their sentence, even in a names definition
+    d = AnomalyDefinition.from_strings(["Fighting", NORMAL_PROMPT], kind="names")
+    assert d[0].text == NORMAL_PROMPT and d[0].kind == "description" and d.labels[0] == "Normal"
+    # or chosen without typing it
+    d = AnomalyDefinition.from_strings(["Fighting", "Shooting"], normal="prompt")
+    assert (d[0].text, d[0].kind) == (NORMAL_PROMPT, "description")
+    assert d.texts[1:] == ["Fighting", "Shooting"]
+    # the documented default: the word Normal for names, the sentence for descriptions
+    assert AnomalyDefinition.from_strings(["Fighting"]).texts[0] == "Normal"
+    assert AnomalyDefinition.from_strings(["Fighting"], normal="name").texts[0] == "Normal"
+    desc = AnomalyDefinition.from_strings(["normal", "Two men fight."], kind="descriptions")
+    assert desc.texts[0] == NORMAL_PROMPT
+    with pytest.raises(DefinitionError, match="normal must be"):
+        AnomalyDefinition.from_strings(["Fighting"], normal="sentence")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,126 @@ def test_batch_definition_excludes_a_class_and_relabels_its_videos():
         assert labels[2] == 0 and targets[2] == 0
         seen.add((kind, "any"))
     assert seen == {(k, s) for k in ("name", "description") for s in ("any", "excluded")}
+
+
+# -- bad input: run folders, resume, numbers, stores ---------------------------------------
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def _error_line(result) -> str:
+    """The one `error: ...` line of a refused command (no traceback)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_out_holding_a_run_is_refused_unless_overwrite(full_run: Path, store_root: Path,
+                                                       tmp_path):
+    before = _tree(full_run)
+    line = _error_line(run_train(store_root, full_run))
+    assert str(full_run) in line and "--overwrite" in line and "--resume" in line
+    assert _tree(full_run) == before  # nothing deleted, nothing mixed in
+
+    # --overwrite with an input that fails its checks still loses nothing
+    copy = tmp_path / "copy"
+    shutil.copytree(full_run, copy)
+    line = _error_line(run_train(tmp_path / "no-store", copy, "--overwrite"))
+    assert "not a PreVAD store" in line
+    assert _tree(copy) == before
+
+    # --overwrite with good input replaces the run: no epoch of the old one survives
+    result = run_train(store_root, copy, "--overwrite", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in copy.glob("epoch-*")) == ["epoch-001"]
+    assert json.loads((copy / "latest.json").read_text())["checkpoint"] == "epoch-001"
+    assert (copy / "epoch-001" / "model.safetensors").read_bytes() != \
+        before["epoch-001/model.safetensors"]  # a new run (1 epoch, other schedule)
+
+
+def test_resume_with_changed_settings_says_so(full_run: Path, store_root: Path, tmp_path):
+    # --epochs 1 from epoch 1: nothing left to train, so only the checks run
+    result = run_train(store_root, tmp_path / "r", "--resume", str(full_run / "epoch-001"),
+                       "--epochs", "1", "--batch-size", "16")
+    assert result.exit_code == 0, result.output
+    warning = [ln for ln in result.output.splitlines() if ln.startswith("warning: ")]
+    assert len(warning) == 1, result.output
+    assert "batch_size 8 -> 16" in warning[0] and "epochs 2 -> 1" in warning[0]
+    assert "lr" not in warning[0].replace("will not", "")  # unchanged settings are not listed
+    same = run_train(store_root, tmp_path / "s", "--resume", str(full_run / "epoch-001"),
+                     "--epochs", "2", "--keep-last", "3", "--no-progress")
+    assert same.exit_code == 0 and "warning:" not in same.output
+
+
+def test_latest_naming_a_deleted_epoch_falls_back_to_the_newest_complete_one(
+    full_run: Path, store_root: Path, tmp_path
+):
+    from lagovad.errors import LagovadWarning
+    from lagovad.train import TrainError, resolve_resume
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    shutil.rmtree(run / "epoch-002")  # latest.json still names it
+    with pytest.warns(LagovadWarning, match="epoch-002.*newest complete epoch.*epoch-001"):
+        assert resolve_resume(run) == run / "epoch-001"
+    (run / "latest.json").write_text('{"checkpoint": "epo')  # truncated
+    with pytest.warns(LagovadWarning, match="cannot be read"):
+        assert resolve_resume(run) == run / "epoch-001"
+    # through the CLI: resuming the run in its own folder is allowed, with the warning
+    result = run_train(store_root, run, "--resume", str(run), "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "newest complete epoch" in result.output
+    (run / "epoch-001" / "model.safetensors").unlink()  # incomplete now: nothing to resume
+    with pytest.raises(TrainError, match="complete epoch-NNN"):
+        resolve_resume(run)
+
+
+@pytest.mark.parametrize("flag, value, rule", [
+    ("--lr", "inf", "lr must be a finite number"),
+    ("--lr", "nan", "lr must be a finite number"),
+    ("--grad-clip", "inf", "grad_clip must be a finite number"),
+    ("--lr", "0", "lr must be > 0"),
+])
+def test_non_finite_or_bad_numbers_are_refused(store_root: Path, tmp_path, flag, value, rule):
+    line = _error_line(run_train(store_root, tmp_path / "out", flag, value))
+    assert rule in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_in_a_feature_file_is_refused_before_training(tmp_path):
+    root = tmp_path / "store"
+    store = make_store(root, n_train=2, n_val=1)
+    row = store.read("features").to_pylist()[3]
+    arr = np.load(root / row["location"])
+    arr[5, 2] = np.nan
+    arr[9, 0] = np.inf
+    np.save(root / row["location"], arr)
+    line = _error_line(run_train(root, tmp_path / "out"))
+    assert row["video_id"] in line and row["location"] in line
+    assert "NaN/Inf" in line and "[5, 9]" in line
+    assert not list((tmp_path / "out").glob("epoch-*"))
+
+
+def test_missing_store_and_store_without_anomalies(tmp_path):
+    line = _error_line(run_train(tmp_path / "nope", tmp_path / "out"))
+    assert str(tmp_path / "nope") in line and "not a PreVAD store" in line
+
+    root = tmp_path / "normal-only"
+    store = Store.init(root)
+    videos, annotations = [], []
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for i in range(4):
+            vid = video_id_for("synthetic", f"{split}-{i}")
+            videos.append(Video(video_id=vid, source="synthetic", source_video_id=f"{split}-{i}"))
+            annotations.append(Annotation(f"a-{split}-{i}", vid, "prevad", "human", "t",
+                                          "Normal", False, split=split))
+            store.write_features(vid, MODEL_ID, rng.normal(size=(30, DIM)).astype(np.float32))
+    store.append("videos", videos)
+    store.append("annotations", annotations)
+    line = _error_line(run_train(root, tmp_path / "out2"))
+    assert "split 'train'" in line and "no abnormal" in line
+    assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").glob("epoch-*"))

@@ -172,7 +172,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, args: list[str], needle: str) -
     root = str(tmp_path / "s")
     runner.invoke(app, ["init", root])
     r = runner.invoke(app, [a.format(root=root) for a in args])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert needle in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
 
@@ -194,3 +194,69 @@ def test_card_writes_markdown_and_pngs(tmp_path: Path, benchmarks_dir: Path) -> 
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 5000, kind
         assert f"]({png.name})" in text
+
+
+# -- import-benchmark: the benchmark's real class list, span rules, repeats -----------------
+TAD_ENTRY = {"path": "tad/x.npy", "video_path": "tad/x.mp4", "class_name": "Car Accident",
+             "descriptions": None, "anomaly_span": [[0.1, 0.4]]}
+
+
+def _cli_error(args: list[str]) -> str:
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")
+    return r.output
+
+
+@pytest.mark.parametrize("entry, rule", [
+    # a class of another benchmark: the list is tad's own, not the file's
+    ({**TAD_ENTRY, "class_name": "Explosion"}, "'Explosion' is not in the tad class list"),
+    ({**TAD_ENTRY, "class_name": "Normal"}, "class 'Normal' with anomaly_span"),
+    ({**TAD_ENTRY, "anomaly_span": []}, "'Car Accident' with an empty anomaly_span"),
+])
+def test_import_benchmark_checks_each_entry(tmp_path: Path, entry: dict, rule: str) -> None:
+    root = str(tmp_path / "s")
+    runner.invoke(app, ["init", root])
+    file = tmp_path / "tad.json"
+    file.write_text(json.dumps([TAD_ENTRY, entry]))
+    out = _cli_error(["import-benchmark", root, "tad", str(file)])
+    assert rule in out and "tad.json: entry 1 (tad/x.mp4)" in out
+    assert Store(root).read("annotations").num_rows == 0  # nothing half-imported
+
+
+def test_import_benchmark_class_list_of_other_benchmarks(tmp_path: Path) -> None:
+    root = str(tmp_path / "s")
+    runner.invoke(app, ["init", root])
+    file = tmp_path / "mine.json"
+    file.write_text(json.dumps([{**TAD_ENTRY, "class_name": "Juggling"}]))
+    out = _cli_error(["import-benchmark", root, "mine", str(file)])
+    assert "no class list known for benchmark 'mine'" in out
+    r = runner.invoke(app, ["import-benchmark", root, "mine", str(file),
+                            "--classes", "Normal,Juggling"])
+    assert r.exit_code == 0, r.output
+
+
+def test_byte_identical_repeat_is_imported_once(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    file = tmp_path / "tad.json"
+    file.write_text(json.dumps([TAD_ENTRY, dict(TAD_ENTRY)]))
+    res = import_benchmark(store, "tad", file)
+    assert (res.written, res.skipped) == (2, 2)  # one video + one annotation; the repeat skipped
+    assert store.read("annotations").num_rows == 1
+    # the same video with another label is still a conflict
+    file.write_text(json.dumps([TAD_ENTRY, {**TAD_ENTRY, "anomaly_span": [[0.5, 0.6]]}]))
+    with pytest.raises(DuplicateIdError):
+        import_benchmark(Store.init(tmp_path / "s2"), "tad", file)
+
+
+def test_latin1_annotation_file_is_one_error_naming_it(tmp_path: Path) -> None:
+    root = str(tmp_path / "s")
+    runner.invoke(app, ["init", root])
+    file = tmp_path / "latin1.json"
+    text = json.dumps([{**TAD_ENTRY, "descriptions": ["Un café renversé"]}], ensure_ascii=False)
+    file.write_bytes(text.encode("latin-1"))
+    out = _cli_error(["import-benchmark", root, "tad", str(file)])
+    assert str(file) in out and "not UTF-8" in out and "0xe9" in out
+    with pytest.raises(MalformedFileError, match="not UTF-8"):
+        import_prevad(Store(root), file)
