@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,7 @@ from lagovad.loss import (
     LossError,
     MILAlignLoss,
     MILLoss,
+    OfficialLoss,
     PseudoMILLoss,
 )
 
@@ -174,3 +178,108 @@ def test_losses_reject_empty_videos_and_bad_targets():
             torch.tensor([1]),
             torch.zeros(1, 4),
         )
+
+
+# ------------------------------------------------------------------ goldens from the authors' code
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor, name: str, rel: float = 1e-5) -> None:
+    """Equal to ``rel`` relative to the tensor's scale (elementwise relative error is noise on
+    entries near zero)."""
+    scale = theirs.abs().max().item()
+    err = (ours.detach().double() - theirs.double()).abs().max().item()
+    assert err <= rel * max(scale, 1e-12), f"{name}: max error {err:.3g} at scale {scale:.3g}"
+
+
+def test_official_step_equals_the_authors_training_step():
+    """Every term and the gradients of the total, against their training_step (golden)."""
+    from safetensors.torch import load_file
+
+    import lagovad
+    from lagovad.convert import official_to_ours
+    from lagovad.recipe import forward_branches, names_vocabulary, plan_official
+    from lagovad.synthesis import Batch
+
+    meta = json.loads((GOLDEN / "official_step.json").read_text())
+    data = load_file(str(GOLDEN / "official_step.safetensors"))
+    c = meta["config"]
+    config = json.loads((Path(lagovad.__file__).parent / "model_configs/lagovad-tiny.json")
+                        .read_text())
+    config.update(video_dim=c["hidden"], hidden=c["hidden"], max_len=c["T"])
+    config["temporal"].update(layers=c["temporal_layers"], heads=c["temporal_heads"],
+                              ffn=c["ffn"], window=c["window"],
+                              rotary_positions=c["rotary_positions"])
+    config["fusion"].update(layers=c["fusion_layers"], heads=c["fusion_heads"], ffn=c["ffn"])
+    config["binary_head"]["kernel_size"] = c["kernel_size"]
+    config["prompts"].update(front=c["prompts"] // 2, back=c["prompts"] // 2)
+    model = lagovad.LaGoVAD(config)
+    theirs = {k[len("weights."):]: v for k, v in data.items() if k.startswith("weights.")}
+    weights, report = official_to_ours(theirs)
+    assert report.ok or not report.unexpected, report
+    lagovad.checkpoint.load_weights(model, weights)
+    model.eval()  # their step was run in eval mode: no dropout on either side
+
+    samples = meta["samples"]
+    b, t = data["batch.v_feat"].shape[:2]
+    batch = Batch(
+        features=data["batch.v_feat"],
+        mask=torch.ones(b, t, dtype=torch.bool),
+        frame_labels=data["batch.frame"],
+        labels=torch.tensor([int(s["category"] != "Normal") for s in samples]),
+        categories=[s["category"] for s in samples],
+        descriptions=[s["description"] for s in samples],
+    )
+    categories = sorted({s["category"] for s in samples} - {"Normal"})
+    plan = plan_official(batch, names_vocabulary(categories), np.random.default_rng(0))
+    assert plan.names == meta["names"] and len(plan.names) == 36
+    assert plan.descriptions == meta["descriptions"]  # duplicates kept, one per abnormal video
+
+    names_text = data["text.names"].clone().requires_grad_()
+    desc_text = data["text.descs"].clone().requires_grad_()
+    named, described = forward_branches(model, batch.features, batch.mask, [names_text, desc_text])
+    terms = OfficialLoss()(named, described, batch.mask, plan.labels, plan.name_targets,
+                           plan.desc_targets, plan.frame_labels)
+    for name, value in meta["terms"].items():
+        _close(terms[name], torch.tensor(value), name)
+    terms["loss"].backward()
+    _close(names_text.grad, data["grad.text.names"], "grad names text (-> soft prompts)")
+    _close(desc_text.grad, data["grad.text.descs"], "grad descriptions text")
+    ours_by_name = dict(model.named_parameters())
+    mapped, _ = official_to_ours({k: data[f"grad.{k}"] for k in meta["grad_params"]})
+    assert len(mapped) == len(meta["grad_params"])
+    for name, grad in mapped.items():
+        _close(ours_by_name[name].grad, grad, f"grad {name}")
+
+
+def test_official_loss_functions_equal_the_authors_on_padded_input():
+    """Their losses.py on padded tensors (golden): our terms and input gradients equal theirs."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((GOLDEN / "official_losses.json").read_text())
+    data = load_file(str(GOLDEN / "official_losses.safetensors"))
+    lengths = data["lengths"]
+    t = data["logits"].shape[1]
+    mask = torch.arange(t)[None] < lengths[:, None]
+    cls, frame = data["cls"], data["frame"]
+    labels = (cls != 0).long()
+    inputs = {k: data[k].clone().requires_grad_() for k in ("logits", "sim", "v_feats", "t_feats")}
+    logits = inputs["logits"]
+    terms = {
+        "mil": MILLoss()(logits, mask, labels)["mil"],
+        "frame_bce": FrameBCELoss()(logits, mask, frame)["frame_bce"],
+        "pseudo_mil": PseudoMILLoss(scoring="official")(logits, mask, frame)["pseudo_mil"],
+        "mil_align": MILAlignLoss()(inputs["sim"], mask, cls)["mil_align"],
+        "contrastive": ContrastiveLoss()(
+            logits, mask, inputs["v_feats"], inputs["t_feats"], labels.bool(), frame
+        )["contrastive"],
+    }
+    for name, value in terms.items():
+        _close(value, torch.tensor(meta["terms"][name]), name)
+        grads = torch.autograd.grad(value, list(inputs.values()), allow_unused=True)
+        for label, g in zip(inputs, grads, strict=True):
+            key = f"grad.{name}.{label}"
+            if key in data:
+                _close(torch.zeros_like(data[key]) if g is None else g, data[key], key)
+            else:
+                assert g is None or float(g.abs().max()) == 0.0, key
