@@ -453,9 +453,9 @@ class OfficialLoss(nn.Module):
     descriptions branch (the normal prompt + one description per abnormal video). MIL, frame BCE,
     pseudo-supervised MIL (top-k logits, BCE-with-logits) and MIL-align are computed on each
     branch and summed; one contrastive term (raw dot product, text-vs-abnormal-videos second
-    term) pools the *names* branch's binary logits over the pre-fusion temporal features and
-    uses the pre-fusion description features as anchors, so it never reaches the soft prompts.
-    The total is the plain sum of all terms (all weights 1).
+    term) pools the pre-fusion temporal features with the *names* branch's binary logits and
+    uses the pre-fusion description features as anchors: its anchors never involve the soft
+    prompts (only the pooling weights do, through the names branch). The total is the plain sum of all terms (all weights 1).
 
     Args:
         detach_pool: our addition (off = the authors'), see :class:`ContrastiveLoss`.

@@ -240,7 +240,7 @@ def test_official_plan_exclusion_removes_a_class_from_both_definitions():
     assert excluded == {"Assault", "Explosion"}
 
 
-def _prompt_grad_of_contrastive(recipe: str) -> float:
+def _prompt_grad_of_contrastive(recipe: str, detach_pool: bool) -> float:
     import lagovad
     from lagovad.train import TrainConfig, train_step_terms
 
@@ -248,7 +248,8 @@ def _prompt_grad_of_contrastive(recipe: str) -> float:
     model = lagovad.create_model("lagovad-tiny").eval()
     batch = _batch([("Assault", DESCRIPTIONS["Assault"]), ("Explosion", ""), ("Normal", "")])
     # description_prob 0: the paper recipe's batch uses the names definition
-    cfg = TrainConfig(store="-", out="-", recipe=recipe, description_prob=0.0)
+    cfg = TrainConfig(store="-", out="-", recipe=recipe, description_prob=0.0,
+                      detach_pool=detach_pool)
     terms = train_step_terms(model, batch, cfg, ["Assault", "Explosion"],
                              np.random.default_rng(0), torch.device("cpu"))
     assert set(terms) == {"mil", "frame_bce", "pseudo_mil", "mil_align", "contrastive", "loss"}
@@ -257,11 +258,14 @@ def _prompt_grad_of_contrastive(recipe: str) -> float:
     return 0.0 if grad is None else float(grad.abs().max())
 
 
-def test_official_contrastive_never_reaches_the_soft_prompts_the_paper_names_batch_does():
-    # the authors' anchors are description features (no prompts); the paper recipe's anchors
-    # in a names batch are the prompted class names
-    assert _prompt_grad_of_contrastive("official") == 0.0
-    assert _prompt_grad_of_contrastive("paper") > 0.0
+def test_official_contrastive_anchors_never_reach_the_soft_prompts():
+    # the authors' anchors are description features (no prompts): with the pooling weights
+    # detached nothing of the term reaches the prompts; the paper recipe's anchors in a names
+    # batch are the prompted class names
+    assert _prompt_grad_of_contrastive("official", detach_pool=True) == 0.0
+    assert _prompt_grad_of_contrastive("paper", detach_pool=True) > 0.0
+    # their pooling weights are the names branch's logits, which do depend on the prompts
+    assert _prompt_grad_of_contrastive("official", detach_pool=False) > 0.0
 
 
 def test_retrieval_cache_becomes_the_neighbour_index(tmp_path):
