@@ -171,7 +171,9 @@ class PseudoMILLoss(nn.Module):
         self.divisor = divisor
         self.scoring = scoring
 
-    def forward(self, frame_logits: Tensor, mask: Tensor, frame_labels: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, frame_logits: Tensor, mask: Tensor, frame_labels: Tensor
+    ) -> dict[str, Tensor]:
         """Compute the term.
 
         Args:
@@ -455,7 +457,8 @@ class OfficialLoss(nn.Module):
     branch and summed; one contrastive term (raw dot product, text-vs-abnormal-videos second
     term) pools the pre-fusion temporal features with the *names* branch's binary logits and
     uses the pre-fusion description features as anchors: its anchors never involve the soft
-    prompts (only the pooling weights do, through the names branch). The total is the plain sum of all terms (all weights 1).
+    prompts (only the pooling weights do, through the names branch). The total is the plain sum
+    of all terms (all weights 1).
 
     Args:
         detach_pool: our addition (off = the authors'), see :class:`ContrastiveLoss`.

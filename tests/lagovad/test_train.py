@@ -276,7 +276,9 @@ def test_retrieval_cache_becomes_the_neighbour_index(tmp_path):
     ids = {r["source_video_id"]: r["video_id"] for r in store.read("videos").to_pylist()}
     cache = tmp_path / "train_search_cache.json"
     cache.write_text(json.dumps({
-        "features/train-Assault-0.npy": ["train-normal-3", "train-Assault-1", "nowhere", "x/train-normal-0.mp4"],
+        "features/train-Assault-0.npy": [
+            "train-normal-3", "train-Assault-1", "nowhere", "x/train-normal-0.mp4"
+        ],
         "not-in-store": ["train-normal-1"],
     }))
     index = load_retrieval_cache(store, cache, videos)
@@ -315,5 +317,6 @@ def test_cli_rejects_an_unknown_recipe_or_cut(store_root: Path, tmp_path):
         result = run_train(store_root, tmp_path / "bad", flag, value)
         assert result.exit_code == 2, result.output
         assert expected in result.output
-    missing = run_train(store_root, tmp_path / "bad", "--neighbour-cache", str(tmp_path / "no.json"))
+    missing = run_train(store_root, tmp_path / "bad", "--neighbour-cache",
+                        str(tmp_path / "no.json"))
     assert missing.exit_code == 2 and "not found" in missing.output
