@@ -320,3 +320,24 @@ def test_cli_rejects_an_unknown_recipe_or_cut(store_root: Path, tmp_path):
     missing = run_train(store_root, tmp_path / "bad", "--neighbour-cache",
                         str(tmp_path / "no.json"))
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_training_data_keeps_every_description_and_synthesis_uses_them_all(tmp_path):
+    from lagovad.data import load_split
+    from lagovad.synthesis import DynamicSynthesizer
+
+    store = make_store(tmp_path / "store", n_train=1, n_val=1)
+    rows = store.read("annotations").to_pylist()
+    target = next(r for r in rows if r["split"] == "train" and r["category"] == "Assault")
+    descs = ["He punches him.", "A street fight.", "Two men fight near a car."]
+    store.append("annotations", [Annotation(
+        "ann-more", target["video_id"], "prevad", "human", "second-pass", "Assault", True,
+        description=descs[0], split="train", descriptions=descs,
+    )])
+    videos = load_split(store, "train", MODEL_ID, DIM).videos
+    video = next(v for v in videos if v.video_id == target["video_id"])
+    assert video.descriptions == tuple(descs)  # not only the first
+    synth = DynamicSynthesizer(videos, {}, seed=0)
+    index = [v.video_id for v in synth.abnormal].index(video.video_id)
+    used = {synth.sample(index, epoch).description for epoch in range(60)}
+    assert used == set(descs)
