@@ -39,6 +39,11 @@ class LossError(ValueError):
     """Inputs to a loss violate its contract (shapes, empty videos, label values)."""
 
 
+def _wide(x: Tensor) -> Tensor:
+    """At least float32 (bf16/fp16 autocast outputs are widened; float64 stays float64)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def mil_k(lengths: Tensor, divisor: int) -> Tensor:
     """Top-k size per video: ``max(length // divisor, 1)``.
 
@@ -121,8 +126,10 @@ class MILLoss(nn.Module):
             {"mil": scalar}.
         """
         lengths = _check_mask(frame_logits, mask)
-        video_logit = masked_topk_mean(frame_logits.float(), mask, mil_k(lengths, self.divisor))
-        return {"mil": F.binary_cross_entropy_with_logits(video_logit, labels.float())}
+        video_logit = masked_topk_mean(_wide(frame_logits), mask, mil_k(lengths, self.divisor))
+        return {
+            "mil": F.binary_cross_entropy_with_logits(video_logit, labels.to(video_logit.dtype))
+        }
 
 
 class FrameBCELoss(nn.Module):
@@ -143,7 +150,7 @@ class FrameBCELoss(nn.Module):
         """
         _check_mask(frame_logits, mask)
         per_step = F.binary_cross_entropy_with_logits(
-            frame_logits.float(), frame_labels.float(), reduction="none"
+            _wide(frame_logits), frame_labels.to(_wide(frame_logits).dtype), reduction="none"
         )
         return {"frame_bce": per_step[mask].mean()}
 
@@ -189,12 +196,12 @@ class PseudoMILLoss(nn.Module):
         abnormal = span.any(dim=1)
         region = torch.where(abnormal.unsqueeze(1), span, mask)
         k = mil_k(region.sum(dim=1), self.divisor)
-        target = abnormal.float()
+        target = abnormal.to(_wide(frame_logits).dtype)
         if self.scoring == "official":
-            score = masked_topk_mean(frame_logits.float(), region, k)
+            score = masked_topk_mean(_wide(frame_logits), region, k)
             return {"pseudo_mil": F.binary_cross_entropy_with_logits(score, target)}
         # sigmoid is monotone, so the top-k of the probabilities are those of the logits.
-        score = masked_topk_mean(torch.sigmoid(frame_logits.float()), region, k)
+        score = masked_topk_mean(torch.sigmoid(_wide(frame_logits)), region, k)
         # binary_cross_entropy clamps log at -100, so a saturated sigmoid stays finite.
         return {"pseudo_mil": F.binary_cross_entropy(score, target)}
 
@@ -224,7 +231,7 @@ class MILAlignLoss(nn.Module):
         n_classes = class_logits.shape[-1]
         if bool(((targets < 0) | (targets >= n_classes)).any()):
             raise LossError(f"class targets must lie in [0, {n_classes}), got {targets.tolist()}")
-        video = masked_topk_mean(class_logits.float(), mask, mil_k(lengths, self.divisor))
+        video = masked_topk_mean(_wide(class_logits), mask, mil_k(lengths, self.divisor))
         return {"mil_align": F.cross_entropy(video, targets.long())}
 
 
@@ -236,14 +243,14 @@ def _masked_softmax_pool(
     A row whose region is empty pools to the zero vector (what the authors' code gives for a
     background with no span steps).
     """
-    scaled = logits.float() / temperature
+    scaled = _wide(logits) / temperature
     if detach:
         scaled = scaled.detach()
     has = region.any(dim=1, keepdim=True)
     # an empty region pools over a dummy full row, then is zeroed: no NaN, no gradient
     safe = region | ~has
     weights = torch.softmax(scaled.masked_fill(~safe, float("-inf")), dim=1) * has
-    return torch.einsum("bt,bth->bh", weights, features.float())
+    return torch.einsum("bt,bth->bh", weights, _wide(features))
 
 
 class ContrastiveLoss(nn.Module):
@@ -336,7 +343,7 @@ class ContrastiveLoss(nn.Module):
         eta = self.pool_temperature
         foreground = _masked_softmax_pool(frame_logits, mask, temporal, eta, self.detach_pool)
         rows = [foreground]
-        probs = torch.sigmoid(frame_logits.float()).detach()
+        probs = torch.sigmoid(_wide(frame_logits)).detach()
         high = probs.masked_fill(~mask, float("-inf")).amax(dim=1)
         low = probs.masked_fill(~mask, float("inf")).amin(dim=1)
         span = mask & (frame_labels > 0.5)
@@ -350,7 +357,7 @@ class ContrastiveLoss(nn.Module):
                 )
             )
         videos = torch.cat(rows)  # [B + n_neg, H]
-        text = anchors.float()
+        text = _wide(anchors)
         if self.similarity == "cosine":
             sim = F.normalize(text, dim=-1) @ F.normalize(videos, dim=-1).T / self.temperature
         else:

@@ -5,6 +5,9 @@
 Imports their release from the given path (commit recorded in the output; the goldens in this
 folder came from commit 873de76f51e09778487f7b2cb5cf616fdd410add) and writes two goldens:
 
+Everything runs in float64, so the goldens do not depend on thread counts or summation order
+(in float32 two runs of their code differ by ~1e-5 relative in some gradients).
+
 1. ``official_step.*``: their ``LaGoVADLightModel.training_step`` on one fixed, unpadded batch
    with fixed (seeded, perturbed) weights of a small config, in eval mode (no dropout): every
    loss term, and the gradients of the total on a handful of parameters and on the text
@@ -121,8 +124,9 @@ def _step_golden(theirs, out: Path, commit: str) -> None:
         return _Tokens(len(texts))
 
     descs = [NORMAL_PROMPT] + [d for c, d, s in SAMPLES if s is not None]
-    names_feat = (torch.randn(len(NAMES), H, generator=gen) * 0.5).requires_grad_()
-    desc_feat = (torch.randn(len(descs), H, generator=gen) * 0.5).requires_grad_()
+    names_feat = (torch.randn(len(NAMES), H, generator=gen) * 0.5).double().requires_grad_()
+    desc_feat = (torch.randn(len(descs), H, generator=gen) * 0.5).double().requires_grad_()
+    torch.manual_seed(3)
     table = _Table(names_feat, desc_feat)
     theirs.SoftPromptCLIPTextModel = lambda name, n: table
     theirs.AutoTokenizer = types.SimpleNamespace(from_pretrained=lambda name: tokenizer)
@@ -151,18 +155,18 @@ def _step_golden(theirs, out: Path, commit: str) -> None:
                 continue
             scale = 0.1 if "bin_head" in name else 0.05
             p.add_(torch.randn(p.shape, generator=gen) * scale)
-    model.eval()
+    model.double().eval()
     model.train_class_names = NAMES
 
     b = len(SAMPLES)
-    v_feat = torch.randn(b, T, H, generator=gen)
+    v_feat = torch.randn(b, T, H, generator=gen).double()
     # the last video repeats one step: constant scores, so it is not mined (range < 0.2)
     v_feat[-1] = v_feat[-1, :1].expand(T, H)
     # two normal videos vary little: their contrastive pooling weights are not saturated, so
     # the gradient through the pooling weights (which the authors do not detach) is visible
     v_feat[1] = v_feat[1, :1] + 0.05 * v_feat[1]
     v_feat[3] = v_feat[3, :1] + 0.05 * v_feat[3]
-    frame = torch.zeros(b, T)
+    frame = torch.zeros(b, T, dtype=torch.float64)
     for i, (_, _, span) in enumerate(SAMPLES):
         if span is not None:
             frame[i, span[0] : span[1]] = 1.0
@@ -230,18 +234,19 @@ def _losses_golden(losses, out: Path, commit: str) -> None:
     lengths = torch.tensor([20, 13, 7, 16, 11])
     b, t, c, e = len(lengths), 20, 5, 6
     valid = torch.arange(t)[None] < lengths[:, None]
-    logits = torch.randn(b, t, generator=gen) * 2
+    logits = torch.randn(b, t, generator=gen).double() * 2
     logits[1] *= 0.01  # unsaturated pooling weights: their gradient (not detached) shows
     logits = logits.masked_fill(~valid, 5.0).requires_grad_()
-    sim = torch.randn(b, t, c, generator=gen).masked_fill(~valid[..., None], 9.0).requires_grad_()
-    v_feats = torch.randn(b, t, e, generator=gen).requires_grad_()
+    sim = torch.randn(b, t, c, generator=gen).double()
+    sim = sim.masked_fill(~valid[..., None], 9.0).requires_grad_()
+    v_feats = torch.randn(b, t, e, generator=gen).double().requires_grad_()
     cls = torch.tensor([2, 0, 1, 3, 4])  # video 3: abnormal, its clip cut away (empty span)
-    frame = torch.zeros(b, t)
+    frame = torch.zeros(b, t, dtype=torch.float64)
     frame[0, 3:12] = 1.0
     frame[2, 0:5] = 1.0
     frame[4, 6:11] = 1.0
-    t_feats = torch.randn(4, e, generator=gen).requires_grad_()
-    labels = (cls != 0).float()
+    t_feats = torch.randn(4, e, generator=gen).double().requires_grad_()
+    labels = (cls != 0).double()
     terms = {
         "mil": losses.mil_loss(logits, labels, lengths, topk_pct=16),
         "frame_bce": losses.supervised_loss(logits, frame, lengths),
