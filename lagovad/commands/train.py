@@ -31,7 +31,7 @@ def train_command(
     seed: int = typer.Option(2024, help="Seed (runs with the same seed are identical)."),
     max_len: int | None = typer.Option(None, help="Synthesized length (default: model max_len)."),
     grad_clip: float = typer.Option(
-        0.0, help="Max gradient norm (0 = off, the authors'; ours: 1.0)."
+        0.0, help="Max gradient norm (0 = off, the authors'; our addition, e.g. 1.0)."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     recipe: str = typer.Option(
@@ -42,7 +42,7 @@ def train_command(
     exclude_prob: float = typer.Option(
         0.0,
         help="Chance a batch definition leaves out a present class, whose videos are then "
-        "trained as normal: makes the definition steer detection (0 = the authors'; ours: 0.5).",
+        "trained as normal: makes the definition steer detection (0 = the authors'; e.g. 0.5).",
     ),
     detach_pool: bool = typer.Option(
         False, help="Detach the contrastive pooling weights (off = the authors')."
