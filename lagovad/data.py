@@ -1,6 +1,7 @@
 """Training and validation data read from a prevad store.
 
 One annotation per video is used: a human annotation wins over a model one, then the most recent.
+Every description of the chosen annotation is kept (synthesis picks one per sample).
 Every problem that would stop training is found here, before the first step: an empty split,
 annotated videos without features, features of the wrong dimension, abnormal validation videos
 without spans. Errors name the offending video ids.
@@ -8,8 +9,10 @@ without spans. Errors name the offending video ids.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -19,7 +22,14 @@ from lagovad.eval.gt import spans_to_mask
 from lagovad.synthesis import TrainVideo
 from prevad import Store
 
-__all__ = ["DataError", "SplitData", "frame_ground_truth", "load_split", "resolve_feature_model"]
+__all__ = [
+    "DataError",
+    "SplitData",
+    "frame_ground_truth",
+    "load_retrieval_cache",
+    "load_split",
+    "resolve_feature_model",
+]
 
 _SHOW_IDS = 10
 
@@ -191,6 +201,7 @@ def load_split(
                 is_anomaly=bool(row["is_anomaly"]),
                 category=row["category"] if row["is_anomaly"] else "Normal",
                 description=row["description"] or "",
+                descriptions=tuple(row.get("descriptions") or ()),
             )
         )
     spans = {vid: [list(s) for s in (chosen[vid]["spans"] or [])] for vid in chosen}
@@ -211,3 +222,74 @@ def frame_ground_truth(spans: Sequence[Sequence[float]], length: int) -> np.ndar
         [T] uint8 array of 0/1.
     """
     return spans_to_mask(spans, length)
+
+
+def _stem(text: str | None) -> str | None:
+    """File stem of a path or URL (either separator), or None for an empty value."""
+    if not text:
+        return None
+    return PurePosixPath(PureWindowsPath(text.strip()).as_posix()).stem or None
+
+
+def load_retrieval_cache(
+    store: Store, path: str | Path, videos: Sequence[TrainVideo]
+) -> dict[str, list[str]]:
+    """The authors' retrieval cache (``train_search_cache.json``) as a neighbour index.
+
+    Their file maps a video's file stem (of its feature ``.npy`` or its video file) to the stems
+    of its nearest normal videos. Stems are matched to store videos through ``feature_uri``,
+    ``uri`` and ``source_video_id`` (what the official import records); entries and neighbours
+    that are not among ``videos`` are left out, as are neighbours that are not normal.
+
+    Args:
+        store: the prevad store the training videos come from.
+        path: the JSON cache file.
+        videos: the training videos.
+
+    Returns:
+        video id -> neighbour video ids (in the file's order).
+
+    Raises:
+        DataError: missing or malformed file, or a file that matches none of the videos.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"retrieval cache {path} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"retrieval cache {path} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
+        for k, v in data.items()
+    ):
+        raise DataError(
+            f"retrieval cache {path} must be a JSON object mapping a video name to a list of "
+            "neighbour video names"
+        )
+    wanted = {v.video_id for v in videos}
+    normal = {v.video_id for v in videos if not v.is_anomaly}
+    by_stem: dict[str, str] = {}
+    rows = store.read("videos", columns=["video_id", "source_video_id", "uri", "feature_uri"])
+    for row in rows.to_pylist():
+        if row["video_id"] not in wanted:
+            continue
+        for key in ("feature_uri", "uri", "source_video_id"):
+            stem = _stem(row[key])
+            if stem:
+                by_stem.setdefault(stem, row["video_id"])
+    for vid in wanted:  # a cache written with our ids also works
+        by_stem.setdefault(vid, vid)
+    index: dict[str, list[str]] = {}
+    for key, names in data.items():
+        vid = by_stem.get(_stem(key) or "")
+        if vid is None:
+            continue
+        near = [by_stem.get(_stem(n) or "") for n in names]
+        index[vid] = [n for n in near if n in normal and n != vid]
+    if not index:
+        raise DataError(
+            f"retrieval cache {path} names none of the {len(wanted)} training videos (matched "
+            "by file stem of feature_uri, uri or source_video_id)"
+        )
+    return index

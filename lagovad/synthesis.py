@@ -1,19 +1,33 @@
-"""Dynamic video synthesis (paper section 4.1, numbers from the authors' PreVAD dataset).
+"""Dynamic video synthesis (paper section 4.1), with the rules of the authors' release.
+
+The rules (their ``src/datasets/PreVAD.py`` with ``default.yaml``; measured against it by
+distribution):
 
 Each epoch has ``2 x #abnormal videos`` samples: index ``i < n_abnormal`` is an abnormal sample
 anchored on abnormal video ``i``, the rest are normal samples.
 
-- Abnormal sample: 1 clip with probability 0.3, else ``randint(1, 5)`` clips; the abnormal clip
-  (the whole anchor video) sits at a random position; every other clip is a normal *filler*.
-- Filler: with probability 0.5 a random normal video, randomly cropped (start in [0, L/2], end in
-  [(start + L)/2, L]); otherwise a random one of the anchor's nearest normal neighbours.
-- Normal sample: ``randint(1, 5)`` normal clips: a random normal anchor plus fillers.
-- The concatenation is cut to ``max_len`` steps (a window that keeps as much of the abnormal clip
-  as fits) and its frame pseudo-label is 1 over the abnormal clip.
+- Number of clips, for both kinds of sample: 1 with probability 0.3, else ``randint(1, 5)``.
+- Abnormal sample: the abnormal clip (the whole anchor video) sits at a random position; every
+  other clip is a normal *filler*.
+- Normal sample: a random normal anchor video (whole) is always the first clip, fillers follow.
+- Filler: with probability 0.5 a random normal video, otherwise a random one of the anchor's
+  nearest normal neighbours; either kind is randomly cropped (start in [0, L/2], end in
+  [(start + L)/2, L]).
+- Description: one of the anchor's descriptions, picked at random per sample.
+- Cut to ``max_len`` steps, two rules (``cut``):
+
+  - ``"first"`` (the authors'): keep the first ``max_len`` steps. This cuts the abnormal clip when
+    it starts late in a long concatenation and can drop it entirely, which leaves an abnormal
+    sample whose frame label is all zero.
+  - ``"window"`` (our fix): keep a ``max_len`` window that holds as much of the anchor clip as
+    fits (random among such windows), so an abnormal sample always keeps its abnormal clip.
+
+  The frame pseudo-label is 1 over the abnormal clip.
 
 The neighbour index (cosine kNN over mean-pooled features, normal videos as candidates) is
 computed once and stored as Parquet (``indexes/neighbours-<model_id>.parquet`` under the store
-root), then reused while it covers the videos being trained on.
+root), then reused while it covers the videos being trained on; the authors' retrieval cache
+(``train_search_cache.json``) can be used instead (:func:`lagovad.data.load_retrieval_cache`).
 
 Every sample is drawn from ``numpy.random.default_rng([seed, epoch, index])``: the same seed gives
 the same samples in any order, which makes runs reproducible and resumable.
@@ -47,7 +61,8 @@ __all__ = [
 
 P_SINGLE_CLIP = 0.3
 MAX_CLIPS = 5
-P_CROP_FILLER = 0.5
+P_RANDOM_FILLER = 0.5
+CUT_RULES = ("first", "window")
 
 
 class SynthesisError(LagovadError, ValueError):
@@ -63,7 +78,9 @@ class TrainVideo:
         features: [T, D] float32 array.
         is_anomaly: video-level label.
         category: class name ("Normal" for normal videos).
-        description: free-text description of the anomaly ("" if none).
+        description: the first description of the anomaly ("" if none).
+        descriptions: every description of the anomaly (synthesis picks one per sample); when
+            empty, ``description`` alone is used.
     """
 
     video_id: str
@@ -71,6 +88,15 @@ class TrainVideo:
     is_anomaly: bool
     category: str
     description: str = ""
+    descriptions: tuple[str, ...] = ()
+
+    @property
+    def all_descriptions(self) -> tuple[str, ...]:
+        """The descriptions a sample may use (never empty strings)."""
+        found = tuple(d for d in self.descriptions if d.strip())
+        if found:
+            return found
+        return (self.description,) if self.description.strip() else ()
 
 
 @dataclass
@@ -82,8 +108,11 @@ class SynthSample:
         frame_labels: [T] float32 pseudo labels (1 over the abnormal clip).
         label: 1 if abnormal.
         category: the abnormal clip's class, "Normal" for a normal sample.
-        description: the abnormal clip's description ("" for normal samples).
+        description: the abnormal clip's description, one of the anchor's picked at random
+            ("" for normal samples).
         video_ids: ids of the clips, in order.
+        anchor_span: (start, end) of the anchor clip in ``features`` after the cut, end
+            exclusive; (0, 0) when the cut dropped it.
     """
 
     features: np.ndarray
@@ -92,6 +121,7 @@ class SynthSample:
     category: str
     description: str
     video_ids: list[str] = field(default_factory=list)
+    anchor_span: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -133,14 +163,13 @@ def random_crop(length: int, rng: np.random.Generator) -> tuple[int, int]:
     return start, end
 
 
-def _cut_window(
-    total: int, span: tuple[int, int] | None, max_len: int, rng: np.random.Generator
+def _cut_offset(
+    total: int, span: tuple[int, int], max_len: int, rule: str, rng: np.random.Generator
 ) -> int:
-    """Offset of a ``max_len`` window that keeps as much of ``span`` as fits (random otherwise)."""
-    if total <= max_len:
+    """Offset of the kept ``max_len`` steps: 0 for ``"first"``; for ``"window"`` a random
+    window that keeps as much of ``span`` (the anchor clip) as fits."""
+    if total <= max_len or rule == "first":
         return 0
-    if span is None:
-        return int(rng.integers(0, total - max_len + 1))
     start, end = span
     if end - start >= max_len:
         return int(rng.integers(start, end - max_len + 1))
@@ -155,9 +184,11 @@ class DynamicSynthesizer:
         neighbours: video id -> ids of its nearest normal videos (from the neighbour index).
         max_len: maximum synthesized length (512 in the paper).
         seed: base seed; sample ``i`` of epoch ``e`` uses ``default_rng([seed, e, i])``.
+        cut: ``"first"`` (the authors' rule) or ``"window"`` (our fix), see the module doc.
 
     Raises:
-        SynthesisError: if there is no abnormal or no normal video, or max_len < 1.
+        SynthesisError: if there is no abnormal or no normal video, max_len < 1, or an unknown
+            cut rule.
     """
 
     def __init__(
@@ -166,9 +197,12 @@ class DynamicSynthesizer:
         neighbours: Mapping[str, Sequence[str]],
         max_len: int = 512,
         seed: int = 2024,
+        cut: str = "first",
     ) -> None:
         if max_len < 1:
             raise SynthesisError(f"max_len must be >= 1, got {max_len}")
+        if cut not in CUT_RULES:
+            raise SynthesisError(f"cut must be one of {CUT_RULES}, got {cut!r}")
         self.abnormal = [v for v in videos if v.is_anomaly]
         self.normal = [v for v in videos if not v.is_anomaly]
         if not self.abnormal or not self.normal:
@@ -182,6 +216,7 @@ class DynamicSynthesizer:
         }
         self.max_len = max_len
         self.seed = seed
+        self.cut = cut
 
     def __len__(self) -> int:
         """Epoch length: 2 x number of abnormal videos."""
@@ -189,10 +224,10 @@ class DynamicSynthesizer:
 
     def _filler(self, anchor: TrainVideo, rng: np.random.Generator) -> tuple[str, np.ndarray]:
         near = self.neighbours.get(anchor.video_id, [])
-        if near and rng.random() >= P_CROP_FILLER:
+        if near and rng.random() >= P_RANDOM_FILLER:
             video = self.by_id[near[int(rng.integers(0, len(near)))]]
-            return video.video_id, video.features
-        video = self.normal[int(rng.integers(0, len(self.normal)))]
+        else:
+            video = self.normal[int(rng.integers(0, len(self.normal)))]
         start, end = random_crop(len(video.features), rng)
         return video.video_id, video.features[start:end]
 
@@ -210,13 +245,13 @@ class DynamicSynthesizer:
             raise IndexError(f"sample index must lie in [0, {len(self)}), got {index}")
         rng = np.random.default_rng([self.seed, epoch, index])
         abnormal = index < len(self.abnormal)
+        n_clips = 1 if rng.random() < P_SINGLE_CLIP else int(rng.integers(1, MAX_CLIPS + 1))
         if abnormal:
             anchor = self.abnormal[index]
-            n_clips = 1 if rng.random() < P_SINGLE_CLIP else int(rng.integers(1, MAX_CLIPS + 1))
+            position = int(rng.integers(0, n_clips))
         else:
             anchor = self.normal[int(rng.integers(0, len(self.normal)))]
-            n_clips = int(rng.integers(1, MAX_CLIPS + 1))
-        position = int(rng.integers(0, n_clips))
+            position = 0
         clips: list[tuple[str, np.ndarray]] = []
         for slot in range(n_clips):
             clips.append(
@@ -224,23 +259,30 @@ class DynamicSynthesizer:
                 if slot == position
                 else self._filler(anchor, rng)
             )
+        descriptions = anchor.all_descriptions if abnormal else ()
+        description = (
+            descriptions[int(rng.integers(0, len(descriptions)))] if descriptions else ""
+        )
         lengths = [len(c[1]) for c in clips]
         starts = np.cumsum([0, *lengths])
         total = int(starts[-1])
-        span = (int(starts[position]), int(starts[position + 1])) if abnormal else None
+        span = (int(starts[position]), int(starts[position + 1]))
         labels = np.zeros(total, dtype=np.float32)
-        if span is not None:
+        if abnormal:
             labels[span[0] : span[1]] = 1.0
         features = np.concatenate([np.asarray(c[1], dtype=np.float32) for c in clips])
-        offset = _cut_window(total, span, self.max_len, rng)
+        offset = _cut_offset(total, span, self.max_len, self.cut, rng)
         window = slice(offset, offset + self.max_len)
+        kept_start = min(max(span[0] - offset, 0), self.max_len)
+        kept_end = min(max(span[1] - offset, 0), self.max_len)
         return SynthSample(
             features=features[window],
             frame_labels=labels[window],
             label=int(abnormal),
             category=anchor.category if abnormal else "Normal",
-            description=anchor.description if abnormal else "",
+            description=description,
             video_ids=[c[0] for c in clips],
+            anchor_span=(kept_start, kept_end) if kept_end > kept_start else (0, 0),
         )
 
 

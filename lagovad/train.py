@@ -1,15 +1,18 @@
 """The LaGoVAD trainer: one loop, read top to bottom.
 
     config -> data (store, validated before anything else) -> model -> optimizer + schedule
-    -> (resume) -> for each epoch: synthesize, pick a definition per batch, step; validate;
+    -> (resume) -> for each epoch: synthesize, build the step's definitions, step; validate;
     checkpoint.
 
-Official recipe (authors' release): AdamW lr 5e-5, weight decay 0, cosine schedule with 20
-warm-up steps, 40 epochs, batch 64, seed 2024, max length 512. Additions of ours, all switchable:
-gradient clipping (``grad_clip``), bf16 autocast on CUDA, and ``exclude_prob`` (a batch's
-definition, names or descriptions, sometimes leaves out one class present in the batch and its
-videos are trained as normal, so the definition steers detection; 0 reproduces the authors'
-recipe).
+The step follows ``recipe`` (:mod:`lagovad.recipe`): ``"official"`` (default) is the authors'
+training step term for term, ``"paper"`` the paper's equations. Optimiser and schedule as the
+authors': AdamW lr 5e-5, weight decay 0, cosine schedule with 20 warm-up steps, 40 epochs, batch
+64, seed 2024, max length 512. Additions of ours, each a named option and off by default, so the
+defaults reproduce the authors' recipe: gradient clipping (``grad_clip``), ``exclude_prob`` (a
+batch's definitions sometimes leave out one class present in the batch and its videos are trained
+as normal, so the definition steers detection), ``detach_pool`` (contrastive pooling weights
+detached) and the synthesis ``synth_cut="window"``. One is always on: bf16 autocast on CUDA (the
+authors train in fp32).
 
 Checkpoints (one folder per epoch, renamed into place when complete, so never half-written):
 ``model.safetensors`` + ``config.json`` + ``training_state.*`` (optimizer and scheduler) via
@@ -45,12 +48,20 @@ from tqdm.auto import tqdm
 
 import lagovad
 from lagovad.checkpoint import WEIGHTS, load_weights, read_checkpoint_config
-from lagovad.data import SplitData, frame_ground_truth, load_split, resolve_feature_model
+from lagovad.data import (
+    SplitData,
+    frame_ground_truth,
+    load_retrieval_cache,
+    load_split,
+    resolve_feature_model,
+)
 from lagovad.definition import AnomalyDefinition
 from lagovad.errors import LagovadError, LagovadWarning
 from lagovad.eval.metrics import average_precision, roc_auc
-from lagovad.loss import LaGoVADLoss
+from lagovad.loss import LaGoVADLoss, OfficialLoss
+from lagovad.recipe import RECIPES, forward_branches, names_vocabulary, plan_official
 from lagovad.synthesis import (
+    CUT_RULES,
     Batch,
     DynamicSynthesizer,
     SynthSample,
@@ -68,6 +79,7 @@ __all__ = [
     "lr_at",
     "plot_history",
     "train",
+    "train_step_terms",
 ]
 
 RNG_STATE = "rng_state.safetensors"
@@ -94,10 +106,18 @@ class TrainConfig:
         val_split: split to validate on each epoch ("" = none).
         epochs, batch_size, lr, weight_decay, warmup_steps, seed: the usual.
         max_len: synthesized length (default: the model's ``max_len``).
-        grad_clip: max gradient norm (0 = off).
+        grad_clip: max gradient norm (0 = off, the authors'; our addition).
         device: "auto", "cpu", "cuda", "cuda:1", ...
-        description_prob: chance a batch uses descriptions instead of class names.
-        exclude_prob: chance a batch's definition leaves one present class out (module doc).
+        recipe: "official" (the authors' training step) or "paper" (lagovad.recipe).
+        description_prob: paper recipe only: chance a batch uses descriptions instead of names.
+        exclude_prob: chance a batch's definition leaves one present class out (module doc;
+            0 = the authors'; our addition).
+        detach_pool: detach the contrastive pooling weights (False = the authors'; our
+            addition).
+        synth_cut: synthesis cut rule, "first" (the authors') or "window" (our fix); "" = the
+            recipe's (official: first, paper: window).
+        neighbour_cache: the authors' retrieval cache (train_search_cache.json) to use as the
+            synthesis neighbour index instead of computing one.
         neighbours_k: neighbours per video in the synthesis index.
         progress: show a progress bar.
         keep_last: keep only the newest N epoch folders (0 = keep all).
@@ -121,10 +141,14 @@ class TrainConfig:
     warmup_steps: int = 20
     seed: int = 2024
     max_len: int | None = None
-    grad_clip: float = 1.0
+    grad_clip: float = 0.0
     device: str = "auto"
+    recipe: str = "official"
     description_prob: float = 0.5
-    exclude_prob: float = 0.5
+    exclude_prob: float = 0.0
+    detach_pool: bool = False
+    synth_cut: str = ""
+    neighbour_cache: str | None = None
     neighbours_k: int = 10
     progress: bool = True
     keep_last: int = 0
@@ -149,6 +173,16 @@ class TrainConfig:
                 raise TrainError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if min(self.warmup_steps, self.weight_decay, self.grad_clip, self.keep_last) < 0:
             raise TrainError("warmup_steps, weight_decay, grad_clip and keep_last must be >= 0")
+        if self.recipe not in RECIPES:
+            raise TrainError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.synth_cut not in ("", *CUT_RULES):
+            raise TrainError(f"synth_cut must be one of {CUT_RULES} (or empty), got "
+                             f"{self.synth_cut!r}")
+
+    @property
+    def cut_rule(self) -> str:
+        """The synthesis cut rule in effect (the recipe's unless ``synth_cut`` is set)."""
+        return self.synth_cut or ("first" if self.recipe == "official" else "window")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -342,6 +376,56 @@ def batch_definition(
     for i, t in per_sample.items():
         targets[i] = t
     return definition, labels, targets, frame_labels
+
+
+def train_step_terms(
+    model: torch.nn.Module,
+    batch: Batch,
+    cfg: TrainConfig,
+    categories: Sequence[str],
+    rng: np.random.Generator,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """The loss terms of one training step under ``cfg.recipe`` (see :mod:`lagovad.recipe`).
+
+    Args:
+        model: the model (in train mode).
+        batch: the collated batch.
+        cfg: the run's config (recipe and our additions).
+        categories: every anomaly class of the training split.
+        rng: the step's generator (definition choice and exclusion).
+        device: where the model lives.
+
+    Returns:
+        mil, frame_bce, pseudo_mil, mil_align, contrastive (each summed over the step's
+        branches) and their sum, loss.
+    """
+    mask = batch.mask.to(device)
+    video = batch.features.to(device)
+    if cfg.recipe == "official":
+        plan = plan_official(batch, names_vocabulary(categories), rng, cfg.exclude_prob)
+        with _autocast(device):
+            texts = [model.encode_text(plan.names, prompts=True)]
+            if plan.descriptions:
+                texts.append(model.encode_text(plan.descriptions, prompts=False))
+            outputs = forward_branches(model, video, mask, texts)
+        return OfficialLoss(detach_pool=cfg.detach_pool)(
+            outputs[0],
+            outputs[1] if len(outputs) > 1 else None,
+            mask,
+            plan.labels.to(device),
+            plan.name_targets.to(device),
+            plan.desc_targets.to(device),
+            plan.frame_labels.to(device),
+        )
+    definition, labels, targets, frame_labels = batch_definition(
+        batch, rng, categories, cfg.description_prob, cfg.exclude_prob
+    )
+    with _autocast(device):
+        output = model(video, mask, definition)
+    return LaGoVADLoss(detach_pool=cfg.detach_pool)(
+        output, mask, labels.to(device), targets.to(device), frame_labels.to(device)
+    )
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
@@ -550,12 +634,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if cfg.val_split
         else None
     )
-    neighbours = load_or_build_neighbours(
-        store.root / "indexes" / f"neighbours-{_safe_name(feature_model)}.parquet",
-        train_data.videos,
-        cfg.neighbours_k,
+    if cfg.neighbour_cache:
+        neighbours = load_retrieval_cache(store, cfg.neighbour_cache, train_data.videos)
+    else:
+        neighbours = load_or_build_neighbours(
+            store.root / "indexes" / f"neighbours-{_safe_name(feature_model)}.parquet",
+            train_data.videos,
+            cfg.neighbours_k,
+        )
+    synth = DynamicSynthesizer(
+        train_data.videos, neighbours, max_len=max_len, seed=cfg.seed, cut=cfg.cut_rule
     )
-    synth = DynamicSynthesizer(train_data.videos, neighbours, max_len=max_len, seed=cfg.seed)
     categories = train_data.categories
     val_definition = AnomalyDefinition.from_strings(categories, kind="names")
 
@@ -568,7 +657,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, total_steps, cfg.warmup_steps, 1.0)
     )
-    criterion = LaGoVADLoss()
 
     start_epoch, step, history = 0, 0, []
     if resume_from is not None:
@@ -593,15 +681,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for n_batch, indices in enumerate(bar, start=1):
             batch = collate([synth.sample(i, epoch) for i in indices])
             rng = np.random.default_rng([cfg.seed, epoch, step])
-            definition, labels, targets, frame_labels = batch_definition(
-                batch, rng, categories, cfg.description_prob, cfg.exclude_prob
-            )
-            mask = batch.mask.to(device)
-            with _autocast(device):
-                output = model(batch.features.to(device), mask, definition)
-            terms = criterion(
-                output, mask, labels.to(device), targets.to(device), frame_labels.to(device)
-            )
+            terms = train_step_terms(model, batch, cfg, categories, rng, device)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             if cfg.grad_clip > 0:

@@ -32,14 +32,34 @@ def train_command(
     warmup_steps: int = typer.Option(20, help="Linear warm-up steps before the cosine decay."),
     seed: int = typer.Option(2024, help="Seed (runs with the same seed are identical)."),
     max_len: int | None = typer.Option(None, help="Synthesized length (default: model max_len)."),
-    grad_clip: float = typer.Option(1.0, help="Max gradient norm (0 = off)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    exclude_prob: float = typer.Option(
-        0.5,
-        help="Chance a batch definition leaves out a present class, whose videos are then "
-        "trained as normal: this makes the definition steer detection (0 = authors' recipe).",
+    grad_clip: float = typer.Option(
+        0.0, help="Max gradient norm (0 = off, the authors'; our addition, e.g. 1.0)."
     ),
-    description_prob: float = typer.Option(0.5, help="Chance a batch uses descriptions."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    recipe: str = typer.Option(
+        "official",
+        help="official: the authors' training step term for term (both branches every step, "
+        "36-class names definition); paper: the paper's equations (one branch per batch).",
+    ),
+    exclude_prob: float = typer.Option(
+        0.0,
+        help="Chance a batch definition leaves out a present class, whose videos are then "
+        "trained as normal: makes the definition steer detection (0 = the authors'; e.g. 0.5).",
+    ),
+    detach_pool: bool = typer.Option(
+        False, help="Detach the contrastive pooling weights (off = the authors')."
+    ),
+    synth_cut: str = typer.Option(
+        "",
+        help="Synthesis cut to max_len: first (the authors': may cut the abnormal clip) or "
+        "window (ours: keeps it); default the recipe's (official: first, paper: window).",
+    ),
+    neighbour_cache: Path | None = typer.Option(
+        None, help="The authors' train_search_cache.json, used as the synthesis neighbours."
+    ),
+    description_prob: float = typer.Option(
+        0.5, help="Paper recipe: chance a batch uses descriptions instead of names."
+    ),
     resume: Path | None = typer.Option(
         None, help="Continue from a checkpoint folder (or an output folder's latest epoch)."
     ),
@@ -73,7 +93,11 @@ def train_command(
         max_len=max_len,
         grad_clip=grad_clip,
         device=device,
+        recipe=recipe,
         exclude_prob=exclude_prob,
+        detach_pool=detach_pool,
+        synth_cut=synth_cut,
+        neighbour_cache=str(neighbour_cache) if neighbour_cache else None,
         description_prob=description_prob,
         progress=progress,
         keep_last=keep_last,

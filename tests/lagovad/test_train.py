@@ -309,3 +309,160 @@ def test_missing_store_and_store_without_anomalies(tmp_path):
     line = _error_line(run_train(root, tmp_path / "out2"))
     assert "split 'train'" in line and "no abnormal" in line
     assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").glob("epoch-*"))
+
+# ------------------------------------------------------------------ recipes (the training step)
+def _batch(rows: list[tuple[str, str]]):
+    from lagovad.synthesis import SynthSample, collate
+
+    return collate([
+        SynthSample(np.random.default_rng(i).normal(size=(6, DIM)).astype(np.float32),
+                    np.full(6, float(cat != "Normal"), np.float32), int(cat != "Normal"), cat,
+                    desc)
+        for i, (cat, desc) in enumerate(rows)
+    ])
+
+
+def test_official_plan_uses_every_prevad_name_and_one_description_per_abnormal_video():
+    from lagovad.definition import NORMAL_PROMPT
+    from lagovad.recipe import PREVAD_NAMES, names_vocabulary, plan_official
+
+    d = DESCRIPTIONS["Assault"]
+    batch = _batch([("Assault", d), ("Explosion", ""), ("Normal", ""), ("Assault", d)])
+    plan = plan_official(batch, names_vocabulary(["Assault", "Explosion"]),
+                         np.random.default_rng(0))
+    assert plan.names == list(PREVAD_NAMES) and len(plan.names) == 36
+    assert plan.names[:2] == ["Normal", "Vehicle Accident"]
+    # duplicates kept (each abnormal video is its own class); no description -> its class name
+    assert plan.descriptions == [NORMAL_PROMPT, d, "Explosion", d]
+    assert plan.desc_targets.tolist() == [1, 2, 0, 3]
+    assert [plan.names[i] for i in plan.name_targets.tolist()] == [
+        "Assault", "Explosion", "Normal", "Assault"]
+    assert plan.excluded is None
+    # a store with other classes: every training class, every step
+    assert names_vocabulary(["Zebra crossing", "Fighting"]) == [
+        "Normal", "Fighting", "Zebra crossing"]
+
+
+def test_official_plan_exclusion_removes_a_class_from_both_definitions():
+    from lagovad.recipe import names_vocabulary, plan_official
+
+    batch = _batch([("Assault", "a"), ("Explosion", "b"), ("Normal", "")])
+    names = names_vocabulary(["Assault", "Explosion"])
+    excluded = set()
+    for k in range(40):
+        plan = plan_official(batch, names, np.random.default_rng(k), exclude_prob=0.5)
+        if plan.excluded is None:
+            assert plan.labels.tolist() == [1, 1, 0] and len(plan.names) == 36
+            continue
+        excluded.add(plan.excluded)
+        row = batch.categories.index(plan.excluded)
+        # that step's names definition: Normal + the other class present
+        other = ({"Assault", "Explosion"} - {plan.excluded}).pop()
+        assert plan.names == ["Normal", other]
+        assert plan.labels[row] == 0 and plan.frame_labels[row].sum() == 0
+        assert plan.name_targets[row] == 0 and plan.desc_targets[row] == 0
+        assert len(plan.descriptions) == 2  # normal prompt + the other video's description
+    assert excluded == {"Assault", "Explosion"}
+
+
+def _prompt_grad_of_contrastive(recipe: str, detach_pool: bool) -> float:
+    import lagovad
+    from lagovad.train import TrainConfig, train_step_terms
+
+    torch.manual_seed(0)
+    model = lagovad.create_model("lagovad-tiny").eval()
+    batch = _batch([("Assault", DESCRIPTIONS["Assault"]), ("Explosion", ""), ("Normal", "")])
+    # description_prob 0: the paper recipe's batch uses the names definition
+    cfg = TrainConfig(store="-", out="-", recipe=recipe, description_prob=0.0,
+                      detach_pool=detach_pool)
+    terms = train_step_terms(model, batch, cfg, ["Assault", "Explosion"],
+                             np.random.default_rng(0), torch.device("cpu"))
+    assert set(terms) == {"mil", "frame_bce", "pseudo_mil", "mil_align", "contrastive", "loss"}
+    terms["contrastive"].backward()
+    grad = model.text.prompt_embedding.grad
+    return 0.0 if grad is None else float(grad.abs().max())
+
+
+def test_official_contrastive_anchors_never_reach_the_soft_prompts():
+    # the authors' anchors are description features (no prompts): with the pooling weights
+    # detached nothing of the term reaches the prompts; the paper recipe's anchors in a names
+    # batch are the prompted class names
+    assert _prompt_grad_of_contrastive("official", detach_pool=True) == 0.0
+    assert _prompt_grad_of_contrastive("paper", detach_pool=True) > 0.0
+    # their pooling weights are the names branch's logits, which do depend on the prompts
+    assert _prompt_grad_of_contrastive("official", detach_pool=False) > 0.0
+
+
+def test_retrieval_cache_becomes_the_neighbour_index(tmp_path):
+    from lagovad.data import DataError, load_retrieval_cache, load_split
+
+    store = make_store(tmp_path / "store", n_train=2, n_val=1)
+    videos = load_split(store, "train", MODEL_ID, DIM).videos
+    ids = {r["source_video_id"]: r["video_id"] for r in store.read("videos").to_pylist()}
+    cache = tmp_path / "train_search_cache.json"
+    cache.write_text(json.dumps({
+        "features/train-Assault-0.npy": [
+            "train-normal-3", "train-Assault-1", "nowhere", "x/train-normal-0.mp4"
+        ],
+        "not-in-store": ["train-normal-1"],
+    }))
+    index = load_retrieval_cache(store, cache, videos)
+    # abnormal and unknown neighbours dropped; order kept; paths and extensions ignored
+    assert index == {ids["train-Assault-0"]: [ids["train-normal-3"], ids["train-normal-0"]]}
+    cache.write_text("{not json")
+    with pytest.raises(DataError, match="not readable JSON"):
+        load_retrieval_cache(store, cache, videos)
+    cache.write_text(json.dumps({"train-Assault-0": "train-normal-3"}))
+    with pytest.raises(DataError, match="list of neighbour"):
+        load_retrieval_cache(store, cache, videos)
+    cache.write_text(json.dumps({"elsewhere": []}))
+    with pytest.raises(DataError, match="names none of the"):
+        load_retrieval_cache(store, cache, videos)
+
+
+def test_cli_paper_recipe_with_the_authors_neighbour_cache(store_root: Path, tmp_path):
+    store = Store(store_root)
+    names = [r["source_video_id"] for r in store.read("videos").to_pylist()]
+    normals = [n for n in names if n.startswith("train-normal")]
+    cache = tmp_path / "train_search_cache.json"
+    cache.write_text(json.dumps({n: normals[:3] for n in names if n.startswith("train-")}))
+    out = tmp_path / "paper"
+    result = run_train(store_root, out, "--epochs", "1", "--recipe", "paper",
+                       "--neighbour-cache", str(cache), "--synth-cut", "first")
+    assert result.exit_code == 0, result.output
+    extra = json.loads((out / "epoch-001" / "config.json").read_text())["extra"]
+    assert extra["train_config"]["recipe"] == "paper"
+    assert extra["train_config"]["synth_cut"] == "first"
+    assert math.isfinite(extra["metrics"]["contrastive"])
+
+
+def test_cli_rejects_an_unknown_recipe_or_cut(store_root: Path, tmp_path):
+    for flag, value, expected in (("--recipe", "authors", "recipe must be one of"),
+                                  ("--synth-cut", "middle", "synth_cut must be one of")):
+        result = run_train(store_root, tmp_path / "bad", flag, value)
+        assert result.exit_code == 2, result.output
+        assert expected in result.output
+    missing = run_train(store_root, tmp_path / "bad", "--neighbour-cache",
+                        str(tmp_path / "no.json"))
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_training_data_keeps_every_description_and_synthesis_uses_them_all(tmp_path):
+    from lagovad.data import load_split
+    from lagovad.synthesis import DynamicSynthesizer
+
+    store = make_store(tmp_path / "store", n_train=1, n_val=1)
+    rows = store.read("annotations").to_pylist()
+    target = next(r for r in rows if r["split"] == "train" and r["category"] == "Assault")
+    descs = ["He punches him.", "A street fight.", "Two men fight near a car."]
+    store.append("annotations", [Annotation(
+        "ann-more", target["video_id"], "prevad", "human", "second-pass", "Assault", True,
+        description=descs[0], split="train", descriptions=descs,
+    )])
+    videos = load_split(store, "train", MODEL_ID, DIM).videos
+    video = next(v for v in videos if v.video_id == target["video_id"])
+    assert video.descriptions == tuple(descs)  # not only the first
+    synth = DynamicSynthesizer(videos, {}, seed=0)
+    index = [v.video_id for v in synth.abnormal].index(video.video_id)
+    used = {synth.sample(index, epoch).description for epoch in range(60)}
+    assert used == set(descs)
