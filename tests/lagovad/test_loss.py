@@ -270,6 +270,7 @@ def test_official_step_equals_the_authors_training_step():
 
     import lagovad
     from lagovad.convert import official_to_ours
+    from lagovad.factory import build_model
     from lagovad.recipe import forward_branches, names_vocabulary, plan_official
     from lagovad.synthesis import Batch
 
@@ -285,7 +286,7 @@ def test_official_step_equals_the_authors_training_step():
     config["fusion"].update(layers=c["fusion_layers"], heads=c["fusion_heads"], ffn=c["ffn"])
     config["binary_head"]["kernel_size"] = c["kernel_size"]
     config["prompts"].update(front=c["prompts"] // 2, back=c["prompts"] // 2)
-    model = lagovad.LaGoVAD(config)
+    model = build_model(config)
     theirs = {k[len("weights."):]: v for k, v in data.items() if k.startswith("weights.")}
     weights, report = official_to_ours(theirs)
     assert report.ok or not report.unexpected, report
