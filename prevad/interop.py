@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from prevad import queries, taxonomy
 from prevad.errors import MalformedFileError, UnknownCategoryError, ValidationError
 from prevad.io import atomic_write, atomic_write_text
-from prevad.records import Annotation, Video, make_id, to_table, video_id_for
-from prevad.store import TABLES, AppendResult, Store
+from prevad.records import Annotation, Video, make_id, video_id_for
+from prevad.store import AppendResult, Store
 
 ENTRY_KEYS = ("path", "video_path", "class_name", "descriptions", "anomaly_span")
 OFFICIAL_ANNOTATOR = "official"
@@ -119,12 +119,9 @@ def _records(
 
 
 def _append_pair(store: Store, videos: list[Video], anns: list[Annotation]) -> AppendResult:
-    """Append videos then annotations; conflicts are checked on both before anything is written."""
-    with store._locked():
-        store._dedup(TABLES["videos"], to_table(videos, Video))
-        store._dedup(TABLES["annotations"], to_table(anns, Annotation))
-        rv = store.append("videos", videos)
-        ra = store.append("annotations", anns)
+    """Append videos and annotations in one atomic commit (both tables or neither)."""
+    res = store.append_many({"videos": videos, "annotations": anns})
+    rv, ra = res["videos"], res["annotations"]
     return AppendResult(rv.written + ra.written, rv.skipped + ra.skipped)
 
 
@@ -213,19 +210,8 @@ def export_prevad(store: Store, out: str | Path, split: str = "train") -> Path:
     return out
 
 
-MANIFEST_SQL = """
-SELECT a.video_id, a.dataset, a.split, a.category, a.is_anomaly,
-       CAST(a.is_anomaly AS INTEGER) AS label, a.description, a.descriptions, a.spans,
-       f.model_id, f.location AS feature_location, f.count AS feature_count, f.dim AS feature_dim,
-       f.frame_stride, f.frame_offset, v.uri AS video_uri, v.duration_s
-FROM annotations AS a
-JOIN videos AS v USING (video_id)
-LEFT JOIN (SELECT * FROM features WHERE $model_id::VARCHAR IS NULL
-           OR model_id = $model_id::VARCHAR) AS f USING (video_id)
-WHERE ($dataset::VARCHAR IS NULL OR a.dataset = $dataset::VARCHAR)
-  AND ($split::VARCHAR IS NULL OR a.split = $split::VARCHAR)
-ORDER BY a.dataset, a.split, a.source_index NULLS LAST, a.video_id
-"""
+#: Kept for importers of the old name; the SQL lives in :mod:`prevad.queries`.
+MANIFEST_SQL = queries.MANIFEST
 
 
 def manifest(
