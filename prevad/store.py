@@ -45,6 +45,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -277,6 +278,7 @@ class Store:
         self._lock_fd: int | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._con_pid = 0
+        self._hash_cache: dict[str, np.ndarray] = {}
 
     @classmethod
     def _bare(cls, root: Path) -> Store:
@@ -694,25 +696,29 @@ class Store:
     def _dedup(self, spec: TableSpec, batch: pa.Table) -> tuple[pa.Table, int]:
         """The batch rows to write and the number skipped; raise on conflicts.
 
-        Only the batch's keys are looked up (see the module docstring).
+        Only the batch's keys are looked up: their 64-bit hashes are searched in each part
+        file's sorted key-hash index (cached per immutable file), and only the files with a hit
+        are read, through DuckDB, to compare the rows.
         """
         n = batch.num_rows
         if n == 0:
             return batch, 0
         cols = spec.content_columns
+        hashes = key_hashes(spec, batch)
         indexed = batch.select(cols).append_column("__i", pa.array(np.arange(n), pa.int64()))
         drop: set[int] = set()
-        con_sql = queries.batch_duplicates(spec.key, cols)
-        if n > 1:
-            dups = self._run_lookup(con_sql, None, indexed).to_pylist()
-            for d in dups:
+        if n > 1 and len(np.unique(hashes)) < n:
+            sql = queries.batch_duplicates(spec.key, cols)
+            for d in self._run_lookup(sql, None, indexed).to_pylist():
                 if not d["same"]:
                     _conflict(spec, _row(indexed, d["first"], cols), _row(indexed, d["__i"], cols),
                               "earlier in the same batch")
                 drop.add(d["__i"])
         files = self._lookup_files(spec, batch, prune=spec.partition in spec.key)
-        if files:
-            hits = self._run_lookup(queries.stored_matches(spec.key, cols), files, indexed)
+        probe = np.unique(hashes)
+        hit_files = [f for f in files if _any_in(self._file_hashes(spec, Path(f)), probe)]
+        if hit_files:
+            hits = self._run_lookup(queries.stored_matches(spec.key, cols), hit_files, indexed)
             for h in hits.to_pylist():
                 if h["__i"] in drop:
                     continue
@@ -728,6 +734,30 @@ class Store:
         mask = np.ones(n, dtype=bool)
         mask[list(drop)] = False
         return batch.filter(pa.array(mask)), len(drop)
+
+    def _file_hashes(self, spec: TableSpec, part: Path) -> np.ndarray:
+        """Sorted key hashes of a part file: cache, else its sidecar, else computed (and saved).
+
+        Part files never change once named, so a cached or saved index stays true.
+        """
+        key = str(part)
+        got = self._hash_cache.get(key)
+        if got is not None:
+            return got
+        side = sidecar_path(part)
+        rows = part_rows(part)
+        got = None
+        with contextlib.suppress(OSError, ValueError):
+            arr = np.load(side, allow_pickle=False)
+            if arr.dtype == np.uint64 and arr.shape == (rows,):
+                got = arr
+        if got is None:
+            got = np.sort(key_hashes(spec, _read_part(part, spec, spec.key)))
+            if not self.read_only:
+                with contextlib.suppress(OSError):
+                    _save_sidecar(side, got)
+        self._hash_cache[key] = got
+        return got
 
     def _check_files(self, files: Mapping[str, bytes]) -> dict[str, bytes]:
         """Files to write: refuse a path holding other bytes, skip one holding the same."""
@@ -758,6 +788,7 @@ class Store:
         """
         stamp = _stamp()
         renames: list[tuple[Path, Path]] = []
+        sidecars: list[Path] = []
         touched: list[Path] = []
         try:
             for name, table in tables.items():
@@ -772,6 +803,11 @@ class Store:
                     final = folder / f"part-{stamp}-n{part.num_rows}.parquet"
                     tmp = folder / f".part-{stamp}{TMP_SUFFIX}"
                     renames.append((tmp, final))
+                    # the key index is in place before its part file can be seen
+                    sidecars.append(sidecar_path(final))
+                    hashes = np.sort(key_hashes(spec, part))
+                    _save_sidecar(sidecars[-1], hashes)
+                    self._hash_cache[str(final)] = hashes
                     _write_parquet(tmp, part)
                     touched.append(folder)
             for rel, data in files.items():
@@ -792,7 +828,7 @@ class Store:
                                    for a, b in renames]}
             atomic_write_json(self.root / JOURNAL, journal)  # the commit point
         except BaseException:
-            for tmp, _ in renames:
+            for tmp in [t for t, _ in renames] + sidecars:
                 with contextlib.suppress(OSError):
                     tmp.unlink(missing_ok=True)
             raise
@@ -850,15 +886,21 @@ class Store:
             staging = self.root / STAGING / f"{folder.name}.{uuid.uuid4().hex[:12]}"
             staging.mkdir(parents=True)
             name = f"part-{_stamp()}-n{table.num_rows}.parquet"
+            hashes = np.sort(np.concatenate([self._file_hashes(spec, p) for p in merge]))
+            _save_sidecar(sidecar_path(staging / name), hashes)
             _write_parquet(staging / name, table)
+            self._hash_cache[str(folder / name)] = hashes
             for p in keep:  # kept files travel by hard link: no copy, same inode
                 os.link(p, staging / p.name)
+                if sidecar_path(p).exists():
+                    os.link(sidecar_path(p), sidecar_path(staging / p.name))
             fsync_dir(staging)
             rel = str(folder.relative_to(self.root))
             atomic_write_json(self.root / JOURNAL, {"swaps": [{
                 "staging": str(staging.relative_to(self.root)), "partition": rel,
-                "marker": name, "new": [name] + [p.name for p in keep],
-                "old": [p.name for p in parts],
+                "marker": name,
+                "new": [x for p in [staging / name, *keep] for x in _with_sidecar(p)],
+                "old": [x for p in parts for x in _with_sidecar(p)],
             }]})  # the commit point
             self._roll_forward(self.root / JOURNAL)
         finally:
@@ -1012,6 +1054,10 @@ def orphan_files(root: Path) -> list[Path]:
     staging = root / STAGING
     if staging.is_dir():
         found += list(staging.iterdir())
+    tables = root / "tables"
+    if tables.is_dir():  # key indexes whose part file never got committed
+        found += [p for p in tables.glob("*/*=*/part-*.keys.npy")
+                  if not p.with_name(p.name.removesuffix(".keys.npy") + ".parquet").exists()]
     return sorted(set(found))
 
 
@@ -1074,6 +1120,42 @@ def _read_part(path: Path, spec: TableSpec, columns: Sequence[str]) -> pa.Table:
             f"part file {path} of table {spec.name!r} is unreadable ({exc}); run `prevad "
             f"repair` to quarantine it"
         ) from None
+
+
+def key_hashes(spec: TableSpec, table: pa.Table) -> np.ndarray:
+    """64-bit hash (blake2b) of each row's key, stable across processes and versions."""
+    cols = [table.column(k).to_pylist() for k in spec.key]
+    keys = ("\x1f".join(map(str, t)).encode() for t in zip(*cols, strict=True))
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "little") for k in keys),
+        dtype=np.uint64, count=table.num_rows,
+    )
+
+
+def sidecar_path(part: Path) -> Path:
+    """The key-hash index file of a part file (``part-….keys.npy``, not matched by the views)."""
+    return part.with_name(part.name.removesuffix(".parquet") + ".keys.npy")
+
+
+def _with_sidecar(part: Path) -> list[str]:
+    return [part.name, sidecar_path(part).name]
+
+
+def _save_sidecar(path: Path, hashes: np.ndarray) -> None:
+    """Write a key index (temp + rename; no fsync: a torn index fails its length check)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, hashes, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def _any_in(sorted_hashes: np.ndarray, probe: np.ndarray) -> bool:
+    """Whether any of ``probe`` (sorted, unique) is in ``sorted_hashes``."""
+    if not len(sorted_hashes):
+        return False
+    pos = np.searchsorted(sorted_hashes, probe)
+    pos[pos == len(sorted_hashes)] = 0
+    return bool((sorted_hashes[pos] == probe).any())
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
