@@ -1144,9 +1144,13 @@ def _with_sidecar(part: Path) -> list[str]:
 def _save_sidecar(path: Path, hashes: np.ndarray) -> None:
     """Write a key index (temp + rename; no fsync: a torn index fails its length check)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, hashes, allow_pickle=False)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, hashes, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _any_in(sorted_hashes: np.ndarray, probe: np.ndarray) -> bool:
