@@ -155,8 +155,8 @@ def stage_status_counts(store: Store) -> pa.Table:
     return store.query(STAGE_STATUS_REASONS, {"stage": None})
 
 
-#: Work list of a stage, claim-aware: the rows of ``{input_table}`` among ``$ids`` that still need
-#: the stage, with their attempts so far (used under the store lock when claiming a shard).
+#: Attempts so far and whether an ok/rejected result exists, for the ids ``$ids`` of a stage
+#: version (read under the store lock when a worker claims a shard).
 ATTEMPTS_OF_IDS = """
 SELECT id, max(attempt) AS attempts,
        bool_or(status IN ('ok', 'rejected')) AS done
