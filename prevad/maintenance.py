@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prevad import queries
 from prevad.errors import CorruptStoreError, PrevadError, StoreNotFoundError
 from prevad.io import atomic_write_json
 from prevad.store import (
@@ -134,7 +135,7 @@ def _check_catalog(root: Path, add) -> None:  # noqa: ANN001 - list.append
                     f"({str(exc).splitlines()[0]})"))
         return
     try:
-        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+        views = {r[0] for r in con.execute(queries.CATALOG_VIEWS).fetchall()}
     finally:
         con.close()
     missing = sorted(set(TABLES) - views)

@@ -307,3 +307,7 @@ SELECT {cols}
 FROM read_parquet($files, hive_partitioning = false, union_by_name = true) AS s
 SEMI JOIN (SELECT DISTINCT * FROM __batch) AS b ON {on}
 """
+
+
+#: Names of the catalog's views (``prevad verify``).
+CATALOG_VIEWS = "SELECT view_name FROM duckdb_views()"
