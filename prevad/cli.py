@@ -1,4 +1,5 @@
-"""The ``prevad`` command line: init, import/export, query, stats, card, manifest.
+"""The ``prevad`` command line: init, import/export, query, stats, card, manifest, compact,
+verify, repair.
 
 Errors print one line (``error: ...``) and exit with code 1, never a traceback.
 """
@@ -14,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+import duckdb
 import pyarrow as pa
 import typer
 from rich.console import Console
@@ -43,6 +45,10 @@ def _clean_errors(fn: F) -> F:
         except (PrevadError, OSError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except (duckdb.Error, pa.ArrowException) as exc:
+            # a damaged file met outside the store's own checks: still one line, no traceback
+            typer.echo(f"error: {str(exc).splitlines()[0]} (run `prevad verify`)", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -58,10 +64,59 @@ def _print_table(tbl: pa.Table, title: str | None = None) -> None:
 
 @app.command()
 @_clean_errors
-def init(root: Path) -> None:
-    """Create a store at ROOT (idempotent)."""
-    store = Store.init(root)
+def init(
+    root: Path,
+    compact_threshold: int | None = typer.Option(
+        None, help="part files per partition that trigger automatic compaction (default 32)"),
+) -> None:
+    """Create a store at ROOT (idempotent; an existing store is checked, not trusted)."""
+    store = Store.init(root, compact_threshold=compact_threshold)
     typer.echo(f"store ready at {store.root}")
+
+
+@app.command()
+@_clean_errors
+def compact(root: Path, table: str | None = typer.Option(None, help="one table (default all)")
+            ) -> None:
+    """Merge each partition's part files into one (crash-safe; readers are not disturbed)."""
+    res = Store(root).compact(table)
+    for folder, (before, after) in res.partitions.items():
+        typer.echo(f"{folder}: {before} -> {after} part files")
+    typer.echo(f"compacted {len(res.partitions)} partitions: "
+               f"{res.files_before} -> {res.files_after} part files")
+
+
+@app.command()
+@_clean_errors
+def verify(root: Path) -> None:
+    """Check ROOT: marker, journal, catalog, schemas, Parquet files, temp files, feature files."""
+    from prevad.maintenance import verify as run_verify
+
+    report = run_verify(root)
+    for p in report.problems:
+        typer.echo(f"{p.kind}: {p}")
+    if not report.ok:
+        typer.echo(f"error: {len(report.problems)} problems in {report.root}; "
+                   f"`prevad repair {root}` fixes what can be fixed", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"store ok: {report.files_checked} files checked in {report.root}")
+
+
+@app.command()
+@_clean_errors
+def repair(root: Path) -> None:
+    """Roll the journal forward, rebuild the catalog, drop temp files, quarantine bad files."""
+    from prevad.maintenance import repair as run_repair
+
+    report = run_repair(root)
+    for a in report.actions:
+        typer.echo(a)
+    for p in report.remaining:
+        typer.echo(f"left: {p.kind}: {p}")
+    if report.remaining:
+        typer.echo(f"error: {len(report.remaining)} problems remain in {report.root}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"store ok after repair ({len(report.quarantined)} files quarantined)")
 
 
 @app.command("import-benchmark")
