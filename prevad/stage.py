@@ -258,9 +258,9 @@ def _claim(store: Store, stage: Stage, pending: list[dict[str, Any]], size: int,
                     pending[:0] = window[n:]  # not looked at: back to the front
                     break
                 st = state.get(str(row[key]))
-                if st is not None and st["done"]:
-                    continue  # another worker finished it since our work list was read
                 attempt = (st["attempts"] if st else 0) + 1
+                if (st is not None and st["done"]) or attempt != row["next_attempt"]:
+                    continue  # another worker did it since our work list was read
                 if attempt > stage.max_attempts:
                     summary.exhausted += 1
                     continue
