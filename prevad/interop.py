@@ -15,18 +15,21 @@ normal videos). The class hierarchy is not repeated in the file: it comes from
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prevad import queries, taxonomy
 from prevad.errors import MalformedFileError, UnknownCategoryError, ValidationError
 from prevad.io import atomic_write, atomic_write_text
-from prevad.records import Annotation, Video, make_id, video_id_for
-from prevad.store import AppendResult, Store
+from prevad.records import Annotation, Video, make_id, to_table, video_id_for
+from prevad.store import TABLES, AppendResult, Store, key_hashes
 
 ENTRY_KEYS = ("path", "video_path", "class_name", "descriptions", "anomaly_span")
 OFFICIAL_ANNOTATOR = "official"
@@ -125,6 +128,66 @@ def _append_pair(store: Store, videos: list[Video], anns: list[Annotation]) -> A
     return AppendResult(rv.written + ra.written, rv.skipped + ra.skipped)
 
 
+#: Bump when import code changes the records an unchanged file gives.
+IMPORT_CODE_VERSION = 1
+
+
+def _fingerprint(path: str | Path, *params: Any) -> str:
+    """sha256 of the file's bytes and the import parameters."""
+    h = hashlib.sha256(json.dumps([IMPORT_CODE_VERSION, *params], default=str).encode())
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise MalformedFileError(f"{path}: file not found") from None
+    return h.hexdigest()
+
+
+def _already_imported(store: Store, digest: str) -> AppendResult | None:
+    """The result of re-importing a file imported before, when all its rows are still stored.
+
+    A successful import leaves ``imports/<sha256>.npz`` with the key hashes of its rows; the
+    same bytes with the same parameters give the same records (timestamps aside), so when every
+    key is still in the store's key indexes the import would write nothing: it is answered
+    without parsing the file or building records.
+    """
+    fp = store.root / "imports" / f"{digest}.npz"
+    try:
+        with np.load(fp, allow_pickle=False) as z:
+            v, a, rows = z["videos"], z["annotations"], int(z["rows"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if store.has_keys("videos", v) and store.has_keys("annotations", a):
+        return AppendResult(0, rows)
+    return None
+
+
+def _remember_import(store: Store, digest: str, videos: list[Video], anns: list[Annotation]
+                     ) -> None:
+    if store.read_only:
+        return
+    buf = io.BytesIO()
+    np.savez(buf, videos=key_hashes(TABLES["videos"], to_table(videos, Video)),
+             annotations=key_hashes(TABLES["annotations"], to_table(anns, Annotation)),
+             rows=np.int64(len(videos) + len(anns)))
+    with store._locked(), atomic_write(store.root / "imports" / f"{digest}.npz") as fh:
+        fh.write(buf.getvalue())
+
+
+def _import_file(store: Store, path: str | Path, dataset: str, source: str, split: str,
+                 category_of: Any, params: Any) -> AppendResult:
+    digest = _fingerprint(path, dataset, source, split, params)
+    done = _already_imported(store, digest)
+    if done is not None:
+        return done
+    entries = read_entries(path)
+    videos, anns = _records(entries, path, dataset, source, split, category_of(entries))
+    res = _append_pair(store, videos, anns)
+    _remember_import(store, digest, videos, anns)
+    return res
+
+
 def benchmark_classes(entries: list[dict[str, Any]]) -> list[str]:
     """The class list of a benchmark file: its class names in order of first appearance."""
     return list(dict.fromkeys(e["class_name"] for e in entries))
@@ -146,20 +209,22 @@ def import_benchmark(
     """
     if name == "prevad":
         raise ValidationError("benchmark name 'prevad' is reserved for the PreVAD training set")
-    entries = read_entries(path)
-    allowed = classes if classes is not None else benchmark_classes(entries)
 
-    def check(c: str) -> str:
-        if c not in allowed:
-            hint = taxonomy.close_matches(c, list(allowed))
-            raise UnknownCategoryError(
-                f"class {c!r} is not in the {name} class list {allowed}"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
-            )
-        return c
+    def checker(entries: list[dict[str, Any]]) -> Any:
+        allowed = classes if classes is not None else benchmark_classes(entries)
 
-    videos, anns = _records(entries, path, name, name, "test", check)
-    return _append_pair(store, videos, anns)
+        def check(c: str) -> str:
+            if c not in allowed:
+                hint = taxonomy.close_matches(c, list(allowed))
+                raise UnknownCategoryError(
+                    f"class {c!r} is not in the {name} class list {allowed}"
+                    + (f"; did you mean {hint[0]!r}?" if hint else "")
+                )
+            return c
+
+        return check
+
+    return _import_file(store, path, name, name, "test", checker, classes)
 
 
 def import_prevad(store: Store, path: str | Path, split: str = "train") -> AppendResult:
@@ -169,9 +234,8 @@ def import_prevad(store: Store, path: str | Path, split: str = "train") -> Appen
         MalformedFileError, UnknownCategoryError (with close matches), ValidationError,
         DuplicateIdError.
     """
-    entries = read_entries(path)
-    videos, anns = _records(entries, path, "prevad", "prevad", split, taxonomy.canonical)
-    return _append_pair(store, videos, anns)
+    return _import_file(store, path, "prevad", "prevad", split,
+                        lambda _entries: taxonomy.canonical, None)
 
 
 def export_entries(store: Store, dataset: str, split: str | None = None) -> list[dict[str, Any]]:

@@ -38,15 +38,12 @@ WORK_LIST_TEMPLATE = """
 SELECT i.*, coalesce(a.attempts, 0) + 1 AS next_attempt
 FROM {input_table} AS i
 LEFT JOIN (
-    SELECT id, max(attempt) AS attempts FROM stage_results
+    SELECT id, max(attempt) AS attempts, bool_or(status IN ('ok', 'rejected')) AS done
+    FROM stage_results
     WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
     GROUP BY id
 ) AS a ON a.id = i.{input_key}
-WHERE NOT EXISTS (
-    SELECT 1 FROM stage_results AS s
-    WHERE s.id = i.{input_key} AND s.stage = $stage::VARCHAR
-      AND s.stage_version = $stage_version::VARCHAR AND s.status IN ('ok', 'rejected')
-)
+WHERE NOT coalesce(a.done, false)
 ORDER BY i.{input_key}
 """
 

@@ -98,7 +98,7 @@ BIG_PART_ROWS = 100_000
 #: Parquet row groups: small enough that row-group statistics prune key lookups well.
 ROW_GROUP_ROWS = 65_536
 #: Folders whose temp files are written only under the store lock (safe to clean as orphans).
-LOCKED_WRITE_DIRS = ("tables", "features", "claims", "stage_runs")
+LOCKED_WRITE_DIRS = ("tables", "features", "claims", "stage_runs", "imports")
 
 _ROWS_IN_NAME = re.compile(r"-n(\d+)\.parquet$")
 _PARQUET_IN_MSG = re.compile(r"""['"]([^'"]+\.parquet)['"]""")
@@ -622,6 +622,23 @@ class Store:
             finally:
                 con.unregister("__batch")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def has_keys(self, table: str, hashes: np.ndarray) -> bool:
+        """Whether every key hash (see :func:`key_hashes`) is stored in ``table``.
+
+        Reads only the part files' key indexes (cached), not the rows.
+        """
+        spec = _spec(table)
+        self._recover_all()
+        want = np.unique(np.asarray(hashes, dtype=np.uint64))
+        found = np.zeros(len(want), dtype=bool)
+        for part in self.part_files(table):
+            have = self._file_hashes(spec, part)
+            if len(have):
+                pos = np.searchsorted(have, want)
+                pos[pos == len(have)] = 0
+                found |= have[pos] == want
+        return bool(found.all())
 
     # ------------------------------------------------------------------ writing
     def append(self, table: str, rows: Sequence[Any] | pa.Table) -> AppendResult:

@@ -389,3 +389,20 @@ def test_work_list_query_reads_named_sql(store: Store) -> None:
     got = store.query(queries.ATTEMPTS_OF_IDS, {"stage": "x", "stage_version": "1",
                                                 "ids": ["nope"]})
     assert got.num_rows == 0 and isinstance(got, pa.Table)
+
+
+def test_reimport_shortcut_only_when_every_row_is_still_stored(tmp_path: Path) -> None:
+    s = Store.init(tmp_path / "s")
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(_entries(6)))
+    first = interop.import_benchmark(s, "bench", path)
+    assert (first.written, first.skipped) == (12, 0)
+    again = interop.import_benchmark(s, "bench", path)
+    assert (again.written, again.skipped) == (0, 12)
+    # lose the annotations (as a repair quarantine would): the shortcut must not apply
+    for part in s.part_files("annotations"):
+        part.unlink()
+        store_mod.sidecar_path(part).unlink()
+    third = interop.import_benchmark(Store(s.root), "bench", path)
+    assert (third.written, third.skipped) == (6, 6)
+    assert Store(s.root).read("annotations").num_rows == 6
