@@ -35,15 +35,20 @@ ORDER BY stage, id
 #: ``{input_table}``/``{input_key}`` come from :data:`WORK_LIST_INPUTS` (never from users).
 #: Parameters: $stage, $stage_version. ``next_attempt`` = 1 + attempts already made.
 WORK_LIST_TEMPLATE = """
-SELECT i.*, coalesce(a.attempts, 0) + 1 AS next_attempt
+SELECT i.*, coalesce(f.attempts, 0) + 1 AS next_attempt
 FROM {input_table} AS i
-LEFT JOIN (
-    SELECT id, max(attempt) AS attempts, bool_or(status IN ('ok', 'rejected')) AS done
-    FROM stage_results
+ANTI JOIN (
+    SELECT id FROM stage_results
     WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+      AND status IN ('ok', 'rejected')
+) AS d ON d.id = i.{input_key}
+LEFT JOIN (
+    -- an item not done has only failed results of this version: its attempts so far
+    SELECT id, max(attempt) AS attempts FROM stage_results
+    WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+      AND status = 'failed'
     GROUP BY id
-) AS a ON a.id = i.{input_key}
-WHERE NOT coalesce(a.done, false)
+) AS f ON f.id = i.{input_key}
 ORDER BY i.{input_key}
 """
 

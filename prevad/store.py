@@ -526,7 +526,7 @@ class Store:
         """
         check_read_only(sql)
         for attempt in (1, 2):
-            con = self.connect()
+            con = self._catalog_cursor()
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -538,6 +538,24 @@ class Store:
             finally:
                 con.close()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _catalog_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on this process's cached read-only catalog connection.
+
+        Opening the catalog costs tens of ms; the connection is kept and reopened when the
+        catalog file is replaced (repair, moved store) or after a fork.
+        """
+        self._recover_all()
+        try:
+            ident = os.stat(self.root / "catalog.duckdb").st_ino
+        except FileNotFoundError:
+            ident = None
+        with self._thread_lock:
+            cached = getattr(self, "_catalog", None)
+            if cached is None or cached[0] != (os.getpid(), ident):
+                cached = ((os.getpid(), ident), self.connect())
+                self._catalog = cached
+            return cached[1].cursor()
 
     def _query_error(self, exc: duckdb.Error) -> Exception:
         msg = str(exc).splitlines()[0]
@@ -1204,6 +1222,17 @@ def _conflict(spec: TableSpec, old: dict, new: dict, where: str) -> None:
     )
 
 
+_PARSER_LOCK = threading.Lock()
+_PARSER: list[Any] = [0, None]  # pid, connection
+
+
+def _parser() -> duckdb.DuckDBPyConnection:
+    """A cached in-memory connection used only to parse SQL (opening one costs ~30 ms)."""
+    if _PARSER[0] != os.getpid():
+        _PARSER[:] = [os.getpid(), duckdb.connect(":memory:")]
+    return _PARSER[1]
+
+
 def check_read_only(sql: str) -> None:
     """Raise ReadOnlyQueryError unless every statement of ``sql`` is a SELECT or EXPLAIN.
 
@@ -1211,7 +1240,8 @@ def check_read_only(sql: str) -> None:
     query is additionally opened read-only.
     """
     try:
-        statements = duckdb.connect(":memory:").extract_statements(sql)
+        with _PARSER_LOCK:
+            statements = _parser().extract_statements(sql)
     except duckdb.Error as exc:
         raise QueryError(f"query does not parse: {str(exc).splitlines()[0]}") from None
     if not statements:
