@@ -56,6 +56,7 @@ import time
 import urllib.parse
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +280,16 @@ class Store:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._con_pid = 0
         self._hash_cache: dict[str, np.ndarray] = {}
+        self._catalog: tuple[tuple[int, int | None], duckdb.DuckDBPyConnection] | None = None
+        _LIVE_STORES.add(self)
+
+    def _close_connections(self) -> None:
+        """Drop the cached DuckDB connections (reopened on next use)."""
+        for con in (self._con, self._catalog[1] if self._catalog else None):
+            if con is not None:
+                with contextlib.suppress(Exception):
+                    con.close()
+        self._con, self._catalog = None, None
 
     @classmethod
     def _bare(cls, root: Path) -> Store:
@@ -551,7 +562,7 @@ class Store:
         except FileNotFoundError:
             ident = None
         with self._thread_lock:
-            cached = getattr(self, "_catalog", None)
+            cached = self._catalog
             if cached is None or cached[0] != (os.getpid(), ident):
                 cached = ((os.getpid(), ident), self.connect())
                 self._catalog = cached
@@ -1224,6 +1235,22 @@ def _conflict(spec: TableSpec, old: dict, new: dict, where: str) -> None:
 
 _PARSER_LOCK = threading.Lock()
 _PARSER: list[Any] = [0, None]  # pid, connection
+
+
+def _close_connections_before_fork() -> None:
+    """Close cached DuckDB connections: a forked child must not inherit their worker threads'
+    locks (it would hang on its first query). Both sides reopen lazily."""
+    if _PARSER[1] is not None:
+        with contextlib.suppress(Exception):
+            _PARSER[1].close()
+        _PARSER[:] = [0, None]
+    for store in list(_LIVE_STORES):
+        store._close_connections()
+
+
+_LIVE_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_close_connections_before_fork)
 
 
 def _parser() -> duckdb.DuckDBPyConnection:
