@@ -171,8 +171,7 @@ def _remember_import(store: Store, digest: str, videos: list[Video], anns: list[
     np.savez(buf, videos=key_hashes(TABLES["videos"], to_table(videos, Video)),
              annotations=key_hashes(TABLES["annotations"], to_table(anns, Annotation)),
              rows=np.int64(len(videos) + len(anns)))
-    with store._locked(), atomic_write(store.root / "imports" / f"{digest}.npz") as fh:
-        fh.write(buf.getvalue())
+    store.write_file(f"imports/{digest}.npz", buf.getvalue())
 
 
 def _import_file(store: Store, path: str | Path, dataset: str, source: str, split: str,

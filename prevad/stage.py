@@ -48,7 +48,6 @@ from typing import Any
 
 from prevad import queries
 from prevad.errors import ValidationError
-from prevad.io import atomic_write_json
 from prevad.records import StageResult
 from prevad.store import TABLES, Store
 
@@ -220,6 +219,11 @@ def _load_claims(store: Store, stage: Stage) -> dict[str, dict[str, Any]]:
     return live
 
 
+def _save_claims(store: Store, stage: Stage, claims: dict[str, dict[str, Any]]) -> None:
+    store.write_file(str(_claims_path(store, stage).relative_to(store.root)),
+                     json.dumps(claims).encode())
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -270,7 +274,7 @@ def _claim(store: Store, stage: Stage, pending: list[dict[str, Any]], size: int,
             me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
                   "until": until, "version": stage.version}
             claims.update({str(r[key]): me for r in shard})
-            atomic_write_json(_claims_path(store, stage), claims, indent=None)
+            _save_claims(store, stage, claims)
         return shard
 
 
@@ -321,7 +325,7 @@ def commit_results(store: Store, stage: Stage, rows: list[dict[str, Any]],
         for row in rows:
             if claims.get(str(row[key]), {}).get("run_id") == run_id:
                 del claims[str(row[key])]
-        atomic_write_json(_claims_path(store, stage), claims, indent=None)
+        _save_claims(store, stage, claims)
 
 
 def run_stage(
@@ -385,6 +389,6 @@ def run_stage(
         bar.close()
     summary.rejected = dict(rejected)
     summary.seconds = time.perf_counter() - start
-    atomic_write_json(store.root / "stage_runs" / stage.name / f"{run_id}.json",
-                      summary.to_dict())
+    store.write_file(f"stage_runs/{stage.name}/{run_id}.json",
+                     (json.dumps(summary.to_dict(), indent=2) + "\n").encode())
     return summary

@@ -82,7 +82,7 @@ from prevad.errors import (
     UnknownTableError,
     ValidationError,
 )
-from prevad.io import atomic_write, atomic_write_json, fsync_dir
+from prevad.io import atomic_write, atomic_write_bytes, atomic_write_json, fsync_dir
 
 FORMAT = "prevad-store"
 FORMAT_VERSION = 1
@@ -670,6 +670,18 @@ class Store:
         return bool(found.all())
 
     # ------------------------------------------------------------------ writing
+    def write_file(self, rel: str, data: bytes) -> Path:
+        """Write a store-relative file atomically, under the lock (a crash leaves no temp file
+        behind after the next command). For bookkeeping files: claims, run summaries."""
+        path = self._inside(rel)
+        with self._locked():
+            self._begin_write()
+            try:
+                atomic_write_bytes(path, data)
+            finally:
+                self._end_write()
+        return path
+
     def append(self, table: str, rows: Sequence[Any] | pa.Table) -> AppendResult:
         """Append records (or a pa.Table with the exact schema) to a table, all or nothing.
 
