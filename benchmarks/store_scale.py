@@ -87,12 +87,23 @@ def bench_million(root: Path, rows: int) -> None:
           f"{warm:.1f} ms), work-list query {wl:.1f} ms ({todo.num_rows} items to do)")
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM; ru_maxrss would include the parent's peak at fork)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _reimport(root: str, path: str) -> None:
     """Child process: re-import, print seconds and peak RSS."""
     t = time.perf_counter()
     res = interop.import_benchmark(Store(root), "big", path)
     secs = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mb()
     print(json.dumps({"seconds": secs, "peak_mb": peak, "written": res.written,
                       "skipped": res.skipped}))
 
