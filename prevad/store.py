@@ -1170,7 +1170,16 @@ def read_journal(path: Path) -> dict[str, Any]:
 
 def _read_part(path: Path, spec: TableSpec, columns: Sequence[str]) -> pa.Table:
     try:
-        return pq.read_table(path, columns=list(columns), schema=spec.schema)
+        # ParquetFile.read: no dataset discovery (several times faster on small files)
+        pf = pq.ParquetFile(path)
+        have = set(pf.schema_arrow.names)
+        table = pf.read(columns=[c for c in columns if c in have])
+        for c in columns:  # files written before a column was added
+            if c not in have:
+                table = table.append_column(spec.schema.field(c),
+                                            pa.nulls(table.num_rows, spec.schema.field(c).type))
+        return table.select(list(columns)).cast(
+            pa.schema([spec.schema.field(c) for c in columns]))
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowException) as exc:
