@@ -564,7 +564,10 @@ class Store:
         with self._thread_lock:
             cached = self._catalog
             if cached is None or cached[0] != (os.getpid(), ident):
-                cached = ((os.getpid(), ident), self.connect())
+                con = self.connect()
+                # part files never change once named: their footers can be cached
+                con.execute("SET parquet_metadata_cache = true")
+                cached = ((os.getpid(), ident), con)
                 self._catalog = cached
             return cached[1].cursor()
 
