@@ -16,12 +16,12 @@ neighbours). Items with ``max_attempts`` attempts are not retried (counted as ``
 
 Several workers (processes, even on other machines sharing the folder) may run one stage on one
 store at once. Each shard is *claimed* under the store lock before it is processed: the claim
-file ``claims/<stage>.json`` maps item ids to the claiming run (run id, host, pid, lease expiry);
-an item claimed by a live run is skipped by the others, and its attempt number is read from
-``stage_results`` under the same lock, so two workers never do one item at once nor write the same
-attempt number. The commit releases the shard's claims under the lock; results of items whose
-claim was lost (lease expired and taken over) are dropped instead of committed. Claims of a dead
-process on this host, or past their lease, are taken over.
+file ``claims/<stage>.json`` maps ``<stage version>:<item id>`` to the claiming run (run id,
+host, pid, lease expiry); an item claimed by a live run is skipped by the others, and its attempt
+number is read from ``stage_results`` under the same lock, so two workers never do one item at
+once nor write the same attempt number. The commit releases the shard's claims under the lock;
+results of items whose claim was lost (lease expired and taken over) are dropped instead of
+committed. Claims of a dead process on this host, or past their lease, are taken over.
 
 Media files a stage writes into the store folder are recorded store-relative: absolute paths under
 the store root in output records' ``uri``/``location`` fields are rewritten relative to the root.
@@ -40,7 +40,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -211,12 +211,17 @@ def _load_claims(store: Store, stage: Stage) -> dict[str, dict[str, Any]]:
     now, host = time.time(), socket.gethostname()
     live = {}
     for item, c in claims.items():
-        if c.get("version") != stage.version or c.get("until", 0) < now:
+        if c.get("until", 0) < now:
             continue
         if c.get("host") == host and not _pid_alive(int(c.get("pid", 0))):
             continue
         live[item] = c
     return live
+
+
+def _claim_key(stage: Stage, item_id: Any) -> str:
+    """Claims are per stage version: runs of two versions do not block each other."""
+    return f"{stage.version}:{item_id}"
 
 
 def _save_claims(store: Store, stage: Stage, claims: dict[str, dict[str, Any]]) -> None:
@@ -236,7 +241,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _claim(store: Store, stage: Stage, pending: list[dict[str, Any]], size: int,
+def _claim(store: Store, stage: Stage, pending: deque[dict[str, Any]], size: int,
            run_id: str, lease_s: float, summary: StageSummary) -> list[dict[str, Any]]:
     """Claim up to ``size`` items from the front of ``pending`` (consumed); fresh attempts."""
     key = queries.WORK_LIST_INPUTS[stage.input_table]
@@ -246,8 +251,8 @@ def _claim(store: Store, stage: Stage, pending: list[dict[str, Any]], size: int,
         while pending and len(shard) < size:
             window = []
             while pending and len(window) < 4 * size:
-                row = pending.pop(0)
-                if str(row[key]) not in claims:
+                row = pending.popleft()
+                if _claim_key(stage, row[key]) not in claims:
                     window.append(row)
             if not window:
                 break
@@ -259,7 +264,7 @@ def _claim(store: Store, stage: Stage, pending: list[dict[str, Any]], size: int,
             }
             for n, row in enumerate(window):
                 if len(shard) == size:
-                    pending[:0] = window[n:]  # not looked at: back to the front
+                    pending.extendleft(reversed(window[n:]))  # not looked at: back in front
                     break
                 st = state.get(str(row[key]))
                 attempt = (st["attempts"] if st else 0) + 1
@@ -273,7 +278,7 @@ def _claim(store: Store, stage: Stage, pending: list[dict[str, Any]], size: int,
             until = time.time() + lease_s
             me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
                   "until": until, "version": stage.version}
-            claims.update({str(r[key]): me for r in shard})
+            claims.update({_claim_key(stage, r[key]): me for r in shard})
             _save_claims(store, stage, claims)
         return shard
 
@@ -302,7 +307,7 @@ def commit_results(store: Store, stage: Stage, rows: list[dict[str, Any]],
         claims = _load_claims(store, stage)
         mine = [
             (row, res) for row, res in zip(rows, results, strict=True)
-            if claims.get(str(row[key]), {}).get("run_id", run_id) == run_id
+            if claims.get(_claim_key(stage, row[key]), {}).get("run_id", run_id) == run_id
         ]
         per_table: dict[str, list[Any]] = {}
         for _, res in mine:
@@ -323,8 +328,8 @@ def commit_results(store: Store, stage: Stage, rows: list[dict[str, Any]],
             store.append_many({**{t: r for t, r in per_table.items() if r},
                                "stage_results": status})
         for row in rows:
-            if claims.get(str(row[key]), {}).get("run_id") == run_id:
-                del claims[str(row[key])]
+            if claims.get(_claim_key(stage, row[key]), {}).get("run_id") == run_id:
+                del claims[_claim_key(stage, row[key])]
         _save_claims(store, stage, claims)
 
 
@@ -356,7 +361,7 @@ def run_stage(
     summary = StageSummary(stage.name, stage.version, run_id)
     todo = queries.work_list(store, stage.name, stage.version, stage.input_table).to_pylist()
     summary.exhausted = sum(1 for r in todo if r["next_attempt"] > stage.max_attempts)
-    pending = [r for r in todo if r["next_attempt"] <= stage.max_attempts]
+    pending = deque(r for r in todo if r["next_attempt"] <= stage.max_attempts)
     bar = None
     if progress:
         from tqdm import tqdm
