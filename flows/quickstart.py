@@ -28,15 +28,13 @@ from prefect import flow, get_run_logger, task
 
 from lagovad.eval.benchmarks import BENCHMARKS, annotation_file, load_benchmark
 from lagovad.synthetic import DEFAULT_DESCRIPTIONS, class_directions, write_benchmark_features
+from prevad import queries
 from prevad.io import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_VIDEO = REPO_ROOT.parent / "shared" / "benchmarks" / "videos" / "Robbery102_x264.mp4"
 DEMO_MODEL = "lagovad-tiny"
-SYNTHETIC_SPLITS = """
-SELECT a.split, count(*) AS n FROM annotations a JOIN videos v USING (video_id)
-WHERE v.source = 'synthetic' GROUP BY a.split ORDER BY a.split
-"""
+SYNTHETIC_SPLITS = queries.SYNTHETIC_SPLITS
 DEMO_DEFINITION = ("Robbery", "A man points a gun at a shop assistant and takes the money.")
 
 

@@ -7,8 +7,10 @@ the model always sees full batches. A video's features are written (atomically) 
 frames are encoded.
 
 Outputs:
-- a prevad store: `Store.write_features` (one .npy + one Feature row per video); failures are
-  StageResult rows (stage "extract_features", status "failed", reason); successes get an "ok" row.
+- a prevad store: one atomic commit per video (`Store.write_features` with `extra_rows`): the
+  .npy, its Feature row and its "ok" StageResult row land together or not at all; failures are
+  StageResult rows (stage "extract_features", status "failed", reason). Only the rows it needs
+  are read (named queries in `prevad.queries`), never whole tables.
 - a plain folder: `<out>/<video stem>.npy` (the authors' layout), `<out>/failures.jsonl` (this
   run's failures) and `<out>/extract_protocol.json` (model and sampling, checked on rerun).
 `export_dir` additionally writes `<export_dir>/<video stem>.npy` in store mode.
@@ -249,14 +251,14 @@ class StoreSink:
         self.protocol = protocol
         self.export_dir = Path(export_dir) if export_dir else None
         self._done = self._stored_features()
-        self._attempts = self._stored_attempts()
+        self._attempts: dict[str, int] = {}
 
     def _stored_features(self) -> set[str]:
-        rows = self.store.read("features").to_pylist()
+        from prevad import queries
+
+        rows = self.store.query(queries.FEATURES_OF_MODEL, {"model_id": self.model_id}).to_pylist()
         done = set()
         for row in rows:
-            if row["model_id"] != self.model_id:
-                continue
             stored = (row["frame_stride"], row["frame_offset"], row["frame_size"])
             wanted = (self.protocol.stride, self.protocol.offset, self.protocol.size)
             if stored != wanted:
@@ -268,39 +270,47 @@ class StoreSink:
             done.add(row["video_id"])
         return done
 
-    def _stored_attempts(self) -> dict[str, int]:
-        attempts: dict[str, int] = {}
-        for row in self.store.read("stage_results").to_pylist():
-            if row["stage"] == STAGE and row["stage_version"] == self.model_id:
-                attempts[row["id"]] = max(attempts.get(row["id"], 0), row["attempt"])
-        return attempts
+    def _stored_attempts(self, ids: Sequence[str]) -> None:
+        """Attempts already made on these videos (their next status row takes the next one)."""
+        from prevad import queries
+
+        rows = self.store.query(queries.ATTEMPTS_OF_IDS, {
+            "stage": STAGE, "stage_version": self.model_id, "ids": list(ids),
+        }).to_pylist()
+        self._attempts.update({r["id"]: r["attempts"] for r in rows})
 
     def jobs(self, paths: Sequence[Path] | None) -> list[VideoJob]:
         """Jobs for local files (registered as store videos) or for all stored videos."""
         if paths is None:
-            return self._store_jobs()
+            jobs = self._store_jobs()
+            self._stored_attempts([j.key for j in jobs])
+            return jobs
+        from prevad import queries
         from prevad.records import Video
 
         _unique_stems(paths)
-        existing = {row["video_id"] for row in self.store.read("videos").to_pylist()}
+        unique = list(dict.fromkeys(paths))
+        videos = [_local_video(Video, p) for p in unique]
+        existing = set(self.store.query(
+            queries.VIDEO_IDS_IN, {"ids": [v.video_id for v in videos]}
+        ).column("video_id").to_pylist())
         jobs, new_videos = [], []
-        for p in dict.fromkeys(paths):
-            video = _local_video(Video, p)
+        for p, video in zip(unique, videos, strict=True):
             if video.video_id not in existing:
                 new_videos.append(video)
                 existing.add(video.video_id)
             jobs.append(VideoJob(key=video.video_id, path=p, name=p.stem, video=video))
         if new_videos:
             self.store.append("videos", new_videos)
+        self._stored_attempts([j.key for j in jobs])
         return jobs
 
     def _store_jobs(self) -> list[VideoJob]:
+        from prevad import queries
+
         jobs = []
-        for row in self.store.read("videos").to_pylist():
-            uri = row.get("uri")
-            if not uri:
-                continue  # e.g. imported annotation rows without a media file
-            path = Path(uri)
+        for row in self.store.query(queries.VIDEOS_WITH_URI).to_pylist():
+            path = Path(row["uri"])
             if not path.is_absolute():
                 path = Path(self.store.root) / path
             jobs.append(VideoJob(key=row["video_id"], path=path, name=path.stem, video=row))
@@ -313,34 +323,34 @@ class StoreSink:
         return job.key in self._done
 
     def write(self, job: VideoJob, features: np.ndarray, n_frames: int) -> None:
-        """Store.write_features, then an "ok" StageResult and the optional .npy export."""
+        """Feature file + Feature row + "ok" StageResult in one commit, then the .npy export."""
         p = self.protocol
+        row = self._stage_row(job, "ok", output={"n_frames": n_frames, "count": len(features)})
         self.store.write_features(
             job.key, self.model_id, features, frame_stride=p.stride, frame_offset=p.offset,
-            frame_size=p.size, frames=n_frames,
+            frame_size=p.size, frames=n_frames, extra_rows={"stage_results": [row]},
         )
+        self._attempts[job.key] = row.attempt
         self._done.add(job.key)
-        self._stage_result(job, "ok", output={"n_frames": n_frames, "count": len(features)})
         if self.export_dir is not None:
             save_npy(self.export_dir / f"{job.name}.npy", features)
 
     def fail(self, job: VideoJob, exc: BaseException) -> None:
         """A "failed" StageResult with the reason."""
         info = _failure_dict(job, exc)
-        self._stage_result(job, "failed", reason=info["reason"], error=info["error"])
+        row = self._stage_row(job, "failed", reason=info["reason"], error=info["error"])
+        self.store.append("stage_results", [row])
+        self._attempts[job.key] = row.attempt
 
-    def _stage_result(self, job: VideoJob, status: str, reason: str | None = None,
-                      error: str | None = None, output: dict | None = None) -> None:
+    def _stage_row(self, job: VideoJob, status: str, reason: str | None = None,
+                   error: str | None = None, output: dict | None = None) -> Any:
         from prevad.records import StageResult
 
-        attempt = self._attempts.get(job.key, 0) + 1
-        self._attempts[job.key] = attempt
-        row = StageResult(
+        return StageResult(
             id=job.key, stage=STAGE, stage_version=self.model_id, status=status, reason=reason,
             error=error, output_json=json.dumps({"path": str(job.path), **(output or {})}),
-            attempt=attempt,
+            attempt=self._attempts.get(job.key, 0) + 1,
         )
-        self.store.append("stage_results", [row])
 
     def close(self) -> None:
         """Nothing buffered."""

@@ -24,39 +24,12 @@ import torch
 from lagovad.data import DataError, resolve_feature_model
 from lagovad.definition import AnomalyDefinition
 from lagovad.detect import DetectError, score_features
+from prevad import queries
 from prevad.records import SCORE_SCHEMA, utcnow
 
-#: "Which videos contain class X above a threshold, and when?" Named parameters:
-#: $definition_id, $checkpoint, $class_name, $min_prob (class probability, e.g. 0.8) and
-#: $min_score (anomaly score, e.g. 0.8; pass 0 to filter on the class probability only).
-#: One row per interval: video_id, uri, start_s/end_s (times of the first/last sampled frame),
-#: first/last feature_index, steps, peak_prob, peak_score.
-CLASS_INTERVALS_SQL = """
-WITH hits AS (
-    SELECT video_id, feature_index, time_s, class_prob, anomaly_score,
-           feature_index - ROW_NUMBER() OVER (PARTITION BY video_id ORDER BY feature_index)
-               AS island
-    FROM scores
-    WHERE definition_id = $definition_id
-      AND checkpoint = $checkpoint
-      AND class_name = $class_name
-      AND class_prob >= $min_prob
-      AND anomaly_score >= $min_score
-)
-SELECT h.video_id,
-       ANY_VALUE(v.uri) AS uri,
-       MIN(h.time_s) AS start_s,
-       MAX(h.time_s) AS end_s,
-       MIN(h.feature_index) AS first_index,
-       MAX(h.feature_index) AS last_index,
-       COUNT(*) AS steps,
-       MAX(h.class_prob) AS peak_prob,
-       MAX(h.anomaly_score) AS peak_score
-FROM hits h
-LEFT JOIN videos v ON v.video_id = h.video_id
-GROUP BY h.video_id, h.island
-ORDER BY h.video_id, first_index
-"""
+#: "Which videos contain class X above a threshold, and when?" (see prevad.queries).
+CLASS_INTERVALS_SQL = queries.CLASS_INTERVALS
+
 
 #: Rows buffered before one append (each append is one Parquet part).
 FLUSH_ROWS = 200_000
@@ -157,7 +130,7 @@ def rescore(
 
 def _scored_videos(store: Any, definition_id: str, checkpoint: str) -> set[str]:
     table = store.query(
-        "SELECT DISTINCT video_id FROM scores WHERE definition_id = $d AND checkpoint = $c",
+        queries.SCORED_VIDEOS,
         {"d": definition_id, "c": checkpoint},
     )
     return set(table.column("video_id").to_pylist())

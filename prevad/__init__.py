@@ -2,12 +2,14 @@
 
 from prevad import taxonomy
 from prevad.errors import (
+    CorruptStoreError,
     DuplicateIdError,
     FeatureFileMissingError,
     MalformedFileError,
     PrevadError,
     QueryError,
     ReadOnlyQueryError,
+    ReadOnlyStoreError,
     SchemaMismatchError,
     StoreNotFoundError,
     UnknownCategoryError,
@@ -31,6 +33,7 @@ __all__ = [
     "TABLES",
     "Annotation",
     "AppendResult",
+    "CorruptStoreError",
     "DuplicateIdError",
     "Feature",
     "FeatureFileMissingError",
@@ -38,6 +41,7 @@ __all__ = [
     "PrevadError",
     "QueryError",
     "ReadOnlyQueryError",
+    "ReadOnlyStoreError",
     "SchemaMismatchError",
     "Score",
     "Segment",

@@ -1,4 +1,5 @@
-"""The ``prevad`` command line: init, import/export, query, stats, card, manifest.
+"""The ``prevad`` command line: init, import/export, query, stats, card, manifest, compact,
+verify, repair.
 
 Errors print one line (``error: ...``) and exit with code 2, never a traceback
 (:mod:`prevad.cli_errors`, shared with ``lagovad``).
@@ -7,6 +8,7 @@ Errors print one line (``error: ...``) and exit with code 2, never a traceback
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from collections.abc import Callable
@@ -14,12 +16,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+import duckdb
 import pyarrow as pa
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from prevad.cli_errors import exit_on
+from prevad.cli_errors import EXIT_BAD_INPUT, exit_on, fail
 from prevad.errors import PrevadError
 from prevad.store import Store
 
@@ -36,8 +39,20 @@ class Fmt(StrEnum):
     json = "json"
 
 
-#: Every command: a PrevadError or OSError is one `error: ...` line and exit code 2.
-_clean_errors = exit_on(PrevadError, OSError)
+def _clean_errors(fn: F) -> F:
+    """Every command: a PrevadError or OSError is one `error: ...` line and exit code 2; so is a
+    damaged file met outside the store's own checks (DuckDB / Arrow), with a hint."""
+    inner = exit_on(PrevadError, OSError)(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return inner(*args, **kwargs)
+        except (duckdb.Error, pa.ArrowException) as exc:
+            fail(f"{str(exc).splitlines()[0]} (run `prevad verify`)")
+
+    return wrapper  # type: ignore[return-value]
+
 
 
 def _print_table(tbl: pa.Table, title: str | None = None) -> None:
@@ -51,10 +66,59 @@ def _print_table(tbl: pa.Table, title: str | None = None) -> None:
 
 @app.command()
 @_clean_errors
-def init(root: Path) -> None:
-    """Create a store at ROOT (idempotent)."""
-    store = Store.init(root)
+def init(
+    root: Path,
+    compact_threshold: int | None = typer.Option(
+        None, help="part files per partition that trigger automatic compaction (default 32)"),
+) -> None:
+    """Create a store at ROOT (idempotent; an existing store is checked, not trusted)."""
+    store = Store.init(root, compact_threshold=compact_threshold)
     typer.echo(f"store ready at {store.root}")
+
+
+@app.command()
+@_clean_errors
+def compact(root: Path, table: str | None = typer.Option(None, help="one table (default all)")
+            ) -> None:
+    """Merge each partition's part files into one (crash-safe; readers are not disturbed)."""
+    res = Store(root).compact(table)
+    for folder, (before, after) in res.partitions.items():
+        typer.echo(f"{folder}: {before} -> {after} part files")
+    typer.echo(f"compacted {len(res.partitions)} partitions: "
+               f"{res.files_before} -> {res.files_after} part files")
+
+
+@app.command()
+@_clean_errors
+def verify(root: Path) -> None:
+    """Check ROOT: marker, journal, catalog, schemas, Parquet files, temp files, feature files."""
+    from prevad.maintenance import verify as run_verify
+
+    report = run_verify(root)
+    for p in report.problems:
+        typer.echo(f"{p.kind}: {p}")
+    if not report.ok:
+        typer.echo(f"error: {len(report.problems)} problems in {report.root}; "
+                   f"`prevad repair {root}` fixes what can be fixed", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    typer.echo(f"store ok: {report.files_checked} files checked in {report.root}")
+
+
+@app.command()
+@_clean_errors
+def repair(root: Path) -> None:
+    """Roll the journal forward, rebuild the catalog, drop temp files, quarantine bad files."""
+    from prevad.maintenance import repair as run_repair
+
+    report = run_repair(root)
+    for a in report.actions:
+        typer.echo(a)
+    for p in report.remaining:
+        typer.echo(f"left: {p.kind}: {p}")
+    if report.remaining:
+        typer.echo(f"error: {len(report.remaining)} problems remain in {report.root}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    typer.echo(f"store ok after repair ({len(report.quarantined)} files quarantined)")
 
 
 @app.command("import-benchmark")

@@ -48,3 +48,15 @@ class MalformedFileError(PrevadError, ValueError):
 
 class FeatureFileMissingError(PrevadError, FileNotFoundError):
     """A Feature row points at an .npy file that does not exist."""
+
+
+class CorruptStoreError(PrevadError):
+    """A store file (store.json, journal, catalog, a part file) cannot be read.
+
+    The message names the file and says how to check (``prevad verify``) or fix it
+    (``prevad repair``).
+    """
+
+
+class ReadOnlyStoreError(PrevadError):
+    """A write was attempted on a store opened read-only (e.g. on a read-only path)."""

@@ -15,10 +15,13 @@ normal videos). The class hierarchy is not repeated in the file: it comes from
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -26,7 +29,7 @@ from prevad import queries, taxonomy
 from prevad.errors import MalformedFileError, UnknownCategoryError, ValidationError
 from prevad.io import atomic_write, atomic_write_text
 from prevad.records import Annotation, Video, make_id, to_table, video_id_for
-from prevad.store import TABLES, AppendResult, Store
+from prevad.store import TABLES, AppendResult, Store, key_hashes
 
 ENTRY_KEYS = ("path", "video_path", "class_name", "descriptions", "anomaly_span")
 OFFICIAL_ANNOTATOR = "official"
@@ -148,12 +151,9 @@ def _check_spans(category: str, spans: list, require_spans: bool) -> None:
 
 
 def _append_pair(store: Store, videos: list[Video], anns: list[Annotation]) -> AppendResult:
-    """Append videos then annotations; conflicts are checked on both before anything is written."""
-    with store._locked():
-        store._dedup(TABLES["videos"], to_table(videos, Video))
-        store._dedup(TABLES["annotations"], to_table(anns, Annotation))
-        rv = store.append("videos", videos)
-        ra = store.append("annotations", anns)
+    """Append videos and annotations in one atomic commit (both tables or neither)."""
+    res = store.append_many({"videos": videos, "annotations": anns})
+    rv, ra = res["videos"], res["annotations"]
     return AppendResult(rv.written + ra.written, rv.skipped + ra.skipped)
 
 
@@ -171,6 +171,68 @@ def benchmark_classes(name: str) -> tuple[str, ...]:
             f"{', '.join(taxonomy.BENCHMARK_CLASSES)}); pass its class list (classes=[...], "
             "CLI --classes)"
         ) from None
+
+
+#: Bump when import code changes the records an unchanged file gives.
+IMPORT_CODE_VERSION = 2
+
+
+def _fingerprint(path: str | Path, *params: Any) -> str:
+    """sha256 of the file's bytes and the import parameters."""
+    h = hashlib.sha256(json.dumps([IMPORT_CODE_VERSION, *params], default=str).encode())
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise MalformedFileError(f"{path}: file not found") from None
+    return h.hexdigest()
+
+
+def _already_imported(store: Store, digest: str) -> AppendResult | None:
+    """The result of re-importing a file imported before, when all its rows are still stored.
+
+    A successful import leaves ``imports/<sha256>.npz`` with the key hashes of its rows; the
+    same bytes with the same parameters give the same records (timestamps aside), so when every
+    key is still in the store's key indexes the import would write nothing: it is answered
+    without parsing the file or building records.
+    """
+    fp = store.root / "imports" / f"{digest}.npz"
+    try:
+        with np.load(fp, allow_pickle=False) as z:
+            v, a, rows = z["videos"], z["annotations"], int(z["rows"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if store.has_keys("videos", v) and store.has_keys("annotations", a):
+        return AppendResult(0, rows)
+    return None
+
+
+def _remember_import(store: Store, digest: str, videos: list[Video], anns: list[Annotation],
+                     rows: int) -> None:
+    if store.read_only:
+        return
+    buf = io.BytesIO()
+    np.savez(buf, videos=key_hashes(TABLES["videos"], to_table(videos, Video)),
+             annotations=key_hashes(TABLES["annotations"], to_table(anns, Annotation)),
+             rows=np.int64(rows))
+    store.write_file(f"imports/{digest}.npz", buf.getvalue())
+
+
+def _import_file(store: Store, path: str | Path, dataset: str, source: str, split: str,
+                 category_of: Any, params: Any, require_spans: bool = False) -> AppendResult:
+    """Import one annotation file in one atomic commit; an unchanged re-import reads nothing."""
+    digest = _fingerprint(path, dataset, source, split, params, require_spans)
+    done = _already_imported(store, digest)
+    if done is not None:
+        return done
+    entries = read_entries(path)
+    videos, anns, repeats = _records(entries, path, dataset, source, split, category_of,
+                                     require_spans=require_spans)
+    res = _append_pair(store, videos, anns)
+    total = res.written + res.skipped + 2 * repeats
+    _remember_import(store, digest, videos, anns, total)
+    return AppendResult(res.written, res.skipped + 2 * repeats)
 
 
 def import_benchmark(
@@ -194,7 +256,6 @@ def import_benchmark(
     """
     if name == "prevad":
         raise ValidationError("benchmark name 'prevad' is reserved for the PreVAD training set")
-    entries = read_entries(path)
     allowed = list(classes) if classes is not None else list(benchmark_classes(name))
 
     def check(c: str) -> str:
@@ -206,10 +267,7 @@ def import_benchmark(
             )
         return c
 
-    videos, anns, repeats = _records(entries, path, name, name, "test", check,
-                                     require_spans=True)
-    res = _append_pair(store, videos, anns)
-    return AppendResult(res.written, res.skipped + 2 * repeats)
+    return _import_file(store, path, name, name, "test", check, allowed, require_spans=True)
 
 
 def import_prevad(store: Store, path: str | Path, split: str = "train") -> AppendResult:
@@ -219,11 +277,7 @@ def import_prevad(store: Store, path: str | Path, split: str = "train") -> Appen
         MalformedFileError, UnknownCategoryError (with close matches), ValidationError,
         DuplicateIdError.
     """
-    entries = read_entries(path)
-    videos, anns, repeats = _records(entries, path, "prevad", "prevad", split,
-                                     taxonomy.canonical)
-    res = _append_pair(store, videos, anns)
-    return AppendResult(res.written, res.skipped + 2 * repeats)
+    return _import_file(store, path, "prevad", "prevad", split, taxonomy.canonical, None)
 
 
 def export_entries(store: Store, dataset: str, split: str | None = None) -> list[dict[str, Any]]:
@@ -262,19 +316,8 @@ def export_prevad(store: Store, out: str | Path, split: str = "train") -> Path:
     return out
 
 
-MANIFEST_SQL = """
-SELECT a.video_id, a.dataset, a.split, a.category, a.is_anomaly,
-       CAST(a.is_anomaly AS INTEGER) AS label, a.description, a.descriptions, a.spans,
-       f.model_id, f.location AS feature_location, f.count AS feature_count, f.dim AS feature_dim,
-       f.frame_stride, f.frame_offset, v.uri AS video_uri, v.duration_s
-FROM annotations AS a
-JOIN videos AS v USING (video_id)
-LEFT JOIN (SELECT * FROM features WHERE $model_id::VARCHAR IS NULL
-           OR model_id = $model_id::VARCHAR) AS f USING (video_id)
-WHERE ($dataset::VARCHAR IS NULL OR a.dataset = $dataset::VARCHAR)
-  AND ($split::VARCHAR IS NULL OR a.split = $split::VARCHAR)
-ORDER BY a.dataset, a.split, a.source_index NULLS LAST, a.video_id
-"""
+#: Kept for importers of the old name; the SQL lives in :mod:`prevad.queries`.
+MANIFEST_SQL = queries.MANIFEST
 
 
 def manifest(

@@ -1,11 +1,14 @@
 """Named SQL queries over the store's views, with bound parameters ($name).
 
-Every constant is plain read-only SQL; functions below bind the parameters and run them through
-:meth:`prevad.Store.query`, so user input never becomes SQL text.
+Every SQL text of the project lives here. Every constant is plain read-only SQL; functions below
+bind the parameters and run them through :meth:`prevad.Store.query`, so user input never becomes
+SQL text. The builders at the end (``key_lookup`` etc.) fill in column names that come from the
+store's own table specs, never from users.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -32,18 +35,20 @@ ORDER BY stage, id
 #: ``{input_table}``/``{input_key}`` come from :data:`WORK_LIST_INPUTS` (never from users).
 #: Parameters: $stage, $stage_version. ``next_attempt`` = 1 + attempts already made.
 WORK_LIST_TEMPLATE = """
-SELECT i.*, coalesce(a.attempts, 0) + 1 AS next_attempt
+SELECT i.*, coalesce(f.attempts, 0) + 1 AS next_attempt
 FROM {input_table} AS i
+ANTI JOIN (
+    SELECT id FROM stage_results
+    WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+      AND status IN ('ok', 'rejected')
+) AS d ON d.id = i.{input_key}
 LEFT JOIN (
+    -- an item not done has only failed results of this version: its attempts so far
     SELECT id, max(attempt) AS attempts FROM stage_results
     WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+      AND status = 'failed'
     GROUP BY id
-) AS a ON a.id = i.{input_key}
-WHERE NOT EXISTS (
-    SELECT 1 FROM stage_results AS s
-    WHERE s.id = i.{input_key} AND s.stage = $stage::VARCHAR
-      AND s.stage_version = $stage_version::VARCHAR AND s.status IN ('ok', 'rejected')
-)
+) AS f ON f.id = i.{input_key}
 ORDER BY i.{input_key}
 """
 
@@ -314,3 +319,161 @@ def item_attempts(store: Store, item_id: str, stage: str, stage_version: str) ->
 def video_by_id(store: Store, video_id: str) -> pa.Table:
     """The ``videos`` row of ``video_id`` (no rows when it is not stored)."""
     return store.query(VIDEO_BY_ID, {"video_id": video_id})
+
+
+#: Attempts so far and whether an ok/rejected result exists, for the ids ``$ids`` of a stage
+#: version (read under the store lock when a worker claims a shard).
+ATTEMPTS_OF_IDS = """
+SELECT id, max(attempt) AS attempts,
+       bool_or(status IN ('ok', 'rejected')) AS done
+FROM stage_results
+WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+  AND id IN (SELECT unnest($ids::VARCHAR[]))
+GROUP BY id
+"""
+
+#: Total number of videos (``prevad stats``).
+VIDEO_COUNT = "SELECT count(*) AS n FROM videos"
+
+#: Trainer-ready manifest rows (``prevad manifest``). Parameters: $dataset, $split, $model_id.
+MANIFEST = """
+SELECT a.video_id, a.dataset, a.split, a.category, a.is_anomaly,
+       CAST(a.is_anomaly AS INTEGER) AS label, a.description, a.descriptions, a.spans,
+       f.model_id, f.location AS feature_location, f.count AS feature_count, f.dim AS feature_dim,
+       f.frame_stride, f.frame_offset, v.uri AS video_uri, v.duration_s
+FROM annotations AS a
+JOIN videos AS v USING (video_id)
+LEFT JOIN (SELECT * FROM features WHERE $model_id::VARCHAR IS NULL
+           OR model_id = $model_id::VARCHAR) AS f USING (video_id)
+WHERE ($dataset::VARCHAR IS NULL OR a.dataset = $dataset::VARCHAR)
+  AND ($split::VARCHAR IS NULL OR a.split = $split::VARCHAR)
+ORDER BY a.dataset, a.split, a.source_index NULLS LAST, a.video_id
+"""
+
+#: Feature rows of one model (``lagovad extract`` resume check). Parameter: $model_id.
+FEATURES_OF_MODEL = """
+SELECT video_id, frame_stride, frame_offset, frame_size FROM features
+WHERE model_id = $model_id::VARCHAR
+"""
+
+#: Stored videos that have a media uri (``lagovad extract --store`` without inputs).
+VIDEOS_WITH_URI = """
+SELECT * FROM videos WHERE uri IS NOT NULL AND uri <> '' ORDER BY video_id
+"""
+
+#: Which of $ids are stored videos.
+VIDEO_IDS_IN = """
+SELECT video_id FROM videos WHERE video_id IN (SELECT unnest($ids::VARCHAR[]))
+"""
+
+#: Feature rows of one model with their video's source id (bound parameter: model_id, as ``?``).
+STORE_FEATURES_OF_MODEL = (
+    "SELECT v.source_video_id AS source_video_id, v.source AS source, f.* FROM features f "
+    "JOIN videos v ON v.video_id = f.video_id WHERE f.model_id = ?"
+)
+
+#: "Which videos contain class X above a threshold, and when?" Named parameters:
+#: $definition_id, $checkpoint, $class_name, $min_prob (class probability, e.g. 0.8) and
+#: $min_score (anomaly score, e.g. 0.8; pass 0 to filter on the class probability only).
+#: One row per interval: video_id, uri, start_s/end_s (times of the first/last sampled frame),
+#: first/last feature_index, steps, peak_prob, peak_score.
+CLASS_INTERVALS = """
+WITH hits AS (
+    SELECT video_id, feature_index, time_s, class_prob, anomaly_score,
+           feature_index - ROW_NUMBER() OVER (PARTITION BY video_id ORDER BY feature_index)
+               AS island
+    FROM scores
+    WHERE definition_id = $definition_id
+      AND checkpoint = $checkpoint
+      AND class_name = $class_name
+      AND class_prob >= $min_prob
+      AND anomaly_score >= $min_score
+)
+SELECT h.video_id,
+       ANY_VALUE(v.uri) AS uri,
+       MIN(h.time_s) AS start_s,
+       MAX(h.time_s) AS end_s,
+       MIN(h.feature_index) AS first_index,
+       MAX(h.feature_index) AS last_index,
+       COUNT(*) AS steps,
+       MAX(h.class_prob) AS peak_prob,
+       MAX(h.anomaly_score) AS peak_score
+FROM hits h
+LEFT JOIN videos v ON v.video_id = h.video_id
+GROUP BY h.video_id, h.island
+ORDER BY h.video_id, first_index
+"""
+
+#: Videos already scored for a definition and checkpoint. Parameters: $d, $c.
+SCORED_VIDEOS = """
+SELECT DISTINCT video_id FROM scores WHERE definition_id = $d AND checkpoint = $c
+"""
+
+#: Annotation splits of the synthetic quickstart videos (``flows/quickstart.py``).
+SYNTHETIC_SPLITS = """
+SELECT a.split, count(*) AS n FROM annotations a JOIN videos v USING (video_id)
+WHERE v.source = 'synthetic' GROUP BY a.split ORDER BY a.split
+"""
+
+# ------------------------------------------------------------------ store internals
+#: One catalog view over a table's Parquet files (``{view}``, ``{glob}`` from the store itself).
+CATALOG_VIEW = (
+    "CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet("
+    "'{glob}', hive_partitioning = false, union_by_name = true)"
+)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _row(alias: str, cols: Sequence[str]) -> str:
+    return "row(" + ", ".join(f"{alias}.{_ident(c)}" for c in cols) + ")"
+
+
+def batch_duplicates(key: Sequence[str], content: Sequence[str]) -> str:
+    """SQL over the registered ``__batch``: rows repeating an earlier row's key.
+
+    Columns: ``__i`` (the repeat), ``first`` (the earlier row), ``same`` (identical content).
+    """
+    part = ", ".join(_ident(k) for k in key)
+    return f"""
+SELECT __i, first, same FROM (
+    SELECT __i,
+           first_value(__i) OVER w AS first,
+           {_row('b', content)} IS NOT DISTINCT FROM first_value({_row('b', content)}) OVER w
+               AS same,
+           row_number() OVER w AS rn
+    FROM __batch AS b
+    WINDOW w AS (PARTITION BY {part} ORDER BY __i)
+) WHERE rn > 1
+"""
+
+
+def stored_matches(key: Sequence[str], content: Sequence[str]) -> str:
+    """SQL: batch rows (``__batch``) whose key is in the part files ``$files``.
+
+    Columns: ``__i`` (batch row), ``same`` (identical content). Only the key and content columns
+    are read, and the join's key filter lets Parquet statistics skip what cannot match.
+    """
+    on = " AND ".join(f"b.{_ident(k)} = s.{_ident(k)}" for k in key)
+    return f"""
+SELECT b.__i, {_row('b', content)} IS NOT DISTINCT FROM {_row('s', content)} AS same
+FROM __batch AS b
+JOIN read_parquet($files, hive_partitioning = false, union_by_name = true) AS s ON {on}
+"""
+
+
+def key_lookup(key: Sequence[str], columns: Sequence[str]) -> str:
+    """SQL: stored rows (from ``$files``) whose ``key`` columns match a row of ``__batch``."""
+    on = " AND ".join(f"b.{_ident(k)} = s.{_ident(k)}" for k in key)
+    cols = ", ".join(f"s.{_ident(c)}" for c in columns)
+    return f"""
+SELECT {cols}
+FROM read_parquet($files, hive_partitioning = false, union_by_name = true) AS s
+SEMI JOIN (SELECT DISTINCT * FROM __batch) AS b ON {on}
+"""
+
+
+#: Names of the catalog's views (``prevad verify``).
+CATALOG_VIEWS = "SELECT view_name FROM duckdb_views()"

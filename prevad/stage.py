@@ -9,9 +9,22 @@ the table's columns). The function returns one :data:`ItemResult` per row, in or
   ``max_attempts`` is reached.
 
 :func:`run_stage` takes the stage's work list from the store, processes it in shards, and commits
-each shard's outputs together with its ``stage_results`` rows. An exception raised by ``process``
-for a batch becomes a failed result for each item of that batch (after retrying the items one by
-one, so one bad item does not fail its neighbours).
+each shard's outputs together with its ``stage_results`` rows in ONE :meth:`Store.append_many`
+(all land or none). An exception raised by ``process`` for a batch becomes a failed result for
+each item of that batch (after retrying the items one by one, so one bad item does not fail its
+neighbours). Items with ``max_attempts`` attempts are not retried (counted as ``exhausted``).
+
+Several workers (processes, even on other machines sharing the folder) may run one stage on one
+store at once. Each shard is *claimed* under the store lock before it is processed: the claim
+file ``claims/<stage>.json`` maps ``<stage version>:<item id>`` to the claiming run (run id,
+host, pid, lease expiry); an item claimed by a live run is skipped by the others, and its attempt
+number is read from ``stage_results`` under the same lock, so two workers never do one item at
+once nor write the same attempt number. The commit releases the shard's claims under the lock;
+results of items whose claim was lost (lease expired and taken over) are dropped instead of
+committed. Claims of a dead process on this host, or past their lease, are taken over.
+
+Media files a stage writes into the store folder are recorded store-relative: absolute paths under
+the store root in output records' ``uri``/``location`` fields are rewritten relative to the root.
 
 ``Stage.version`` is a hash of everything that changes the stage's result
 (:func:`stage_version`): a new version puts every input back on the work list.
@@ -19,12 +32,15 @@ one, so one bad item does not fail its neighbours).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
+import socket
 import time
 import traceback
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +48,6 @@ from typing import Any
 
 from prevad import queries
 from prevad.errors import ValidationError
-from prevad.io import atomic_write_json
 from prevad.records import StageResult
 from prevad.store import TABLES, Store
 
@@ -178,6 +193,146 @@ def _process_batch(stage: Stage, rows: list[dict[str, Any]]) -> list[ItemResult]
     return results
 
 
+#: Seconds a claim stays valid without its run committing (then others may take the item).
+DEFAULT_LEASE_S = 3600.0
+
+
+def _claims_path(store: Store, stage: Stage) -> Path:
+    return store.root / "claims" / f"{stage.name}.json"
+
+
+def _load_claims(store: Store, stage: Stage) -> dict[str, dict[str, Any]]:
+    """Live claims of a stage (dead or expired ones dropped). Call under the store lock."""
+    path = _claims_path(store, stage)
+    try:
+        claims = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}  # a damaged claim file only loses leases: items get claimed again
+    now, host = time.time(), socket.gethostname()
+    live = {}
+    for item, c in claims.items():
+        if c.get("until", 0) < now:
+            continue
+        if c.get("host") == host and not _pid_alive(int(c.get("pid", 0))):
+            continue
+        live[item] = c
+    return live
+
+
+def _claim_key(stage: Stage, item_id: Any) -> str:
+    """Claims are per stage version: runs of two versions do not block each other."""
+    return f"{stage.version}:{item_id}"
+
+
+def _save_claims(store: Store, stage: Stage, claims: dict[str, dict[str, Any]]) -> None:
+    store.write_file(str(_claims_path(store, stage).relative_to(store.root)),
+                     json.dumps(claims).encode())
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(store: Store, stage: Stage, pending: deque[dict[str, Any]], size: int,
+           run_id: str, lease_s: float, summary: StageSummary) -> list[dict[str, Any]]:
+    """Claim up to ``size`` items from the front of ``pending`` (consumed); fresh attempts."""
+    key = queries.WORK_LIST_INPUTS[stage.input_table]
+    with store._locked():
+        claims = _load_claims(store, stage)
+        shard: list[dict[str, Any]] = []
+        while pending and len(shard) < size:
+            window = []
+            while pending and len(window) < 4 * size:
+                row = pending.popleft()
+                if _claim_key(stage, row[key]) not in claims:
+                    window.append(row)
+            if not window:
+                break
+            state = {
+                r["id"]: r for r in store.query(queries.ATTEMPTS_OF_IDS, {
+                    "stage": stage.name, "stage_version": stage.version,
+                    "ids": [str(r[key]) for r in window],
+                }).to_pylist()
+            }
+            for n, row in enumerate(window):
+                if len(shard) == size:
+                    pending.extendleft(reversed(window[n:]))  # not looked at: back in front
+                    break
+                st = state.get(str(row[key]))
+                attempt = (st["attempts"] if st else 0) + 1
+                if (st is not None and st["done"]) or attempt != row["next_attempt"]:
+                    continue  # another worker did it since our work list was read
+                if attempt > stage.max_attempts:
+                    summary.exhausted += 1
+                    continue
+                shard.append({**row, "next_attempt": attempt})
+        if shard:
+            until = time.time() + lease_s
+            me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                  "until": until, "version": stage.version}
+            claims.update({_claim_key(stage, r[key]): me for r in shard})
+            _save_claims(store, stage, claims)
+        return shard
+
+
+def _store_relative(store: Store, record: Any) -> Any:
+    """The record with absolute paths under the store root (``uri``, ``location``) made relative."""
+    changes = {}
+    for name in ("uri", "location"):
+        value = getattr(record, name, None)
+        if isinstance(value, str) and os.path.isabs(value):
+            path = Path(value).resolve()
+            if store.root in path.parents:
+                changes[name] = str(path.relative_to(store.root))
+    return dataclasses.replace(record, **changes) if changes else record
+
+
+def commit_results(store: Store, stage: Stage, rows: list[dict[str, Any]],
+                   results: Sequence[ItemResult], run_id: str) -> None:
+    """Store a shard's outputs and status rows in one atomic commit, releasing its claims.
+
+    Items whose claim now belongs to another run (the lease ran out and was taken over) are left
+    out, so an attempt number is never written twice.
+    """
+    key = queries.WORK_LIST_INPUTS[stage.input_table]
+    with store._locked():
+        claims = _load_claims(store, stage)
+        mine = [
+            (row, res) for row, res in zip(rows, results, strict=True)
+            if claims.get(_claim_key(stage, row[key]), {}).get("run_id", run_id) == run_id
+        ]
+        per_table: dict[str, list[Any]] = {}
+        for _, res in mine:
+            if isinstance(res, Ok):
+                for table, recs in res.outputs.items():
+                    if table not in TABLES:
+                        raise ValidationError(
+                            f"stage {stage.name!r} output to unknown table {table!r}"
+                        )
+                    per_table.setdefault(table, []).extend(
+                        _store_relative(store, r) for r in recs
+                    )
+        status = [
+            _status_row(stage, str(row[key]), int(row["next_attempt"]), res, run_id)
+            for row, res in mine
+        ]
+        if status:
+            store.append_many({**{t: r for t, r in per_table.items() if r},
+                               "stage_results": status})
+        for row in rows:
+            if claims.get(_claim_key(stage, row[key]), {}).get("run_id") == run_id:
+                del claims[_claim_key(stage, row[key])]
+        _save_claims(store, stage, claims)
+
+
 def process_batch(stage: Stage, rows: list[dict[str, Any]]) -> list[ItemResult]:
     """Public name of the per-batch step (used by executors that run ``process`` elsewhere)."""
     return _process_batch(stage, rows)
@@ -196,27 +351,6 @@ def local_map_batches(stage: Stage, batches: Iterable[list[dict[str, Any]]]
         yield _process_batch(stage, batch)
 
 
-def commit_results(store: Store, stage: Stage, rows: list[dict[str, Any]],
-                   results: Sequence[ItemResult], run_id: str) -> None:
-    """Store a shard's outputs and status rows (outputs first, then the status rows)."""
-    key = queries.WORK_LIST_INPUTS[stage.input_table]
-    per_table: dict[str, list[Any]] = {}
-    for res in results:
-        if isinstance(res, Ok):
-            for table, recs in res.outputs.items():
-                if table not in TABLES:
-                    raise ValidationError(f"stage {stage.name!r} output to unknown table {table!r}")
-                per_table.setdefault(table, []).extend(recs)
-    status = [
-        _status_row(stage, str(row[key]), int(row["next_attempt"]), res, run_id)
-        for row, res in zip(rows, results, strict=True)
-    ]
-    for table, recs in per_table.items():
-        if recs:
-            store.append(table, recs)
-    store.append("stage_results", status)
-
-
 def run_stage(
     store: Store,
     stage: Stage,
@@ -225,17 +359,19 @@ def run_stage(
     limit: int | None = None,
     progress: bool = False,
     run_id: str | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
     map_batches: BatchMapper | None = None,
 ) -> StageSummary:
-    """Run ``stage`` over its work list, committing shard by shard.
+    """Run ``stage`` over its work list, claiming and committing shard by shard.
 
     Args:
         store: the store to read inputs from and write results to.
         stage: the stage.
-        shard_size: items committed together.
+        shard_size: items claimed and committed together.
         limit: process at most this many items (None = all).
         progress: show a progress bar (command line).
         run_id: identifies this run in ``stage_results.run_id`` (generated if None).
+        lease_s: seconds a claimed shard stays reserved for this run.
         map_batches: where ``process`` runs (:data:`BatchMapper`; default
             :func:`local_map_batches`); results always come back here to be committed.
 
@@ -246,31 +382,28 @@ def run_stage(
     summary = StageSummary(stage.name, stage.version, run_id)
     todo = queries.work_list(store, stage.name, stage.version, stage.input_table).to_pylist()
     summary.exhausted = sum(1 for r in todo if r["next_attempt"] > stage.max_attempts)
-    todo = [r for r in todo if r["next_attempt"] <= stage.max_attempts]
-    if limit is not None:
-        todo = todo[:limit]
+    pending = deque(r for r in todo if r["next_attempt"] <= stage.max_attempts)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc=stage.name, unit="item")
+        bar = tqdm(total=len(pending) if limit is None else min(limit, len(pending)),
+                   desc=stage.name, unit="item")
     start = time.perf_counter()
     rejected: Counter[str] = Counter()
-    shards = [todo[s : s + shard_size] for s in range(0, len(todo), shard_size)]
-    # All batches go to the mapper at once (a remote engine keeps its workers busy across
-    # shards); results come back in batch order and are committed shard by shard.
-    batches = [shard[b : b + stage.batch_size] for shard in shards
-               for b in range(0, len(shard), stage.batch_size)]
-    outcomes = iter((map_batches or local_map_batches)(stage, iter(batches)))
-    for shard in shards:
+    while limit is None or summary.items < limit:
+        size = shard_size if limit is None else min(shard_size, limit - summary.items)
+        shard = _claim(store, stage, pending, size, run_id, lease_s, summary)
+        if not shard:
+            break
+        batches = [shard[b : b + stage.batch_size] for b in range(0, len(shard), stage.batch_size)]
         results: list[ItemResult] = []
-        for b in range(0, len(shard), stage.batch_size):
-            batch = shard[b : b + stage.batch_size]
-            got = list(next(outcomes))
-            if len(got) != len(batch):
-                raise ValidationError(f"stage {stage.name!r}: map_batches returned {len(got)} "
-                                      f"results for a batch of {len(batch)}")
-            results.extend(got)
+        for batch, out in zip(batches, (map_batches or local_map_batches)(stage, iter(batches)),
+                              strict=True):
+            if len(out) != len(batch):
+                raise ValidationError(f"stage {stage.name!r}: the batch mapper returned "
+                                      f"{len(out)} results for {len(batch)} rows")
+            results.extend(out)
             if bar is not None:
                 bar.update(len(batch))
         commit_results(store, stage, shard, results, run_id)
@@ -286,6 +419,6 @@ def run_stage(
         bar.close()
     summary.rejected = dict(rejected)
     summary.seconds = time.perf_counter() - start
-    atomic_write_json(store.root / "stage_runs" / stage.name / f"{run_id}.json",
-                      summary.to_dict())
+    store.write_file(f"stage_runs/{stage.name}/{run_id}.json",
+                     (json.dumps(summary.to_dict(), indent=2) + "\n").encode())
     return summary

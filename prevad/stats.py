@@ -37,7 +37,7 @@ class StoreStats:
 def compute_stats(store: Store) -> StoreStats:
     """Run the statistics queries over a store."""
     durations = store.query(queries.DURATIONS).column("duration_s").to_numpy()
-    total = store.query("SELECT count(*) AS n FROM videos").column("n")[0].as_py()
+    total = store.query(queries.VIDEO_COUNT).column("n")[0].as_py()
     return StoreStats(
         datasets=store.query(queries.DATASET_COUNTS, {"dataset": None, "split": None}),
         categories=store.query(queries.COUNTS_BY_CATEGORY),

@@ -2,58 +2,107 @@
 
 Layout under ``root``::
 
-    store.json                          marker + format version
+    store.json                          marker + format version (+ optional compact_threshold)
     catalog.duckdb                      views named like the tables, over the Parquet files
     .lock                               fcntl lock taken by writers
+    _journal.json                       present only while a commit is being applied
+    .writing                            present only while a writer may hold temp files
     tables/<table>/_schema.parquet      empty file with the table's schema (views work when empty)
-    tables/<table>/<col>=<value>/part-<time>-<uuid>.parquet
+    tables/<table>/<col>=<value>/part-<time>-<uuid>-n<rows>.parquet
     features/<model_id>/<video_id>.npy
+    .staging/                           compaction work folders (invisible to the views)
+    quarantine/                         unreadable files moved aside by ``prevad repair``
 
-Appends are all-or-nothing: each partition's rows go to a hidden temp file first (invisible to
-the views, whose glob only matches ``*.parquet``); then a journal naming the renames is written
-atomically (the commit point); then the temp files are renamed and the journal is removed. A crash
-before the journal leaves the store unchanged (orphan temp files are ignored and cleaned);
-a crash after it is rolled forward by the next access through :class:`Store`.
+Writes (:meth:`Store.append_many`, which :meth:`Store.append` and :meth:`Store.write_features`
+use) are all-or-nothing across tables and files: every new part file (and feature file) is first
+written to a hidden temp file (the views only match ``*.parquet``); then one journal listing all
+renames is written atomically (the commit point); then the renames are applied and the journal is
+removed. A commit of a single file skips the journal (one rename is atomic by itself). A crash
+before the commit point leaves the store unchanged; the ``.writing`` marker tells the next writer
+or the next open to remove the orphan temp files. A crash after it is rolled forward by the next
+access through :class:`Store`.
+
+Duplicate detection reads only the batch's keys: DuckDB joins the batch (registered as an Arrow
+table) against the key and content columns of the table's part files (only the batch's
+partitions when the partition column is part of the key), and Parquet row-group statistics prune
+what cannot match, so an append costs what it writes, not what is stored.
+
+Compaction (:meth:`Store.compact`, ``prevad compact``, and automatically once a partition holds
+more than ``compact_threshold`` part files) merges a partition's small part files into one file
+sorted by key. The new partition folder is built under ``.staging/`` (hard links for the files
+kept as they are) and swapped with the live one in one ``renameat2(RENAME_EXCHANGE)`` call,
+journalled like any commit, so a reader's glob sees the old parts or the new part, never both
+and never neither. A reader that listed the old files just before the swap may find one gone:
+:meth:`Store.query` and :meth:`Store.read` retry once in that case. Where the exchange is not
+supported (not Linux, or a file system without it) the new file is renamed in and the old ones
+removed right after, still journalled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import fcntl
+import hashlib
+import io
 import json
 import os
+import re
+import shutil
 import threading
 import time
 import urllib.parse
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from prevad import queries
 from prevad import records as rec
 from prevad.errors import (
+    CorruptStoreError,
     DuplicateIdError,
     FeatureFileMissingError,
     QueryError,
     ReadOnlyQueryError,
+    ReadOnlyStoreError,
     SchemaMismatchError,
     StoreNotFoundError,
     UnknownTableError,
     ValidationError,
 )
-from prevad.io import atomic_write, atomic_write_json, fsync_dir
+from prevad.io import atomic_write, atomic_write_bytes, atomic_write_json, fsync_dir
 
 FORMAT = "prevad-store"
 FORMAT_VERSION = 1
 JOURNAL = "_journal.json"
+WRITING_MARKER = ".writing"
+STAGING = ".staging"
+QUARANTINE = "quarantine"
 TMP_SUFFIX = ".parquet.tmp"
+#: A partition with more part files than this is compacted after the commit that passed it.
+DEFAULT_COMPACT_THRESHOLD = 32
+#: Automatic compaction leaves part files of at least this many rows alone (``compact`` merges
+#: everything), so an append never rewrites a big partition.
+BIG_PART_ROWS = 100_000
+#: Parquet row groups: small enough that row-group statistics prune key lookups well.
+ROW_GROUP_ROWS = 65_536
+#: Folders whose temp files are written only under the store lock (safe to clean as orphans).
+LOCKED_WRITE_DIRS = ("tables", "features", "claims", "stage_runs", "imports")
+
+_ROWS_IN_NAME = re.compile(r"-n(\d+)\.parquet$")
+_PARQUET_IN_MSG = re.compile(r"""['"]([^'"]+\.parquet)['"]""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +118,11 @@ class TableSpec:
     def schema(self) -> pa.Schema:
         """The table's exact pyarrow schema."""
         return rec.SCHEMAS[self.record]
+
+    @property
+    def content_columns(self) -> list[str]:
+        """Columns compared by duplicate detection (all but the timestamps)."""
+        return [c for c in self.schema.names if c not in rec.BOOKKEEPING_COLUMNS]
 
 
 TABLES: dict[str, TableSpec] = {
@@ -103,6 +157,23 @@ class AppendResult:
     skipped: int
 
 
+@dataclass(slots=True)
+class CompactionResult:
+    """Outcome of :meth:`Store.compact`: part files before/after per partition folder."""
+
+    partitions: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def files_before(self) -> int:
+        """Part files in the compacted partitions before."""
+        return sum(b for b, _ in self.partitions.values())
+
+    @property
+    def files_after(self) -> int:
+        """Part files in the compacted partitions after."""
+        return sum(a for _, a in self.partitions.values())
+
+
 def _quote(value: Any) -> str:
     """Partition folder value: percent-encoded so any id is a safe single path component."""
     return urllib.parse.quote(str(value), safe="")
@@ -114,60 +185,167 @@ def _spec(table: str) -> TableSpec:
     return TABLES[table]
 
 
+def part_rows(path: Path) -> int:
+    """Rows of a part file: from its name (``-n<rows>``), else from its Parquet footer."""
+    m = _ROWS_IN_NAME.search(path.name)
+    if m:
+        return int(m.group(1))
+    return pq.read_metadata(path).num_rows
+
+
+def _stamp() -> str:
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+
+
+# ---------------------------------------------------------------------- atomic folder exchange
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_libc: Any = None
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns:
+        True when swapped; False when the platform or file system cannot do it (nothing changed).
+
+    Raises:
+        OSError: any other failure.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        except OSError:
+            _libc = False
+    fn = getattr(_libc, "renameat2", None) if _libc else None
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def _is_vanished_file(exc: BaseException) -> bool:
+    msg = str(exc)
+    return "No such file" in msg or "No files found" in msg or isinstance(exc, FileNotFoundError)
+
+
 class Store:
     """A PreVAD store rooted at a folder. See the module docstring for the layout."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        read_only: bool | None = None,
+        compact_threshold: int | None = None,
+    ) -> None:
         """Open an existing store.
+
+        Args:
+            root: the store folder.
+            read_only: open without writing anything (default: when ``root`` is not writable).
+            compact_threshold: part files per partition that trigger automatic compaction
+                (default: ``store.json``'s ``compact_threshold``, else 32; 0 turns it off).
 
         Raises:
             StoreNotFoundError: ``root`` has no ``store.json`` (run :meth:`Store.init`).
+            CorruptStoreError: ``store.json`` or the journal cannot be read.
         """
         self.root = Path(root).resolve()
-        marker = self.root / "store.json"
-        if not marker.is_file():
-            raise StoreNotFoundError(
-                f"{self.root} is not a PreVAD store (no store.json); create it with "
-                f"Store.init or `prevad init {root}`"
-            )
-        meta = json.loads(marker.read_text())
-        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-            raise StoreNotFoundError(
-                f"{marker} is not a {FORMAT} v{FORMAT_VERSION} marker, got {meta!r}"
-            )
-        self._thread_lock = threading.RLock()
-        self._lock_depth = 0
-        self._lock_fd: int | None = None
+        meta = read_marker(self.root, str(root))
+        self.read_only = (
+            not os.access(self.root, os.W_OK) if read_only is None else bool(read_only)
+        )
+        threshold = meta.get("compact_threshold", DEFAULT_COMPACT_THRESHOLD)
+        self.compact_threshold = int(threshold if compact_threshold is None else compact_threshold)
+        self._init_state()
+        if self.read_only:
+            return
         if meta.get("root") != str(self.root):
             # The folder moved: views hold absolute globs, rebuild them.
             with self._locked():
                 self._write_catalog()
-                atomic_write_json(marker, {**meta, "root": str(self.root)})
+                atomic_write_json(self.root / "store.json", {**meta, "root": str(self.root)})
         self._recover_all()
+
+    def _init_state(self) -> None:
+        self._thread_lock = threading.RLock()
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._con_pid = 0
+        self._hash_cache: dict[str, np.ndarray] = {}
+        self._catalog: tuple[tuple[int, int | None], duckdb.DuckDBPyConnection] | None = None
+        _LIVE_STORES.add(self)
+
+    def _close_connections(self) -> None:
+        """Drop the cached DuckDB connections (reopened on next use)."""
+        for con in (self._con, self._catalog[1] if self._catalog else None):
+            if con is not None:
+                with contextlib.suppress(Exception):
+                    con.close()
+        self._con, self._catalog = None, None
+
+    @classmethod
+    def _bare(cls, root: Path) -> Store:
+        """A writable handle without any check or recovery (for init and repair)."""
+        store = cls.__new__(cls)
+        store.root, store.read_only = root, False
+        store.compact_threshold = DEFAULT_COMPACT_THRESHOLD
+        store._init_state()
+        return store
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def init(cls, root: str | os.PathLike[str]) -> Store:
-        """Create (or complete) a store at ``root`` and open it. Idempotent."""
+    def init(cls, root: str | os.PathLike[str], compact_threshold: int | None = None) -> Store:
+        """Create (or complete) a store at ``root`` and open it. Idempotent.
+
+        On an existing store this also checks that the marker, the journal and the catalog are
+        readable and the part files have readable footers.
+
+        Raises:
+            CorruptStoreError: the existing store has a file that cannot be read (named).
+        """
         path = Path(root).resolve()
         path.mkdir(parents=True, exist_ok=True)
+        marker = path / "store.json"
+        existing = marker.exists()
+        if existing:
+            read_marker(path, str(root))  # a garbage marker is an error, not "store ready"
         for spec in TABLES.values():
             schema_file = path / "tables" / spec.name / "_schema.parquet"
             if not schema_file.exists():
                 with atomic_write(schema_file) as fh:
                     pq.write_table(spec.schema.empty_table(), fh)
         (path / "features").mkdir(exist_ok=True)
-        marker = path / "store.json"
-        if not marker.exists() or not (path / "catalog.duckdb").exists():
-            store = cls.__new__(cls)
-            store.root, store._thread_lock = path, threading.RLock()
-            store._lock_depth, store._lock_fd = 0, None
+        if not existing or not (path / "catalog.duckdb").exists():
+            store = cls._bare(path)
             with store._locked():
                 store._write_catalog()
-                atomic_write_json(
-                    marker, {"format": FORMAT, "version": FORMAT_VERSION, "root": str(path)}
+                meta: dict[str, Any] = {
+                    "format": FORMAT, "version": FORMAT_VERSION, "root": str(path)
+                }
+                if compact_threshold is not None:
+                    meta["compact_threshold"] = int(compact_threshold)
+                atomic_write_json(marker, meta)
+        store = cls(path)
+        if existing:
+            from prevad.maintenance import verify
+
+            report = verify(store, full=False)
+            if not report.ok:
+                raise CorruptStoreError(
+                    f"{path} is a damaged store: {report.problems[0]}"
+                    + (f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1
+                       else "")
+                    + f"; run `prevad verify {root}` and `prevad repair {root}`"
                 )
-        return cls(path)
+        return store
 
     def _write_catalog(self) -> None:
         """(Re)create catalog.duckdb with one view per table over its Parquet files."""
@@ -176,11 +354,8 @@ class Store:
         con = duckdb.connect(str(tmp))
         try:
             for spec in TABLES.values():
-                glob = str(self.root / "tables" / spec.name / "**" / "*.parquet").replace("'", "''")
-                con.execute(
-                    f"CREATE OR REPLACE VIEW {spec.name} AS SELECT * FROM read_parquet("
-                    f"'{glob}', hive_partitioning = false, union_by_name = true)"
-                )
+                glob = str(self.root / "tables" / spec.name / "**" / "*.parquet")
+                con.execute(queries.CATALOG_VIEW.format(view=spec.name, glob=_sql_str(glob)))
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -193,6 +368,8 @@ class Store:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Exclusive store lock (fcntl, across processes; re-entrant within this object)."""
+        if self.read_only:
+            raise ReadOnlyStoreError(f"the store at {self.root} is open read-only; cannot write")
         with self._thread_lock:
             if self._lock_depth == 0:
                 fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -211,31 +388,88 @@ class Store:
     def _table_dir(self, table: str) -> Path:
         return self.root / "tables" / table
 
+    def _journals(self) -> list[Path]:
+        """Pending journals: the store's, and per-table ones left by older versions."""
+        out = [self.root / JOURNAL] if (self.root / JOURNAL).exists() else []
+        out += [p for t in TABLES if (p := self._table_dir(t) / JOURNAL).exists()]
+        return out
+
     def _recover_all(self) -> None:
-        """Finish any committed-but-interrupted append (cheap when there is nothing to do)."""
-        pending = [t for t in TABLES if (self._table_dir(t) / JOURNAL).exists()]
-        if not pending:
+        """Finish interrupted commits and drop orphan temp files (cheap when nothing to do)."""
+        if self.read_only:
+            return
+        if not self._journals() and not (self.root / WRITING_MARKER).exists():
             return
         with self._locked():
-            for t in pending:
-                self._recover(t)
+            self._recover_locked()
 
-    def _recover(self, table: str) -> None:
-        journal = self._table_dir(table) / JOURNAL
-        if not journal.exists():
-            return
-        for tmp, final in json.loads(journal.read_text())["renames"]:
-            tmp_p, final_p = self.root / tmp, self.root / final
-            if tmp_p.exists():
-                os.replace(tmp_p, final_p)
-                fsync_dir(final_p.parent)
+    def _recover_locked(self) -> None:
+        for journal in self._journals():
+            self._roll_forward(journal)
+        if (self.root / WRITING_MARKER).exists():
+            self.remove_orphans()
+            (self.root / WRITING_MARKER).unlink(missing_ok=True)
+
+    def _roll_forward(self, journal: Path) -> None:
+        """Apply a journal's operations (idempotent), then remove it."""
+        ops = read_journal(journal)
+        for src, dst in ops.get("renames", []):
+            src_p, dst_p = self.root / src, self.root / dst
+            if src_p.exists():
+                os.replace(src_p, dst_p)
+                fsync_dir(dst_p.parent)
+        for swap in ops.get("swaps", []):
+            self._apply_swap(swap)
+        for rel in ops.get("unlinks", []):
+            (self.root / rel).unlink(missing_ok=True)
         journal.unlink()
+        fsync_dir(journal.parent)
 
-    def _clean_orphans(self, table: str) -> None:
-        """Remove temp files of appends that crashed before their commit point."""
-        for p in self._table_dir(table).rglob(f"*{TMP_SUFFIX}"):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+    def _apply_swap(self, swap: dict[str, Any]) -> None:
+        """Put a compacted partition folder in place of the live one (idempotent)."""
+        staging, live = self.root / swap["staging"], self.root / swap["partition"]
+        new, old = swap["new"], swap["old"]
+        if (staging.exists() and not (live / swap["marker"]).exists()
+                and exchange_paths(staging, live)):
+            fsync_dir(live.parent)
+        # Exchanged: staging holds the old parts and is removed. Not exchangeable (or resumed
+        # halfway): move the new files in, remove the old ones.
+        if staging.exists():
+            for name in new:
+                if (staging / name).exists() and not (live / name).exists():
+                    os.replace(staging / name, live / name)
+            for name in old:
+                if name not in new:
+                    (live / name).unlink(missing_ok=True)
+            fsync_dir(live)
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def orphan_files(self) -> list[Path]:
+        """Temp files and staging folders left by interrupted writes (none while healthy)."""
+        return orphan_files(self.root)
+
+    def remove_orphans(self) -> list[Path]:
+        """Remove :meth:`orphan_files` (under the lock, so no live writer owns them)."""
+        with self._locked():
+            removed = self.orphan_files()
+            for p in removed:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        return removed
+
+    def _begin_write(self) -> None:
+        """Under the lock: clean a crashed writer's leftovers, then mark temp files as ours."""
+        for journal in self._journals():
+            self._roll_forward(journal)
+        marker = self.root / WRITING_MARKER
+        if marker.exists():
+            self.remove_orphans()
+        marker.touch()
+
+    def _end_write(self) -> None:
+        (self.root / WRITING_MARKER).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ reading
     def part_files(self, table: str) -> list[Path]:
@@ -244,15 +478,28 @@ class Store:
         files = self._table_dir(table).glob("*=*/part-*.parquet")
         return sorted(files, key=lambda p: (p.name, str(p)))
 
+    def _partition_dirs(self, table: str) -> list[Path]:
+        return sorted(p for p in self._table_dir(table).glob("*=*") if p.is_dir())
+
     def read(self, table: str, columns: Sequence[str] | None = None) -> pa.Table:
-        """The whole table as a pa.Table with the record's schema (empty if no rows)."""
+        """The whole table as a pa.Table with the record's schema (empty if no rows).
+
+        Raises:
+            CorruptStoreError: a part file cannot be read (named in the message).
+        """
         spec = _spec(table)
         self._recover_all()
         schema = spec.schema
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in columns])
-        parts = [pq.read_table(p, columns=schema.names, schema=spec.schema) for p in
-                 self.part_files(table)]
+        for attempt in (1, 2):
+            try:
+                parts = [_read_part(p, spec, schema.names) for p in self.part_files(table)]
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                # a compaction swapped the partition between listing and reading: list again
         if not parts:
             return schema.empty_table()
         return pa.concat_tables(parts).select(schema.names)
@@ -262,32 +509,182 @@ class Store:
         return rec.from_table(self.read(table), _spec(table).record)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A read-only DuckDB connection to the catalog (views named like the tables)."""
+        """A read-only DuckDB connection to the catalog (views named like the tables).
+
+        Raises:
+            CorruptStoreError: catalog.duckdb is not a readable DuckDB database.
+        """
         self._recover_all()
-        return duckdb.connect(str(self.root / "catalog.duckdb"), read_only=True)
+        catalog = self.root / "catalog.duckdb"
+        try:
+            return duckdb.connect(str(catalog), read_only=True)
+        except duckdb.Error as exc:
+            raise CorruptStoreError(
+                f"{catalog} cannot be opened ({str(exc).splitlines()[0]}); rebuild it with "
+                f"`prevad repair {self.root}`"
+            ) from None
 
     def query(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> pa.Table:
         """Run read-only SQL over the views with bound parameters; returns a pa.Table.
 
+        A query that races a compaction (a part file vanishes between DuckDB's glob and its
+        read) is run once more.
+
         Raises:
             ReadOnlyQueryError: the SQL contains anything but SELECT / EXPLAIN statements.
             QueryError: DuckDB rejected the query.
+            CorruptStoreError: a part file or the catalog cannot be read (named).
         """
         check_read_only(sql)
-        con = self.connect()
+        for attempt in (1, 2):
+            con = self._catalog_cursor()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return con.execute(sql, params or None).to_arrow_table()
+            except duckdb.Error as exc:
+                if attempt == 1 and _is_vanished_file(exc):
+                    continue
+                raise self._query_error(exc) from None
+            finally:
+                con.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _catalog_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on this process's cached read-only catalog connection.
+
+        Opening the catalog costs tens of ms; the connection is kept and reopened when the
+        catalog file is replaced (repair, moved store) or after a fork.
+        """
+        self._recover_all()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return con.execute(sql, params or None).to_arrow_table()
-        except duckdb.Error as exc:
-            msg = str(exc).splitlines()[0]
-            if "read-only" in msg.lower():
-                raise ReadOnlyQueryError(f"query would write to the store: {msg}") from None
-            raise QueryError(f"query failed: {msg}") from None
-        finally:
-            con.close()
+            ident = os.stat(self.root / "catalog.duckdb").st_ino
+        except FileNotFoundError:
+            ident = None
+        with self._thread_lock:
+            cached = self._catalog
+            if cached is None or cached[0] != (os.getpid(), ident):
+                con = self.connect()
+                # part files never change once named: their footers can be cached
+                con.execute("SET parquet_metadata_cache = true")
+                cached = ((os.getpid(), ident), con)
+                self._catalog = cached
+            return cached[1].cursor()
+
+    def _query_error(self, exc: duckdb.Error) -> Exception:
+        msg = str(exc).splitlines()[0]
+        if "read-only" in msg.lower():
+            return ReadOnlyQueryError(f"query would write to the store: {msg}")
+        m = _PARQUET_IN_MSG.search(msg)
+        if m and Path(m.group(1)).exists() and isinstance(
+            exc, duckdb.InvalidInputException | duckdb.IOException
+        ):
+            return CorruptStoreError(
+                f"part file {m.group(1)} is unreadable ({msg}); run `prevad verify "
+                f"{self.root}` and `prevad repair {self.root}` to quarantine it"
+            )
+        return QueryError(f"query failed: {msg}")
+
+    # ------------------------------------------------------------------ key lookups
+    def _lookup(self) -> duckdb.DuckDBPyConnection:
+        """This process's in-memory DuckDB connection for key lookups (not the catalog)."""
+        if self._con is None or self._con_pid != os.getpid():
+            # after a fork the parent's connection is not ours to use
+            self._con = duckdb.connect(":memory:")
+            self._con.execute("SET parquet_metadata_cache = true")
+            self._con_pid = os.getpid()
+        return self._con
+
+    def _lookup_files(self, spec: TableSpec, batch: pa.Table, prune: bool) -> list[str]:
+        """Part files that may hold the batch's keys: only its partitions when ``prune``."""
+        if prune and spec.partition in batch.column_names:
+            dirs = [
+                self._table_dir(spec.name) / f"{spec.partition}={_quote(v)}"
+                for v in pc.unique(batch.column(spec.partition)).to_pylist()
+            ]
+        else:
+            dirs = self._partition_dirs(spec.name)
+        files: list[str] = []
+        for d in dirs:
+            with contextlib.suppress(FileNotFoundError):
+                files += [
+                    e.path for e in os.scandir(d)
+                    if e.name.startswith("part-") and e.name.endswith(".parquet")
+                ]
+        return sorted(files)
+
+    def lookup(self, table: str, keys: pa.Table, columns: Sequence[str] | None = None
+               ) -> pa.Table:
+        """Stored rows whose key columns match a row of ``keys`` (reads only those rows).
+
+        Args:
+            table: a store table.
+            keys: a table with (some of) the key columns, leading key columns first.
+            columns: columns to return (default all).
+
+        Raises:
+            CorruptStoreError: a part file cannot be read.
+        """
+        spec = _spec(table)
+        cols = list(columns) if columns is not None else spec.schema.names
+        with self._thread_lock:
+            files = self._lookup_files(spec, keys, prune=True)
+            if not files or keys.num_rows == 0:
+                return pa.schema([spec.schema.field(c) for c in cols]).empty_table()
+            sql = queries.key_lookup(keys.column_names, cols)
+            return self._run_lookup(sql, files, keys).cast(
+                pa.schema([spec.schema.field(c) for c in cols])
+            )
+
+    def _run_lookup(self, sql: str, files: list[str] | None, batch: pa.Table) -> pa.Table:
+        con = self._lookup()
+        params = None if files is None else {"files": files}
+        for attempt in (1, 2):
+            con.register("__batch", batch)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return con.execute(sql, params).to_arrow_table()
+            except duckdb.Error as exc:
+                if attempt == 1 and _is_vanished_file(exc):
+                    continue
+                err = self._query_error(exc)
+                raise (err if isinstance(err, CorruptStoreError) else
+                       CorruptStoreError(f"key lookup failed: {exc}")) from None
+            finally:
+                con.unregister("__batch")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def has_keys(self, table: str, hashes: np.ndarray) -> bool:
+        """Whether every key hash (see :func:`key_hashes`) is stored in ``table``.
+
+        Reads only the part files' key indexes (cached), not the rows.
+        """
+        spec = _spec(table)
+        self._recover_all()
+        want = np.unique(np.asarray(hashes, dtype=np.uint64))
+        found = np.zeros(len(want), dtype=bool)
+        for part in self.part_files(table):
+            have = self._file_hashes(spec, part)
+            if len(have):
+                pos = np.searchsorted(have, want)
+                pos[pos == len(have)] = 0
+                found |= have[pos] == want
+        return bool(found.all())
 
     # ------------------------------------------------------------------ writing
+    def write_file(self, rel: str, data: bytes) -> Path:
+        """Write a store-relative file atomically, under the lock (a crash leaves no temp file
+        behind after the next command). For bookkeeping files: claims, run summaries."""
+        path = self._inside(rel)
+        with self._locked():
+            self._begin_write()
+            try:
+                atomic_write_bytes(path, data)
+            finally:
+                self._end_write()
+        return path
+
     def append(self, table: str, rows: Sequence[Any] | pa.Table) -> AppendResult:
         """Append records (or a pa.Table with the exact schema) to a table, all or nothing.
 
@@ -300,14 +697,47 @@ class Store:
             ValidationError: a row breaks a record rule.
             DuplicateIdError: a key comes with different content; nothing is written.
         """
-        spec = _spec(table)
-        batch = self._as_table(spec, rows)
+        return self.append_many({table: rows})[table]
+
+    def append_many(
+        self,
+        rows: Mapping[str, Sequence[Any] | pa.Table],
+        files: Mapping[str, bytes] | None = None,
+    ) -> dict[str, AppendResult]:
+        """Append rows to several tables (and write files) in ONE atomic commit.
+
+        Either every table gets its new rows and every file appears, or nothing changes (a
+        crash after the commit point is rolled forward by the next access).
+
+        Args:
+            rows: table name -> records (or a pa.Table with the exact schema).
+            files: store-relative path -> bytes, e.g. a feature file. A path that already holds
+                the same bytes is skipped.
+
+        Returns:
+            table name -> :class:`AppendResult`.
+
+        Raises:
+            UnknownTableError, SchemaMismatchError, ValidationError: bad input; nothing written.
+            DuplicateIdError: a key (or a file) exists with different content; nothing written.
+        """
+        batches = {t: self._as_table(_spec(t), r) for t, r in rows.items()}
+        results: dict[str, AppendResult] = {}
         with self._locked():
-            self._recover(table)
-            keep, skipped = self._dedup(spec, batch)
-            if keep:
-                self._commit(spec, batch.take(pa.array(keep, pa.int64())))
-        return AppendResult(written=len(keep), skipped=skipped)
+            self._begin_write()
+            try:
+                keep: dict[str, pa.Table] = {}
+                for t, batch in batches.items():
+                    kept, skipped = self._dedup(TABLES[t], batch)
+                    results[t] = AppendResult(written=kept.num_rows, skipped=skipped)
+                    if kept.num_rows:
+                        keep[t] = kept
+                new_files = self._check_files(files or {})
+                touched = self._commit(keep, new_files) if keep or new_files else []
+            finally:
+                self._end_write()
+            self._auto_compact(touched)
+        return results
 
     @staticmethod
     def _as_table(spec: TableSpec, rows: Sequence[Any] | pa.Table) -> pa.Table:
@@ -324,71 +754,226 @@ class Store:
                 )
         return rec.to_table(rows, spec.record)
 
-    @staticmethod
-    def _content(spec: TableSpec, table: pa.Table) -> list[dict[str, Any]]:
-        cols = [c for c in spec.schema.names if c not in rec.BOOKKEEPING_COLUMNS]
-        return table.select(cols).to_pylist()
+    def _dedup(self, spec: TableSpec, batch: pa.Table) -> tuple[pa.Table, int]:
+        """The batch rows to write and the number skipped; raise on conflicts.
 
-    def _dedup(self, spec: TableSpec, batch: pa.Table) -> tuple[list[int], int]:
-        """Indices of batch rows to write and the number skipped; raise on conflicts."""
-        new = self._content(spec, batch)
-        seen: dict[tuple, int] = {}
-        keep: list[int] = []
-        skipped = 0
-        for i, row in enumerate(new):
-            k = tuple(row[c] for c in spec.key)
-            if k in seen:
-                _same_or_raise(spec, k, new[seen[k]], row, "earlier in the same batch")
-                skipped += 1
+        Only the batch's keys are looked up: their 64-bit hashes are searched in each part
+        file's sorted key-hash index (cached per immutable file), and only the files with a hit
+        are read, through DuckDB, to compare the rows.
+        """
+        n = batch.num_rows
+        if n == 0:
+            return batch, 0
+        cols = spec.content_columns
+        hashes = key_hashes(spec, batch)
+        indexed = batch.select(cols).append_column("__i", pa.array(np.arange(n), pa.int64()))
+        drop: set[int] = set()
+        if n > 1 and len(np.unique(hashes)) < n:
+            sql = queries.batch_duplicates(spec.key, cols)
+            for d in self._run_lookup(sql, None, indexed).to_pylist():
+                if not d["same"]:
+                    _conflict(spec, _row(indexed, d["first"], cols), _row(indexed, d["__i"], cols),
+                              "earlier in the same batch")
+                drop.add(d["__i"])
+        files = self._lookup_files(spec, batch, prune=spec.partition in spec.key)
+        probe = np.unique(hashes)
+        hit_files = [f for f in files if _any_in(self._file_hashes(spec, Path(f)), probe)]
+        if hit_files:
+            hits = self._run_lookup(queries.stored_matches(spec.key, cols), hit_files, indexed)
+            for h in hits.to_pylist():
+                if h["__i"] in drop:
+                    continue
+                if not h["same"]:
+                    new = _row(indexed, h["__i"], cols)
+                    old = self.lookup(spec.name, pa.table(
+                        {k: [new[k]] for k in spec.key},
+                        schema=pa.schema([spec.schema.field(k) for k in spec.key])), cols)
+                    _conflict(spec, old.to_pylist()[0], new, "already stored")
+                drop.add(h["__i"])
+        if not drop:
+            return batch, 0
+        mask = np.ones(n, dtype=bool)
+        mask[list(drop)] = False
+        return batch.filter(pa.array(mask)), len(drop)
+
+    def _file_hashes(self, spec: TableSpec, part: Path) -> np.ndarray:
+        """Sorted key hashes of a part file: cache, else its sidecar, else computed (and saved).
+
+        Part files never change once named, so a cached or saved index stays true.
+        """
+        key = str(part)
+        got = self._hash_cache.get(key)
+        if got is not None:
+            return got
+        side = sidecar_path(part)
+        rows = part_rows(part)
+        got = None
+        with contextlib.suppress(OSError, ValueError):
+            arr = np.load(side, allow_pickle=False)
+            if arr.dtype == np.uint64 and arr.shape == (rows,):
+                got = arr
+        if got is None:
+            got = np.sort(key_hashes(spec, _read_part(part, spec, spec.key)))
+            if not self.read_only:
+                with contextlib.suppress(OSError):
+                    _save_sidecar(side, got)
+        self._hash_cache[key] = got
+        return got
+
+    def _check_files(self, files: Mapping[str, bytes]) -> dict[str, bytes]:
+        """Files to write: refuse a path holding other bytes, skip one holding the same."""
+        out = {}
+        for rel, data in files.items():
+            path = self._inside(rel)
+            if path.exists():
+                if path.read_bytes() != data:
+                    raise DuplicateIdError(
+                        f"{rel} already exists in the store with different content; "
+                        f"nothing was written"
+                    )
                 continue
-            seen[k] = i
-            keep.append(i)
-        stored_keys = self.read(spec.name, columns=spec.key).to_pylist()
-        hits = {tuple(r[c] for c in spec.key) for r in stored_keys} & seen.keys()
-        if hits:
-            stored = {
-                tuple(r[c] for c in spec.key): r
-                for r in self._content(spec, self.read(spec.name))
-                if tuple(r[c] for c in spec.key) in hits
-            }
-            for k in hits:
-                _same_or_raise(spec, k, stored[k], new[seen[k]], "already stored")
-            keep = [i for i in keep if tuple(new[i][c] for c in spec.key) not in hits]
-            skipped += len(hits)
-        return keep, skipped
+            out[rel] = data
+        return out
 
-    def _commit(self, spec: TableSpec, table: pa.Table) -> None:
-        """Write one part file per partition value; journal + renames make it all-or-nothing."""
-        stamp = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
-        renames: list[tuple[str, str]] = []
-        col = table.column(spec.partition).to_pylist()
-        groups: dict[Any, list[int]] = {}
-        for i, v in enumerate(col):
-            groups.setdefault(v, []).append(i)
-        for value, idx in groups.items():
-            folder = self._table_dir(spec.name) / f"{spec.partition}={_quote(value)}"
-            folder.mkdir(parents=True, exist_ok=True)
-            final = folder / f"part-{stamp}.parquet"
-            tmp = folder / f".part-{stamp}{TMP_SUFFIX}"
-            with open(tmp, "wb") as fh:
-                pq.write_table(table.take(pa.array(idx, pa.int64())), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            renames.append((str(tmp.relative_to(self.root)), str(final.relative_to(self.root))))
-        journal = self._table_dir(spec.name) / JOURNAL
+    def _inside(self, rel: str) -> Path:
+        path = (self.root / rel).resolve()
+        if self.root not in path.parents:
+            raise ValidationError(f"file path {rel!r} must stay inside the store {self.root}")
+        return path
+
+    def _commit(self, tables: Mapping[str, pa.Table], files: Mapping[str, bytes]) -> list[Path]:
+        """Write temp files, then journal + renames (one rename alone needs no journal).
+
+        Returns:
+            The partition folders that received a part file.
+        """
+        stamp = _stamp()
+        renames: list[tuple[Path, Path]] = []
+        sidecars: list[Path] = []
+        touched: list[Path] = []
         try:
-            atomic_write_json(journal, {"renames": renames})  # commit point
+            for name, table in tables.items():
+                spec = TABLES[name]
+                if table.num_rows > 1:
+                    table = table.sort_by([(k, "ascending") for k in spec.key])
+                col = table.column(spec.partition)
+                for value in pc.unique(col).to_pylist():
+                    part = table.filter(pc.equal(col, pa.scalar(value, col.type)))
+                    folder = self._table_dir(name) / f"{spec.partition}={_quote(value)}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    final = folder / f"part-{stamp}-n{part.num_rows}.parquet"
+                    tmp = folder / f".part-{stamp}{TMP_SUFFIX}"
+                    renames.append((tmp, final))
+                    # the key index is in place before its part file can be seen
+                    sidecars.append(sidecar_path(final))
+                    hashes = np.sort(key_hashes(spec, part))
+                    _save_sidecar(sidecars[-1], hashes)
+                    self._hash_cache[str(final)] = hashes
+                    _write_parquet(tmp, part)
+                    touched.append(folder)
+            for rel, data in files.items():
+                final = self._inside(rel)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmp = final.with_name(f".{final.name}.{stamp}.tmp")
+                renames.append((tmp, final))
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            if len(renames) == 1:
+                tmp, final = renames[0]
+                os.replace(tmp, final)  # one rename: atomic by itself
+                fsync_dir(final.parent)
+                return touched
+            journal = {"renames": [[str(a.relative_to(self.root)), str(b.relative_to(self.root))]
+                                   for a, b in renames]}
+            atomic_write_json(self.root / JOURNAL, journal)  # the commit point
         except BaseException:
-            self._clean_orphans(spec.name)
+            for tmp in [t for t, _ in renames] + sidecars:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
             raise
-        self._recover(spec.name)
+        self._roll_forward(self.root / JOURNAL)
+        return touched
+
+    # ------------------------------------------------------------------ compaction
+    def compact(self, table: str | None = None, *, full: bool = True) -> CompactionResult:
+        """Merge each partition's part files into one file sorted by key.
+
+        Args:
+            table: one table, or None for all.
+            full: merge every part file (``prevad compact``); False merges only part files
+                under ``BIG_PART_ROWS`` rows (what automatic compaction does).
+
+        Returns:
+            Part-file counts before/after per compacted partition folder.
+        """
+        result = CompactionResult()
+        names = [_spec(table).name] if table else list(TABLES)
+        with self._locked():
+            self._recover_locked()
+            for name in names:
+                for folder in self._partition_dirs(name):
+                    counts = self._compact_partition(TABLES[name], folder, full=full)
+                    if counts:
+                        result.partitions[str(folder.relative_to(self.root))] = counts
+        return result
+
+    def _auto_compact(self, folders: Sequence[Path]) -> None:
+        if self.compact_threshold <= 0:
+            return
+        for folder in dict.fromkeys(folders):
+            try:
+                n = sum(1 for e in os.scandir(folder) if e.name.endswith(".parquet"))
+            except FileNotFoundError:
+                continue
+            if n > self.compact_threshold:
+                spec = TABLES[folder.parent.name]
+                with self._locked():
+                    self._compact_partition(spec, folder, full=False)
+
+    def _compact_partition(self, spec: TableSpec, folder: Path, *, full: bool
+                           ) -> tuple[int, int] | None:
+        """Compact one partition folder (under the lock); returns (files before, after)."""
+        parts = sorted(p for p in folder.glob("part-*.parquet"))
+        merge = parts if full else [p for p in parts if part_rows(p) < BIG_PART_ROWS]
+        if len(merge) < 2:
+            return None
+        keep = [p for p in parts if p not in merge]
+        table = pa.concat_tables([_read_part(p, spec, spec.schema.names) for p in merge])
+        table = table.sort_by([(k, "ascending") for k in spec.key])
+        self._begin_write()
+        try:
+            staging = self.root / STAGING / f"{folder.name}.{uuid.uuid4().hex[:12]}"
+            staging.mkdir(parents=True)
+            name = f"part-{_stamp()}-n{table.num_rows}.parquet"
+            hashes = np.sort(np.concatenate([self._file_hashes(spec, p) for p in merge]))
+            _save_sidecar(sidecar_path(staging / name), hashes)
+            _write_parquet(staging / name, table)
+            self._hash_cache[str(folder / name)] = hashes
+            for p in keep:  # kept files travel by hard link: no copy, same inode
+                os.link(p, staging / p.name)
+                if sidecar_path(p).exists():
+                    os.link(sidecar_path(p), sidecar_path(staging / p.name))
+            fsync_dir(staging)
+            rel = str(folder.relative_to(self.root))
+            atomic_write_json(self.root / JOURNAL, {"swaps": [{
+                "staging": str(staging.relative_to(self.root)), "partition": rel,
+                "marker": name,
+                "new": [x for p in [staging / name, *keep] for x in _with_sidecar(p)],
+                "old": [x for p in parts for x in _with_sidecar(p)],
+            }]})  # the commit point
+            self._roll_forward(self.root / JOURNAL)
+        finally:
+            self._end_write()
+        return len(parts), len(keep) + 1
 
     # ------------------------------------------------------------------ features
     def feature_path(self, video_id: str, model_id: str) -> str:
         """Location (relative to the root) of a video's feature file for a model."""
         return f"features/{_quote(model_id)}/{_quote(video_id)}.npy"
 
-    def write_features(
+    def feature_commit(
         self,
         video_id: str,
         model_id: str,
@@ -398,16 +983,15 @@ class Store:
         frame_size: int = 224,
         frames: int | None = None,
         dtype: str = "float32",
-    ) -> rec.Feature:
-        """Save a [T, D] feature array atomically and append its Feature row.
+    ) -> tuple[rec.Feature, dict[str, bytes]]:
+        """Check a feature array and build its Feature row and file for :meth:`append_many`.
 
-        The array is stored as ``dtype`` ("float32" default, or "float16" to halve disk use);
-        :meth:`load_features` returns float32 either way. ``frames`` (the source frame count)
-        is accepted for provenance and checked against the array length when given.
+        Returns:
+            ``(feature_row, {location: npy bytes})``.
 
         Raises:
             ValidationError: not a finite 2-D array, or ``frames`` inconsistent with T.
-            DuplicateIdError: a feature of this (video, model) already exists with other content.
+            DuplicateIdError: a feature of this (video, model) already exists with other values.
         """
         arr = np.asarray(array)
         if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -429,20 +1013,47 @@ class Store:
                            int(frame_size), int(arr.shape[0]), int(arr.shape[1]), location,
                            dtype=dtype)
         path = self.root / location
+        if path.exists():
+            old = np.load(path, allow_pickle=False)
+            if old.dtype != arr.dtype or not np.array_equal(old, arr):
+                raise DuplicateIdError(
+                    f"features of video {video_id!r} for model {model_id!r} already exist "
+                    f"at {location} with different values; nothing was written"
+                )
+            return feat, {}
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        return feat, {location: buf.getvalue()}
+
+    def write_features(
+        self,
+        video_id: str,
+        model_id: str,
+        array: np.ndarray,
+        frame_stride: int = 8,
+        frame_offset: int = 4,
+        frame_size: int = 224,
+        frames: int | None = None,
+        dtype: str = "float32",
+        extra_rows: Mapping[str, Sequence[Any]] | None = None,
+    ) -> rec.Feature:
+        """Save a [T, D] feature array and append its Feature row, in one atomic commit.
+
+        The array is stored as ``dtype`` ("float32" default, or "float16" to halve disk use);
+        :meth:`load_features` returns float32 either way. ``frames`` (the source frame count)
+        is accepted for provenance and checked against the array length when given.
+        ``extra_rows`` (table -> records, e.g. the item's ``stage_results`` row) land in the
+        same commit.
+
+        Raises:
+            ValidationError: not a finite 2-D array, or ``frames`` inconsistent with T.
+            DuplicateIdError: a feature of this (video, model) already exists with other content.
+        """
         with self._locked():
-            batch = rec.to_table([feat])
-            self._dedup(TABLES["features"], batch)  # raises before the file is touched
-            if path.exists():
-                old = np.load(path, allow_pickle=False)
-                if old.dtype != arr.dtype or not np.array_equal(old, arr):
-                    raise DuplicateIdError(
-                        f"features of video {video_id!r} for model {model_id!r} already exist "
-                        f"at {location} with different values; nothing was written"
-                    )
-            else:
-                with atomic_write(path) as fh:
-                    np.save(fh, arr, allow_pickle=False)
-            self.append("features", [feat])
+            feat, files = self.feature_commit(video_id, model_id, array, frame_stride,
+                                              frame_offset, frame_size, frames, dtype)
+            rows: dict[str, Sequence[Any]] = {"features": [feat], **(extra_rows or {})}
+            self.append_many(rows, files=files)
         return feat
 
     def load_features(
@@ -479,10 +1090,8 @@ class Store:
         return arr.astype(np.float32, copy=False)
 
     def _feature_row(self, video_id: str, model_id: str | None) -> dict[str, Any]:
-        rows = [
-            r for r in self.read("features").to_pylist()
-            if r["video_id"] == video_id and (model_id is None or r["model_id"] == model_id)
-        ]
+        rows = self.lookup("features", pa.table({"video_id": [video_id]})).to_pylist()
+        rows = [r for r in rows if model_id is None or r["model_id"] == model_id]
         if not rows:
             raise FeatureFileMissingError(
                 f"no features stored for video {video_id!r}"
@@ -496,6 +1105,188 @@ class Store:
         return rows[0]
 
 
+# ---------------------------------------------------------------------- helpers
+def orphan_files(root: Path) -> list[Path]:
+    """Temp files and staging folders of ``root`` left by interrupted writes."""
+    found: list[Path] = []
+    for d in LOCKED_WRITE_DIRS:
+        base = root / d
+        if base.is_dir():
+            found += [p for p in base.rglob("*.tmp") if p.name.startswith(".")]
+    found += list(root.glob(".*.tmp"))
+    found += list(root.glob(".catalog.*.duckdb*"))
+    staging = root / STAGING
+    if staging.is_dir():
+        found += list(staging.iterdir())
+    tables = root / "tables"
+    if tables.is_dir():  # key indexes whose part file never got committed
+        found += [p for p in tables.glob("*/*=*/part-*.keys.npy")
+                  if not p.with_name(p.name.removesuffix(".keys.npy") + ".parquet").exists()]
+    return sorted(set(found))
+
+
+def read_marker(root: Path, shown: str | None = None) -> dict[str, Any]:
+    """Read and check ``store.json``.
+
+    Raises:
+        StoreNotFoundError: no marker.
+        CorruptStoreError: unreadable or not a store marker.
+    """
+    marker = root / "store.json"
+    if not marker.is_file():
+        raise StoreNotFoundError(
+            f"{root} is not a PreVAD store (no store.json); create it with "
+            f"Store.init or `prevad init {shown or root}`"
+        )
+    try:
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptStoreError(
+            f"{marker} is not valid JSON ({exc}); `prevad repair {root}` rewrites it"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT \
+            or meta.get("version") != FORMAT_VERSION:
+        raise CorruptStoreError(
+            f"{marker} is not a {FORMAT} v{FORMAT_VERSION} marker, got {str(meta)[:80]!r}; "
+            f"`prevad repair {root}` rewrites it"
+        )
+    return meta
+
+
+def read_journal(path: Path) -> dict[str, Any]:
+    """Read a commit journal.
+
+    Raises:
+        CorruptStoreError: the journal is not a JSON object of renames/swaps/unlinks.
+    """
+    try:
+        ops = json.loads(path.read_text(encoding="utf-8"))
+        ok = isinstance(ops, dict) and all(
+            isinstance(ops.get(k, []), list) for k in ("renames", "swaps", "unlinks")
+        )
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise CorruptStoreError(
+            f"journal {path} is unreadable; `prevad repair {path.parent}` sets it aside and "
+            f"rolls the interrupted commit back"
+        )
+    return ops
+
+
+def _read_part(path: Path, spec: TableSpec, columns: Sequence[str]) -> pa.Table:
+    try:
+        # ParquetFile.read: no dataset discovery (several times faster on small files)
+        pf = pq.ParquetFile(path)
+        have = set(pf.schema_arrow.names)
+        table = pf.read(columns=[c for c in columns if c in have])
+        for c in columns:  # files written before a column was added
+            if c not in have:
+                table = table.append_column(spec.schema.field(c),
+                                            pa.nulls(table.num_rows, spec.schema.field(c).type))
+        return table.select(list(columns)).cast(
+            pa.schema([spec.schema.field(c) for c in columns]))
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptStoreError(
+            f"part file {path} of table {spec.name!r} is unreadable ({exc}); run `prevad "
+            f"repair` to quarantine it"
+        ) from None
+
+
+def key_hashes(spec: TableSpec, table: pa.Table) -> np.ndarray:
+    """64-bit hash (blake2b) of each row's key, stable across processes and versions."""
+    cols = [table.column(k).to_pylist() for k in spec.key]
+    keys = ("\x1f".join(map(str, t)).encode() for t in zip(*cols, strict=True))
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "little") for k in keys),
+        dtype=np.uint64, count=table.num_rows,
+    )
+
+
+def sidecar_path(part: Path) -> Path:
+    """The key-hash index file of a part file (``part-….keys.npy``, not matched by the views)."""
+    return part.with_name(part.name.removesuffix(".parquet") + ".keys.npy")
+
+
+def _with_sidecar(part: Path) -> list[str]:
+    return [part.name, sidecar_path(part).name]
+
+
+def _save_sidecar(path: Path, hashes: np.ndarray) -> None:
+    """Write a key index (temp + rename; no fsync: a torn index fails its length check)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, hashes, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _any_in(sorted_hashes: np.ndarray, probe: np.ndarray) -> bool:
+    """Whether any of ``probe`` (sorted, unique) is in ``sorted_hashes``."""
+    if not len(sorted_hashes):
+        return False
+    pos = np.searchsorted(sorted_hashes, probe)
+    pos[pos == len(sorted_hashes)] = 0
+    return bool((sorted_hashes[pos] == probe).any())
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    with open(path, "wb") as fh:
+        pq.write_table(table, fh, row_group_size=ROW_GROUP_ROWS)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _sql_str(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _row(table: pa.Table, i: int, cols: Sequence[str]) -> dict[str, Any]:
+    return table.slice(i, 1).select(list(cols)).to_pylist()[0]
+
+
+def _conflict(spec: TableSpec, old: dict, new: dict, where: str) -> None:
+    key = tuple(new[c] for c in spec.key)
+    col = next((c for c in old if old[c] != new[c]), next(iter(old)))
+    keytxt = ", ".join(f"{c}={v!r}" for c, v in zip(spec.key, key, strict=True))
+    raise DuplicateIdError(
+        f"{spec.name}: key ({keytxt}) is {where} with different content (column {col!r}: "
+        f"{old[col]!r} vs {new[col]!r}); keys are unique, nothing was written"
+    )
+
+
+_PARSER_LOCK = threading.Lock()
+_PARSER: list[Any] = [0, None]  # pid, connection
+
+
+def _close_connections_before_fork() -> None:
+    """Close cached DuckDB connections: a forked child must not inherit their worker threads'
+    locks (it would hang on its first query). Both sides reopen lazily."""
+    if _PARSER[1] is not None:
+        with contextlib.suppress(Exception):
+            _PARSER[1].close()
+        _PARSER[:] = [0, None]
+    for store in list(_LIVE_STORES):
+        store._close_connections()
+
+
+_LIVE_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_close_connections_before_fork)
+
+
+def _parser() -> duckdb.DuckDBPyConnection:
+    """A cached in-memory connection used only to parse SQL (opening one costs ~30 ms)."""
+    if _PARSER[0] != os.getpid():
+        _PARSER[:] = [os.getpid(), duckdb.connect(":memory:")]
+    return _PARSER[1]
+
+
 def check_read_only(sql: str) -> None:
     """Raise ReadOnlyQueryError unless every statement of ``sql`` is a SELECT or EXPLAIN.
 
@@ -503,7 +1294,8 @@ def check_read_only(sql: str) -> None:
     query is additionally opened read-only.
     """
     try:
-        statements = duckdb.connect(":memory:").extract_statements(sql)
+        with _PARSER_LOCK:
+            statements = _parser().extract_statements(sql)
     except duckdb.Error as exc:
         raise QueryError(f"query does not parse: {str(exc).splitlines()[0]}") from None
     if not statements:
@@ -515,17 +1307,6 @@ def check_read_only(sql: str) -> None:
                 f"store queries are read-only: {kind} statement refused "
                 f"({st.query.strip()[:60]!r}); only SELECT / EXPLAIN are allowed"
             )
-
-
-def _same_or_raise(spec: TableSpec, key: tuple, old: dict, new: dict, where: str) -> None:
-    if old == new:
-        return
-    col = next(c for c in old if old[c] != new[c])
-    keytxt = ", ".join(f"{c}={v!r}" for c, v in zip(spec.key, key, strict=True))
-    raise DuplicateIdError(
-        f"{spec.name}: key ({keytxt}) is {where} with different content (column {col!r}: "
-        f"{old[col]!r} vs {new[col]!r}); keys are unique, nothing was written"
-    )
 
 
 def _check_finite(arr: np.ndarray, path: Path, video_id: str | None) -> None:

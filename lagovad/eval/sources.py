@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lagovad.eval.benchmarks import XD_CODES, Benchmark, Definition, EvalError, video_key
+from prevad import queries
 
 MISSING_SHOWN = 10
 
@@ -25,10 +26,7 @@ class MissingFeaturesError(EvalError):
 
 
 #: Feature rows of one model with their video's source id (bound parameter: model_id).
-STORE_FEATURES_SQL = (
-    "SELECT v.source_video_id AS source_video_id, v.source AS source, f.* FROM features f "
-    "JOIN videos v ON v.video_id = f.video_id WHERE f.model_id = ?"
-)
+STORE_FEATURES_SQL = queries.STORE_FEATURES_OF_MODEL
 
 def missing_message(kind: str, bench: str, missing: list[str], total: int) -> str:
     """Error text listing the first missing videos and the count."""
