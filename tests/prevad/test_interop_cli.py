@@ -165,7 +165,8 @@ def test_cli_end_to_end(tmp_path: Path, benchmarks_dir: Path) -> None:
         (["query", "{root}", "DELETE FROM videos"], "read-only"),
         (["query", "{root}", "SELEC 1"], "query"),
         (["query", "{root}/nope", "SELECT 1"], "not a PreVAD store"),
-        (["import-benchmark", "{root}", "x", "{root}/missing.json"], "not found"),
+        (["import-benchmark", "{root}", "ucf", "{root}/missing.json"], "not found"),
+        (["import-benchmark", "{root}", "x", "{root}/missing.json"], "no class list known"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,10 @@ def _leftovers(root: Path) -> list[str]:
                   + [str(p) for p in root.glob(store_mod.JOURNAL)])
 
 
+#: The class list of the made-up benchmark "bench" (unknown benchmarks must name theirs).
+BENCH_CLASSES = ["Normal", "Fight"]
+
+
 def _entries(n: int, offset: int = 0) -> list[dict]:
     return [
         {"path": f"f/{i}.npy", "video_path": f"v{i:05d}.mp4",
@@ -76,7 +81,7 @@ def _crashing(root: str, steps_file: str, kill_at: int, action: str) -> None:
 
 def _import_action(s: Store) -> None:
     path = Path(s.root).parent / "bench.json"
-    interop.import_benchmark(s, "bench", path)
+    interop.import_benchmark(s, "bench", path, classes=BENCH_CLASSES)
 
 
 def _features_action(s: Store) -> None:
@@ -322,8 +327,15 @@ def test_read_only_store_answers_queries_and_refuses_writes(tmp_path: Path) -> N
 
 
 # ---------------------------------------------------------------------- concurrent workers
-def _worker(root: str, log: str, fail: bool) -> None:
+def _worker(root: str, log: str, fail: bool, barrier: Any = None) -> None:
+    waited: list[bool] = []
+
     def process(rows):
+        if barrier is not None and not waited:
+            # both workers take their work list before either commits: a worker that starts
+            # after the other's failed commit would (rightly) retry those items as attempt 2
+            barrier.wait(60)
+            waited.append(True)
         with open(log, "a") as fh:
             for r in rows:
                 fh.write(r["video_id"] + "\n")
@@ -344,7 +356,9 @@ def test_two_workers_split_the_work(tmp_path: Path, fail: bool) -> None:
     s.append("videos", vids)
     ctx = mp.get_context("fork")
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    procs = [ctx.Process(target=_worker, args=(str(s.root), str(lg), fail)) for lg in logs]
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_worker, args=(str(s.root), str(lg), fail, barrier))
+             for lg in logs]
     for p in procs:
         p.start()
     for p in procs:
@@ -358,7 +372,9 @@ def test_two_workers_split_the_work(tmp_path: Path, fail: bool) -> None:
     assert {r["attempt"] for r in rows} == {1}
     assert json.loads((s.root / "claims" / "probe.json").read_text()) == {}
     if fail:  # a second pair of workers retries every item once, with attempt 2
-        procs = [ctx.Process(target=_worker, args=(str(s.root), str(lg), fail)) for lg in logs]
+        barrier = ctx.Barrier(2)
+        procs = [ctx.Process(target=_worker, args=(str(s.root), str(lg), fail, barrier))
+                 for lg in logs]
         for p in procs:
             p.start()
         for p in procs:
@@ -395,14 +411,14 @@ def test_reimport_shortcut_only_when_every_row_is_still_stored(tmp_path: Path) -
     s = Store.init(tmp_path / "s")
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(_entries(6)))
-    first = interop.import_benchmark(s, "bench", path)
+    first = interop.import_benchmark(s, "bench", path, classes=BENCH_CLASSES)
     assert (first.written, first.skipped) == (12, 0)
-    again = interop.import_benchmark(s, "bench", path)
+    again = interop.import_benchmark(s, "bench", path, classes=BENCH_CLASSES)
     assert (again.written, again.skipped) == (0, 12)
     # lose the annotations (as a repair quarantine would): the shortcut must not apply
     for part in s.part_files("annotations"):
         part.unlink()
         store_mod.sidecar_path(part).unlink()
-    third = interop.import_benchmark(Store(s.root), "bench", path)
+    third = interop.import_benchmark(Store(s.root), "bench", path, classes=BENCH_CLASSES)
     assert (third.written, third.skipped) == (6, 6)
     assert Store(s.root).read("annotations").num_rows == 6
