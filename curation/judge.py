@@ -40,7 +40,7 @@ from curation.mllm import (
     render,
     stage_outputs,
 )
-from prevad import taxonomy
+from prevad import queries, taxonomy
 from prevad.errors import UnknownCategoryError
 from prevad.stage import (
     Failed,
@@ -183,7 +183,10 @@ def make_stage(store: Store, ecfg: EngineConfig, cfg: JudgeConfig | None = None,
     version = stage_version(
         NAME,
         {**ecfg.version_params(), "require_verified": cfg.require_verified,
-         "max_chars": [cfg.max_description_chars, cfg.max_reason_chars], "input": table},
+         "max_chars": [cfg.max_description_chars, cfg.max_reason_chars], "input": table,
+         # the outputs it reads: a new describe (or verify) version re-runs the judge
+         "upstream": [queries.ok_versions(store, "describe"),
+                      queries.ok_versions(store, "verify") if cfg.require_verified else []]},
         files=[prompt_path(PROMPT)], code_version=CODE_VERSION,
     )
     return Stage(NAME, version, table, process, batch_size=ecfg.batch_size)

@@ -38,6 +38,7 @@ from curation.mllm import (
     render,
     stage_outputs,
 )
+from prevad import queries
 from prevad.stage import (
     Failed,
     ItemResult,
@@ -217,7 +218,9 @@ def make_stage(store: Store, ecfg: EngineConfig, cfg: VerifyConfig | None = None
          "min_score": cfg.min_score, "min_clip_mean": cfg.min_clip_mean,
          "clip": [cfg.clip_model, cfg.clip_pretrained],
          "max_chars": [cfg.max_description_chars, cfg.max_claims, cfg.max_claim_chars],
-         "input": table},
+         "input": table,
+         # the describe outputs it reads: a new describe version re-runs verify
+         "upstream": queries.ok_versions(store, "describe")},
         files=[prompt_path(PROMPT)], code_version=CODE_VERSION,
     )
     return Stage(NAME, version, table, process, batch_size=ecfg.batch_size)

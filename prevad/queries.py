@@ -477,3 +477,17 @@ SEMI JOIN (SELECT DISTINCT * FROM __batch) AS b ON {on}
 
 #: Names of the catalog's views (``prevad verify``).
 CATALOG_VIEWS = "SELECT view_name FROM duckdb_views()"
+
+
+#: Versions of a stage that have ok results (a downstream stage's version includes them, so a
+#: re-run of the upstream stage under a new version re-runs it). Parameter: $stage.
+OK_VERSIONS_OF_STAGE = """
+SELECT DISTINCT stage_version FROM stage_results
+WHERE stage = $stage::VARCHAR AND status = 'ok'
+ORDER BY stage_version
+"""
+
+
+def ok_versions(store: Store, stage: str) -> list[str]:
+    """Versions of ``stage`` with at least one ok result, sorted."""
+    return store.query(OK_VERSIONS_OF_STAGE, {"stage": stage}).column("stage_version").to_pylist()

@@ -178,6 +178,30 @@ def test_over_long_description_is_rejected(video_store: Store, tiny_llm: Path) -
     assert all("no describe result" in r.error for r in res[1:])
 
 
+def test_new_describe_version_puts_verify_and_judge_back_to_work(
+        video_store: Store, tiny_vlm: Path, tiny_llm: Path) -> None:
+    store = video_store
+    seg = store.records("segments")[0].segment_id
+    vcfg = replace(VCFG, clip_model=None)
+
+    def versions() -> tuple[str, str]:
+        return (verify.make_stage(store, ecfg(tiny_vlm), vcfg).version,
+                judge.make_stage(store, ecfg(tiny_llm), JCFG).version)
+
+    before = versions()
+    row = StageResult(seg, "describe", "v1-a", "ok", output_json='{"description": "a"}')
+    store.append("stage_results", [row])
+    first = versions()
+    assert first[0] != before[0] and first[1] != before[1]
+    # more ok results of the same describe version: the versions stay
+    store.append("stage_results", [replace(row, attempt=2)])
+    assert versions() == first
+    # describe re-run under a new version: both downstream stages re-run
+    store.append("stage_results", [replace(row, stage_version="v1-b")])
+    second = versions()
+    assert second[0] != first[0] and second[1] != first[1]
+
+
 def test_describe_anomaly(video_store: Store, tiny_vlm: Path) -> None:
     store = video_store
     v0, v1 = store.records("videos")[:2]
