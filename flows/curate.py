@@ -3,7 +3,8 @@
 ``curate`` runs, in order, the steps of :data:`STEPS` it is asked for:
 
 1. ``retrieve`` - captions of a corpus file -> ``candidates`` (:func:`curation.retrieve.retrieve`);
-   also registers ``video_urls`` (direct downloads) and ``streams`` (to record) as candidates;
+   ``video_urls`` (direct downloads) and ``streams`` (to record) given to the flow are registered
+   as candidates first, whatever the steps;
 2. the work-list stages ``acquire``, ``record``, ``clean``, ``describe``, ``verify``, ``judge``
    (:func:`flows.stage_flow.submit_stage`, each over its store work list);
 3. ``review`` - Label Studio JSON file round trip: export the pre-labels
@@ -206,12 +207,11 @@ def curate(store: str, steps: list[str] | None = None, corpus: str | None = None
     params = params or {}
     stage_params = {n: _stage_params(n, params, model) for n in CURATION_CHAIN if n in chosen}
     out: dict[str, Any] = {"steps": {}, "card": None}
-    if "retrieve" in chosen:
-        if video_urls or streams:
-            out["steps"]["register"] = register_task(store, video_urls or [], streams or [],
-                                                     stream_seconds)
-        if corpus is not None:
-            out["steps"]["retrieve"] = retrieve_task(store, corpus, retrieve)
+    if video_urls or streams:
+        out["steps"]["register"] = register_task(store, video_urls or [], streams or [],
+                                                 stream_seconds)
+    if "retrieve" in chosen and corpus is not None:
+        out["steps"]["retrieve"] = retrieve_task(store, corpus, retrieve)
     for name in CURATION_CHAIN:
         if name in chosen:
             out["steps"][name] = submit_stage(
