@@ -200,7 +200,8 @@ def demo(out: str = "runs/demo", corpus: str = str(CORPUS), epochs: int = 2,
                                                    out_dir / "eval", dim)
     summary["card"] = data_card_task(str(root), title="PreVAD demo curation")
     summary["outputs"] = {
-        "store": str(root), "benchmarks_store": str(bench), "media": str(media), "models": str(out_dir / "models"),
+        "store": str(root), "benchmarks_store": str(bench), "media": str(media),
+        "models": str(out_dir / "models"),
         "review_tasks": summary["curate"]["steps"]["review"]["export"]["tasks"],
         "review_config": summary["curate"]["steps"]["review"]["export"]["label_config"],
         "checkpoint": trained["checkpoint"], "evaluation": str(out_dir / "eval"),
