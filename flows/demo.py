@@ -171,8 +171,9 @@ def demo(out: str = "runs/demo", corpus: str = str(CORPUS), epochs: int = 2,
         "verify": {**vlm, **FRAMES, "min_score": 0.0, "min_clip_mean": None,
                    "clip_model": CLIP_TINY, "clip_pretrained": None,
                    "max_claims": 2, "max_claim_chars": 8},
-        "judge": {**vlm, "model": models["llm"], "require_verified": False,
-                  "max_reason_chars": 40},
+        # sampled, not greedy: a random model's greedy answer is the same for every video
+        "judge": {**vlm, "model": models["llm"], "temperature": 1.0, "seed": 0,
+                  "require_verified": False, "max_reason_chars": 40},
     }
     with MediaServer(media) as server:
         params["acquire"] = {"url_template": server.base_url + "/{source}/{source_video_id}.mp4",
