@@ -13,9 +13,11 @@ On Prefect's embedded server, each step a thin task or flow over the library:
    demo shows the chain, not what real models say;
 5. review through the Label Studio JSON file round trip, the demo accepting every pre-label as
    reviewer ``demo-auto-accept`` (stored as that annotator);
-6. CLIP features (tiny random CLIP), a short training of ``lagovad-tiny`` on the
-   human-confirmed labels, zero-shot evaluation on TAD's real spans (planted features), and the
-   data card.
+6. CLIP features (tiny random CLIP) and a short training of ``lagovad-tiny`` on the
+   human-confirmed labels when they hold both normal and abnormal videos (a random judge labels
+   every video alike, so the demo says why it skips it);
+7. the quick-start's learnable part: a synthetic set with planted anomalies, trained on and
+   evaluated zero-shot on TAD's real spans; the data card of the curated store.
 
 Usage: ``python -m flows.demo --out runs/demo``. It prints where every output is and how to open
 the Prefect UI on its runs.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -61,3 +62,24 @@ def test_split_with_only_model_labels_is_a_clear_error(curated):
         load_split(store, "val", MODEL_ID, DIM, "prevad", require_spans=True, labels="human")
     with pytest.raises(DataError, match="labels must be one of"):
         load_split(store, "train", MODEL_ID, DIM, labels="people")
+
+
+def test_cli_trains_on_human_labels_leaving_unreviewed_pre_labels_out(tmp_path):
+    """A curated store: reviewed (human) videos with features, plus one video only the judge
+    labelled and whose features were never extracted. ``--labels final`` needs that video's
+    features; ``--labels human`` leaves it out and trains."""
+    from tests.lagovad.helpers import make_store
+    from tests.lagovad.test_train import run_train
+
+    store = make_store(tmp_path / "store", n_train=2, n_val=1)
+    pending = Video.create("test", "judged-only")
+    store.append("videos", [pending])
+    store.append("annotations", [_ann(pending.video_id, "model", "Fire")])
+
+    final = run_train(store.root, tmp_path / "final", "--epochs", "1")
+    assert final.exit_code == 2 and "have no" in final.output and "features" in final.output
+
+    human = run_train(store.root, tmp_path / "human", "--epochs", "1", "--labels", "human")
+    assert human.exit_code == 0, human.output
+    config = json.loads((tmp_path / "human" / "epoch-001" / "config.json").read_text())
+    assert config["extra"]["train_config"]["labels"] == "human"
