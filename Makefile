@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo quickstart test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The curation chain end to end (flows/demo.py); `make quickstart` is the older, shorter tour
+# (benchmarks, synthetic training, detect on the real video).
 demo: $(STAMP)
-	$(PY) -m flows.quickstart --out runs/quickstart
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180 $(PY) -m flows.demo --out runs/demo
+
+quickstart: $(STAMP)
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180 $(PY) -m flows.quickstart --out runs/quickstart
 
 # The review tests run a real Label Studio (own venv) and drive Debian's chromium: the setup
 # script installs both once and is a no-op afterwards.

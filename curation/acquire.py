@@ -39,10 +39,10 @@ from typing import Any
 
 import typer
 
-from curation.common import ProbeError, clean_errors, print_summary, probe_video
+from curation.common import CurationError, ProbeError, clean_errors, print_summary, probe_video
 from curation.ffmpeg import ffmpeg_dir
 from prevad import queries as store_queries
-from prevad.records import Video, video_id_for
+from prevad.records import SourceCandidate, Video, make_id, video_id_for
 from prevad.stage import (
     Failed,
     ItemResult,
@@ -87,6 +87,16 @@ class AcquireSettings:
     schemes: tuple[str, ...] = ("http", "https")
     max_attempts: int = 3
     extra: dict[str, Any] = field(default_factory=dict)  # more yt-dlp options
+    # where candidates without a URL are fetched from, e.g. "http://host/{source}/{source_video_id}.mp4"
+    # (corpora such as MSR-VTT 1k-A name videos by id only)
+    url_template: str | None = None
+
+    def url_for(self, row: dict[str, Any]) -> str | None:
+        """The candidate's URL, else the :attr:`url_template` filled with its source and id."""
+        if row.get("url") or not self.url_template:
+            return row.get("url")
+        return self.url_template.format(source=row["source"],
+                                        source_video_id=row["source_video_id"])
 
     def format_selector(self) -> str:
         """mp4 at most ``max_height`` (video+audio merged, else a single file)."""
@@ -104,6 +114,8 @@ class AcquireSettings:
         """Stage version: what changes the downloaded file."""
         params = {"format": self.format_selector(), "precise_cuts": self.precise_cuts,
                   "schemes": sorted(self.allowed()), "extra": self.extra}
+        if self.url_template:  # only when set, so versions without it stay as they were
+            params["url_template"] = self.url_template
         return stage_version(STAGE, params, code_version=CODE_VERSION)
 
 
@@ -189,7 +201,7 @@ class Acquirer:
     def one(self, row: dict[str, Any]) -> ItemResult:
         """Download one candidate (see the module docstring for the rules)."""
         meta = json.loads(row["metadata_json"]) if row.get("metadata_json") else {}
-        url = row.get("url")
+        url = self.settings.url_for(row)
         if meta.get("kind") == "stream":
             return Rejected("stream", output={"url": url, "hint": "use `prevad curate record`"})
         if not url:
@@ -307,6 +319,26 @@ def make_stage(store: Store, settings: AcquireSettings | None = None) -> Stage:
     settings = settings or AcquireSettings()
     return Stage(STAGE, settings.version(), "candidates", Acquirer(store, settings),
                  batch_size=1, max_attempts=settings.max_attempts)
+
+
+def url_candidate(url: str, source: str = "url", title: str | None = None) -> SourceCandidate:
+    """A candidates row for downloading the whole video at ``url``.
+
+    Raises:
+        CurationError: empty url.
+    """
+    if not url or not url.strip():
+        raise CurationError("video url must not be empty")
+    return SourceCandidate(make_id("url", source, url), source, url, url=url,
+                           title=title or url)
+
+
+def add_urls(store: Store, urls: list[str], source: str = "url") -> list[SourceCandidate]:
+    """Register video URLs as candidates (identical rows are skipped by the store)."""
+    cands = [url_candidate(u, source) for u in urls]
+    if cands:
+        store.append("candidates", cands)
+    return cands
 
 
 def acquire(store: Store, settings: AcquireSettings | None = None, *, limit: int | None = None,

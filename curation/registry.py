@@ -18,9 +18,18 @@ from typing import Any
 from prevad.errors import ValidationError
 from prevad.stage import Stage
 
-#: Short stage names -> factory import paths (e.g. ``"clean": "curation.clean:make_stage"``).
-#: Filled in as the stage modules land; unregistered ``module:factory`` paths work too.
-STAGES: dict[str, str] = {}
+#: Short stage names -> factory import paths (see :mod:`curation.stages`); unregistered
+#: ``module:factory`` paths work too. ``retrieve`` is not here: its input is a corpus file, not a
+#: work list (see :func:`curation.retrieve.retrieve`).
+STAGES: dict[str, str] = {
+    "acquire": "curation.stages:acquire",
+    "record": "curation.stages:record",
+    "clean": "curation.stages:clean",
+    "describe": "curation.stages:describe",
+    "verify": "curation.stages:verify",
+    "judge": "curation.stages:judge",
+    "describe-anomaly": "curation.stages:describe_anomaly",
+}
 
 
 def resolve_factory(ref: str) -> Callable[..., Stage]:
@@ -68,6 +77,15 @@ def build_stage(ref: str, params: dict[str, Any] | None = None) -> Stage:
 def stage_factory(ref: str, params: dict[str, Any] | None = None) -> Callable[[], Stage]:
     """A zero-argument, picklable factory for the stage (what each Ray actor calls once)."""
     return functools.partial(build_stage, ref, dict(params or {}))
+
+
+def with_store(ref: str, params: dict[str, Any] | None, store: str) -> dict[str, Any]:
+    """``params`` plus ``store=store`` when the factory of ``ref`` takes a ``store`` parameter
+    (and ``params`` does not already name one)."""
+    out = dict(params or {})
+    if "store" not in out and "store" in inspect.signature(resolve_factory(ref)).parameters:
+        out["store"] = str(store)
+    return out
 
 
 def short_name(ref: str) -> str:

@@ -35,13 +35,13 @@ def run_command(
 ) -> None:
     """Run one stage over its work list; print the summary (ok / rejected / failed)."""
     from curation.ray_exec import mapper_for
-    from curation.registry import stage_factory
+    from curation.registry import stage_factory, with_store
     from prevad.errors import PrevadError
     from prevad.stage import run_stage
     from prevad.store import Store
 
     try:
-        factory = stage_factory(stage, _parse_params(param))
+        factory = stage_factory(stage, with_store(stage, _parse_params(param), str(store)))
         st = factory()
         mapper = mapper_for(engine, factory, actors=actors, num_gpus=num_gpus)
         summary = run_stage(Store(store), st, shard_size=shard_size, limit=limit,

@@ -32,16 +32,15 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from curation.registry import STAGES, resolve_factory, short_name, stage_factory
+from curation.registry import STAGES, resolve_factory, short_name, stage_factory, with_store
 from prevad.stage import StageSummary
 
-__all__ = ["CURATION_CHAIN", "STAGES", "STAGE_TAGS", "curate", "make_stage_flow",
+__all__ = ["CURATION_CHAIN", "STAGES", "STAGE_TAGS", "chain", "make_stage_flow",
            "resolve_factory", "stage_flow", "submit_stage"]
 
-#: The curation chain run by :func:`curate`, in order (names registered in ``STAGES``).
-CURATION_CHAIN: tuple[str, ...] = (
-    "retrieve", "acquire", "record", "clean", "describe", "verify", "judge", "pre-label",
-)
+#: The work-list stages of the curation chain, in order (names registered in ``STAGES``); run
+#: by :func:`chain`. ``flows.curate.curate`` adds retrieval before and review + features after.
+CURATION_CHAIN: tuple[str, ...] = ("acquire", "record", "clean", "describe", "verify", "judge")
 
 #: Concurrency tags per stage name (stages not listed get none).
 STAGE_TAGS: dict[str, tuple[str, ...]] = {
@@ -52,7 +51,7 @@ STAGE_TAGS: dict[str, tuple[str, ...]] = {
     "describe": ("gpu",),
     "verify": ("gpu",),
     "judge": ("gpu",),
-    "pre-label": ("gpu",),
+    "describe-anomaly": ("gpu",),
 }
 
 #: OSError subclasses that are the input's fault, not the moment's: never retried.
@@ -157,7 +156,7 @@ def run_stage_task(store: str, stage: str, params: dict[str, Any] | None = None,
     from prevad.stage import run_stage
     from prevad.store import Store
 
-    factory = stage_factory(stage, params)
+    factory = stage_factory(stage, with_store(stage, params, store))
     st = factory()
     mapper = mapper_for(engine, factory, actors=actors, num_gpus=num_gpus)
     summary = run_stage(Store(store), st, shard_size=shard_size, limit=limit,
@@ -239,8 +238,8 @@ def make_stage_flow(name: str, ref: str, tags: Sequence[str] | None = None,
     return flow(run, name=name, log_prints=True)
 
 
-@flow(name="curate", log_prints=True)
-def curate(store: str, stages: list[str] | None = None,
+@flow(name="chain", log_prints=True)
+def chain(store: str, stages: list[str] | None = None,
            params: dict[str, dict[str, Any]] | None = None, engine: str = "auto",
            shard_size: int = 64, actors: int = 1, num_gpus: float = 0.0, retries: int = 2,
            retry_delay_s: float = 10.0, card: bool = True) -> dict[str, Any]:

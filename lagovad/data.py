@@ -130,6 +130,33 @@ def resolve_feature_model(
     return fitting[0]
 
 
+#: ``labels`` choices of :func:`load_split`.
+LABEL_CHOICES = ("final", "human")
+
+
+def human_confirmed(
+    rows: list[dict[str, Any]], split: str, store: Store, dataset: str | None = None
+) -> list[dict[str, Any]]:
+    """Only the human annotations of ``rows``: a curated store's reviewed labels.
+
+    Videos that only have a model pre-label (not yet reviewed) are left out, so training sees
+    what a reviewer confirmed or corrected (``prevad review import``/``pull``), never a bare
+    judge output.
+
+    Raises:
+        DataError: model annotations exist for the split but none is human-confirmed.
+    """
+    human = [r for r in rows if r["annotator_kind"] == "human"]
+    if rows and not human:
+        where = f" of dataset {dataset!r}" if dataset else ""
+        raise DataError(
+            f"split {split!r}{where} of store {store.root} has {len(rows)} model annotations "
+            f"but no human-confirmed one; review them (prevad review export/import) or train "
+            f"with labels='final'"
+        )
+    return human
+
+
 def load_split(
     store: Store,
     split: str,
@@ -137,6 +164,7 @@ def load_split(
     dim: int,
     dataset: str | None = None,
     require_spans: bool = False,
+    labels: str = "final",
 ) -> SplitData:
     """Load and validate one split.
 
@@ -147,6 +175,8 @@ def load_split(
         dim: the feature dimension the model expects.
         dataset: only annotations of this dataset (default: all).
         require_spans: abnormal videos must have spans (validation needs frame ground truth).
+        labels: "final" (per video its latest human annotation, else its latest model one) or
+            "human" (only human-confirmed annotations; see :func:`human_confirmed`).
 
     Returns:
         The split's videos, features loaded.
@@ -160,6 +190,10 @@ def load_split(
         for r in store.read("annotations").to_pylist()
         if r["split"] == split and (dataset is None or r["dataset"] == dataset)
     ]
+    if labels not in LABEL_CHOICES:
+        raise DataError(f"labels must be one of {LABEL_CHOICES}, got {labels!r}")
+    if labels == "human":
+        rows = human_confirmed(rows, split, store, dataset)
     if not rows:
         where = f" of dataset {dataset!r}" if dataset else ""
         raise DataError(f"split {split!r}{where} of store {store.root} has no annotations")

@@ -102,6 +102,8 @@ class TrainConfig:
         pretrained: start from these weights instead of a random init.
         feature_model: feature ``model_id`` in the store (default: the only one stored).
         dataset: only annotations of this dataset (default: all).
+        labels: "final" (a video's human annotation, else its model one) or "human" (only
+            human-confirmed annotations, e.g. the reviewed labels of a curated store).
         train_split: split to train on.
         val_split: split to validate on each epoch ("" = none).
         epochs, batch_size, lr, weight_decay, warmup_steps, seed: the usual.
@@ -132,6 +134,7 @@ class TrainConfig:
     pretrained: str | None = None
     feature_model: str | None = None
     dataset: str | None = None
+    labels: str = "final"
     train_split: str = "train"
     val_split: str = "val"
     epochs: int = 40
@@ -168,6 +171,8 @@ class TrainConfig:
             raise TrainError(f"lr must be > 0, got {self.lr}")
         if self.max_len is not None and self.max_len < 1:
             raise TrainError(f"max_len must be >= 1, got {self.max_len}")
+        if self.labels not in ("final", "human"):
+            raise TrainError(f"labels must be 'final' or 'human', got {self.labels!r}")
         for name in ("description_prob", "exclude_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise TrainError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -627,10 +632,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # -- data: every problem is raised here, before any step
     store = Store(cfg.store)
     feature_model = resolve_feature_model(store, cfg.feature_model)
-    train_data = load_split(store, cfg.train_split, feature_model, dim, cfg.dataset)
+    train_data = load_split(store, cfg.train_split, feature_model, dim, cfg.dataset,
+                            labels=cfg.labels)
     check_train_split(cfg, train_data)
     val_data = (
-        load_split(store, cfg.val_split, feature_model, dim, cfg.dataset, require_spans=True)
+        load_split(store, cfg.val_split, feature_model, dim, cfg.dataset, require_spans=True,
+                   labels=cfg.labels)
         if cfg.val_split
         else None
     )

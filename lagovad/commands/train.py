@@ -23,6 +23,10 @@ def train_command(
         None, help="Feature model_id in the store (default: the only one stored)."
     ),
     dataset: str | None = typer.Option(None, help="Only annotations of this dataset."),
+    labels: str = typer.Option(
+        "final", help="final: a video's human annotation, else its model pre-label; human: "
+        "only human-confirmed annotations (a curated store's reviewed labels)."
+    ),
     train_split: str = typer.Option("train", help="Split to train on."),
     val_split: str = typer.Option("val", help="Split to validate on each epoch ('' = none)."),
     epochs: int = typer.Option(40, help="Epochs."),
@@ -82,6 +86,7 @@ def train_command(
         pretrained=pretrained,
         feature_model=feature_model,
         dataset=dataset,
+        labels=labels,
         train_split=train_split,
         val_split=val_split,
         epochs=epochs,

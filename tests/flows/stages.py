@@ -7,7 +7,9 @@ every other video gets one trimmed segment.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -71,3 +73,22 @@ def caption_stage(prefix: str = "a clip of") -> Stage:
                 for r in rows]
 
     return Stage("caption", stage_version("caption", {"prefix": prefix}), "segments", process)
+
+
+def killing_clean(store: str, kill_at: int, **policy) -> Stage:
+    """The real ``clean`` stage (same name, version and results) that SIGKILLs its own process
+    right after computing its ``kill_at``-th item, before ``run_stage`` can commit that item's
+    shard: a crash in the middle of a stage at a chosen point."""
+    from curation.stages import clean
+
+    real = clean(store, **policy)
+    done = [0]
+
+    def process(rows):
+        out = real.process(rows)
+        done[0] += len(rows)
+        if done[0] >= kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    return dataclasses.replace(real, process=process)

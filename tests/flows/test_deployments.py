@@ -97,7 +97,8 @@ def test_deployment_run_against_a_real_server_and_worker(tmp_path, prefect_env):
 
     _cli(["--no-prompt", "deploy", "--all"], prefect_env, timeout=300)
     listed = _cli(["deployment", "ls"], prefect_env)
-    for name in ("stage/default", "curate/default", "extract-features/default",
+    for name in ("stage/default", "chain/default", "curate/default", "clean/default",
+                 "describe-anomaly/default", "extract-features/default",
                  "train/default", "evaluate/default"):
         assert name in listed, listed
 

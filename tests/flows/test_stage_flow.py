@@ -15,7 +15,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 
-from flows.stage_flow import curate, is_transient, make_stage_flow, resolve_factory, stage_flow
+from flows.stage_flow import chain, is_transient, make_stage_flow, resolve_factory, stage_flow
 from prevad.errors import ValidationError
 from prevad.store import Store
 from tests.flows.stages import CALLS, add_videos
@@ -109,19 +109,19 @@ def test_make_stage_flow_names_a_flow_per_stage(store):
         assert client.read_flow(run.flow_id).name == "clean"
 
 
-def test_curate_runs_stages_in_order_and_resumes(store):
-    chain = [CLEAN, "tests.flows.stages:caption_stage"]
+def test_chain_runs_stages_in_order_and_resumes(store):
+    refs = [CLEAN, "tests.flows.stages:caption_stage"]
     params = {"clean_stage": {"min_duration": 3.0}, "caption_stage": {"prefix": "clip"}}
-    out = curate(str(store.root), stages=chain, params=params, engine="local", card=False)
+    out = chain(str(store.root), stages=refs, params=params, engine="local", card=False)
     assert out["stages"]["clean_stage"]["ok"] == 5
     assert out["stages"]["caption_stage"]["ok"] == 5  # it saw every segment clean wrote
     captions = store.query("SELECT output_json FROM stage_results WHERE stage = 'caption' "
                            "ORDER BY id").to_pylist()
     assert {c["output_json"] for c in captions} >= {'{"caption": "clip 6.0 s"}'}
-    again = curate(str(store.root), stages=chain, params=params, engine="local", card=False)
+    again = chain(str(store.root), stages=refs, params=params, engine="local", card=False)
     assert [s["items"] for s in again["stages"].values()] == [0, 0]
     # a bad reference fails before any stage runs
     runs_before = len(list((store.root / "stage_runs").rglob("*.json")))
     with pytest.raises(ValidationError, match="unknown stage 'nope'"):
-        curate(str(store.root), stages=[CLEAN, "nope"], engine="local", card=False)
+        chain(str(store.root), stages=[CLEAN, "nope"], engine="local", card=False)
     assert len(list((store.root / "stage_runs").rglob("*.json"))) == runs_before
