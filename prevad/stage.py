@@ -229,6 +229,15 @@ def _save_claims(store: Store, stage: Stage, claims: dict[str, dict[str, Any]]) 
                      json.dumps(claims).encode())
 
 
+def _release_claims(store: Store, stage: Stage, run_id: str) -> None:
+    """Drop every claim of ``run_id`` on ``stage`` (nothing to do after a clean run)."""
+    with store._locked():
+        claims = _load_claims(store, stage)
+        kept = {k: c for k, c in claims.items() if c.get("run_id") != run_id}
+        if len(kept) != len(claims):
+            _save_claims(store, stage, kept)
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -391,30 +400,54 @@ def run_stage(
                    desc=stage.name, unit="item")
     start = time.perf_counter()
     rejected: Counter[str] = Counter()
-    while limit is None or summary.items < limit:
-        size = shard_size if limit is None else min(shard_size, limit - summary.items)
-        shard = _claim(store, stage, pending, size, run_id, lease_s, summary)
-        if not shard:
-            break
-        batches = [shard[b : b + stage.batch_size] for b in range(0, len(shard), stage.batch_size)]
-        results: list[ItemResult] = []
-        for batch, out in zip(batches, (map_batches or local_map_batches)(stage, iter(batches)),
-                              strict=True):
-            if len(out) != len(batch):
-                raise ValidationError(f"stage {stage.name!r}: the batch mapper returned "
-                                      f"{len(out)} results for {len(batch)} rows")
-            results.extend(out)
-            if bar is not None:
-                bar.update(len(batch))
-        commit_results(store, stage, shard, results, run_id)
-        for res in results:
-            summary.items += 1
-            if isinstance(res, Ok):
-                summary.ok += 1
-            elif isinstance(res, Rejected):
-                rejected[res.reason] += 1
-            else:
-                summary.failed += 1
+    def claimed_shards() -> Iterator[list[dict[str, Any]]]:
+        taken = 0
+        while limit is None or taken < limit:
+            size = shard_size if limit is None else min(shard_size, limit - taken)
+            shard = _claim(store, stage, pending, size, run_id, lease_s, summary)
+            if not shard:
+                return
+            taken += len(shard)
+            yield shard
+
+    # Locally each shard is claimed, processed and committed in turn. A remote mapper (Ray) gets
+    # every batch of the work list in one call, so its actors build their models once for the
+    # whole run; this run then claims all of the work up front (the cluster is the parallelism)
+    # and still commits shard by shard as results come back.
+    shards: Iterable[list[dict[str, Any]]]
+    outcomes: Iterator[Sequence[ItemResult]] | None = None
+    if map_batches is None:
+        shards = claimed_shards()
+    else:
+        shards = list(claimed_shards())
+        outcomes = iter(map_batches(stage, (
+            shard[b : b + stage.batch_size] for shard in shards
+            for b in range(0, len(shard), stage.batch_size))))
+    try:
+        for shard in shards:
+            results: list[ItemResult] = []
+            for b in range(0, len(shard), stage.batch_size):
+                batch = shard[b : b + stage.batch_size]
+                out = _process_batch(stage, batch) if outcomes is None else list(next(outcomes))
+                if len(out) != len(batch):
+                    raise ValidationError(f"stage {stage.name!r}: the batch mapper returned "
+                                          f"{len(out)} results for {len(batch)} rows")
+                results.extend(out)
+                if bar is not None:
+                    bar.update(len(batch))
+            commit_results(store, stage, shard, results, run_id)
+            for res in results:
+                summary.items += 1
+                if isinstance(res, Ok):
+                    summary.ok += 1
+                elif isinstance(res, Rejected):
+                    rejected[res.reason] += 1
+                else:
+                    summary.failed += 1
+    finally:
+        # claims this run still holds (an exception between claim and commit) are released, so
+        # a retry in this same process does not skip them until the lease runs out
+        _release_claims(store, stage, run_id)
     if bar is not None:
         bar.close()
     summary.rejected = dict(rejected)

@@ -76,3 +76,22 @@ def test_stage_version_changes_with_params_and_files(tmp_path):
 def test_bad_stage_definition_is_a_clear_error():
     with pytest.raises(ValueError, match="input_table must be one of"):
         Stage("x", "v1", "nope", _trim)
+
+
+def test_an_interrupted_run_releases_its_claims_for_a_retry_in_the_same_process(tmp_path):
+    store = Store.init(tmp_path / "s")
+    _videos(store, 4)
+    calls = {"n": 0}
+
+    def interrupted_once(rows):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt  # not an item's error: the run itself stops
+        return _trim(rows)
+
+    stage = Stage("clean", "v1-a", "videos", interrupted_once, batch_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(store, stage)
+    # the same process retries at once (as a Prefect task retry would): nothing is skipped
+    again = run_stage(store, stage)
+    assert again.items == 4 and again.ok == 1
