@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lagovad.errors import LagovadError
-from lagovad.eval.gt import spans_to_mask
+from lagovad.labels import spans_to_mask
 from lagovad.synthesis import TrainVideo
 from prevad import Store
 
@@ -245,7 +245,7 @@ def load_split(
 def frame_ground_truth(spans: Sequence[Sequence[float]], length: int) -> np.ndarray:
     """Frame labels at feature resolution, as the authors' evaluation builds them.
 
-    The same rule as the evaluation harness (:func:`lagovad.eval.gt.spans_to_mask`): spans are
+    The same rule as the evaluation harness (:func:`lagovad.labels.spans_to_mask`): spans are
     scaled by ``length``, rounded half to even, end exclusive, empty ones skipped.
 
     Args:

@@ -18,3 +18,7 @@ class LagovadWarning(UserWarning):
 
     The ``lagovad`` command line prints it as one ``warning: ...`` line.
     """
+
+
+class EvalError(LagovadError, ValueError):
+    """Evaluation and metric errors (bad benchmark, bad file, missing data, bad metric input)."""

@@ -57,8 +57,8 @@ from lagovad.data import (
 )
 from lagovad.definition import AnomalyDefinition
 from lagovad.errors import LagovadError, LagovadWarning
-from lagovad.eval.metrics import average_precision, roc_auc
 from lagovad.loss import LaGoVADLoss, OfficialLoss
+from lagovad.metrics import average_precision, roc_auc
 from lagovad.recipe import RECIPES, forward_branches, names_vocabulary, plan_official
 from lagovad.synthesis import (
     CUT_RULES,

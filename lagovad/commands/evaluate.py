@@ -208,9 +208,9 @@ def gt_command(
 ) -> None:
     """Write frame ground truth (end-exclusive spans, half-even rounding) for given frame counts."""
     from lagovad.eval.gt import frame_ground_truth
-    from lagovad.eval.metrics import segments_from_scores
     from lagovad.eval.report import atomic_write_bytes, atomic_write_text
     from lagovad.eval.sources import read_frames
+    from lagovad.metrics import segments_from_scores
 
     try:
         name = check_name(benchmark)

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lagovad.errors import LagovadError
+from lagovad.errors import EvalError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFINITIONS_DIR = Path(__file__).resolve().parent / "definitions"
@@ -28,10 +28,6 @@ CLASSIFICATION_BENCHMARKS: tuple[str, ...] = ("ucf", "xd")
 # XD-Violence native multiclass codes -> class names used in the official JSON.
 XD_CODES = {"B1": "Fighting", "B2": "Shooting", "B4": "Riot", "B5": "Abuse", "B6": "Car accident",
             "G": "Explosion"}
-
-
-class EvalError(LagovadError, ValueError):
-    """Base class of evaluation errors (bad benchmark, bad file, missing data)."""
 
 
 class UnknownBenchmarkError(EvalError):

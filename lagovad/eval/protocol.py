@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lagovad.eval import metrics
+from lagovad import metrics
 from lagovad.eval.benchmarks import (
     DATA_DIR,
     XD_CODES,

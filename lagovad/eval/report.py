@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lagovad.eval import metrics
+from lagovad import metrics
 from lagovad.eval.benchmarks import BENCHMARKS, CLASSIFICATION_BENCHMARKS, DISPLAY_NAMES
 from prevad import io as io_
 

@@ -27,8 +27,8 @@ from lagovad.eval.benchmarks import (
     load_definition,
     load_native,
 )
-from lagovad.eval.gt import spans_to_mask
 from lagovad.eval.protocol import VideoScores
+from lagovad.labels import spans_to_mask
 
 PROMPT_MODES = ("descriptions", "names")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from lagovad.eval import metrics
+from lagovad import metrics
 from lagovad.eval.benchmarks import EvalError
 
 

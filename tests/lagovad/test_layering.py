@@ -36,6 +36,14 @@ def test_files_and_models_sit_below_the_factory(lower):
     assert "lagovad" not in _lagovad_imports(PACKAGE / f"{lower}.py")  # nor the front door
 
 
+@pytest.mark.parametrize("lower", ["train", "data", "synthesis", "loss", "recipe", "labels",
+                                   "metrics"])
+def test_training_sits_below_the_evaluation_harness(lower):
+    # labels and metrics are shared by the trainer and the harness: they live below both
+    assert not {m for m in _lagovad_imports(PACKAGE / f"{lower}.py")
+                if m.startswith("lagovad.eval")}
+
+
 def test_every_domain_error_derives_from_lagovad_error():
     roots = []
     for path in sorted(PACKAGE.rglob("*.py")):

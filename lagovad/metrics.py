@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lagovad.eval.benchmarks import EvalError
+from lagovad.errors import EvalError
 
 
 def _check_binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
