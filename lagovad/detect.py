@@ -34,7 +34,14 @@ import torch
 
 from lagovad.definition import AnomalyDefinition
 from lagovad.errors import LagovadError
-from lagovad.extract import FolderSink, Protocol, StoreSink, VideoJob, make_protocol, run_extraction
+from lagovad.extraction import (
+    FolderSink,
+    Protocol,
+    StoreSink,
+    VideoJob,
+    make_protocol,
+    run_extraction,
+)
 from lagovad.image_encoder import ImageEncoder, load_image_encoder
 from lagovad.video import probe
 
