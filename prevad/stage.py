@@ -381,8 +381,10 @@ def run_stage(
         progress: show a progress bar (command line).
         run_id: identifies this run in ``stage_results.run_id`` (generated if None).
         lease_s: seconds a claimed shard stays reserved for this run.
-        map_batches: where ``process`` runs (:data:`BatchMapper`; default
-            :func:`local_map_batches`); results always come back here to be committed.
+        map_batches: where ``process`` runs (:data:`BatchMapper`; default: in this process,
+            shard by shard). A remote mapper (Ray) gets every batch of the work list in one call
+            (its actors build the model once per run), so the run claims all its work up front;
+            results always come back here and are committed shard by shard.
 
     Returns:
         The run's :class:`StageSummary` (also written to ``stage_runs/<stage>/<run_id>.json``).
