@@ -4,17 +4,22 @@ describe-anomaly), and their error handling: one ``error: ...`` line, exit code 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
-from collections.abc import Iterator
+import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from curation.engines import ENGINES, EngineError, Sampling
 from curation.frames import FrameError
 from curation.mllm import EngineConfig
+from lagovad.errors import LagovadError
 from prevad.errors import PrevadError
 from prevad.stage import StageSummary
+from prevad.store import Store
 
 ROOT: Path = typer.Argument(..., help="The PreVAD store.")
 ENGINE: str = typer.Option("transformers", help=f"Inference engine: {' | '.join(ENGINES)}.")
@@ -58,7 +63,7 @@ def cli_errors() -> Iterator[None]:
     """Turn domain errors into one ``error: ...`` line and exit code 2."""
     try:
         yield
-    except (PrevadError, EngineError, FrameError, OSError, ValueError) as exc:
+    except (PrevadError, LagovadError, EngineError, FrameError, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -66,3 +71,55 @@ def cli_errors() -> Iterator[None]:
 def print_summary(summary: StageSummary) -> None:
     """The run's summary as one JSON line."""
     typer.echo(json.dumps(summary.to_dict()))
+
+
+#: The engine options every model-stage command takes: name -> (type, typer default).
+ENGINE_OPTIONS: dict[str, tuple[type, Any]] = {
+    "engine": (str, ENGINE), "model": (str, MODEL), "device": (str, DEVICE),
+    "batch_size": (int, BATCH_SIZE), "base_url": (str, BASE_URL), "api_key": (str, API_KEY),
+    "concurrency": (int, CONCURRENCY), "timeout": (float, TIMEOUT),
+    "max_tokens": (int, MAX_TOKENS), "temperature": (float, TEMPERATURE), "seed": (int, SEED),
+    "no_cache": (bool, NO_CACHE),
+}
+StageRun = Callable[..., StageSummary]
+
+
+def model_stage_command(app: typer.Typer, name: str, run: StageRun) -> Callable[[Any], Any]:
+    """Register ``prevad curate NAME`` for a model stage from its config builder.
+
+    The decorated function takes the stage's own options (typer defaults) and returns the
+    stage's config object; the command adds the store argument, the engine options
+    (:data:`ENGINE_OPTIONS`) and ``--limit``, and runs ``run(store, ecfg, cfg, limit=...,
+    progress=True)`` with one-line errors. Its help is the decorated function's docstring.
+    """
+
+    def decorate(build_cfg: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(build_cfg)
+        own = [p.replace(annotation=hints[p.name], kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(build_cfg).parameters.values()]
+        kw = inspect.Parameter.KEYWORD_ONLY
+        params = [
+            inspect.Parameter("root", kw, default=ROOT, annotation=Path),
+            *(inspect.Parameter(n, kw, default=d, annotation=t)
+              for n, (t, d) in ENGINE_OPTIONS.items()),
+            *own,
+            inspect.Parameter("limit", kw, default=LIMIT, annotation=int),
+        ]
+
+        def command(**values: Any) -> None:
+            root, limit = values.pop("root"), values.pop("limit")
+            engine_values = {n: values.pop(n) for n in ENGINE_OPTIONS}
+            with cli_errors():
+                store = Store(root)
+                ecfg = engine_config(**engine_values)
+                cfg = build_cfg(**values)
+                print_summary(run(store, ecfg, cfg, limit=limit or None, progress=True))
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__doc__ = build_cfg.__doc__
+        command.__name__ = f"{build_cfg.__name__}_cmd"
+        app.command(name)(command)
+        return build_cfg
+
+    return decorate

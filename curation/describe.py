@@ -12,7 +12,6 @@ no decodable frame, engine error, unparsable answer (raw text kept in ``output.r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -163,32 +162,12 @@ def run(store: Store, ecfg: EngineConfig, cfg: DescribeConfig | None = None, *,
 def register(app: typer.Typer) -> None:
     """Add ``prevad curate describe``."""
 
-    @app.command(NAME)
-    def describe_cmd(
-        root: Path = opt.ROOT,
-        engine: str = opt.ENGINE,
-        model: str = opt.MODEL,
-        device: str = opt.DEVICE,
-        batch_size: int = opt.BATCH_SIZE,
-        base_url: str = opt.BASE_URL,
-        api_key: str = opt.API_KEY,
-        concurrency: int = opt.CONCURRENCY,
-        timeout: float = opt.TIMEOUT,
-        max_tokens: int = opt.MAX_TOKENS,
-        temperature: float = opt.TEMPERATURE,
-        seed: int = opt.SEED,
-        no_cache: bool = opt.NO_CACHE,
+    @opt.model_stage_command(app, NAME, run)
+    def describe(
         frames: int = opt.FRAMES,
         frame_size: int = opt.FRAME_SIZE,
         min_chars: int = typer.Option(20, help="Shorter descriptions are rejected."),
         max_chars: int = typer.Option(2000, help="Longer descriptions are rejected."),
-        limit: int = opt.LIMIT,
-    ) -> None:
+    ) -> DescribeConfig:
         """MLLM description of each kept segment (or video)."""
-        with opt.cli_errors():
-            store = Store(root)
-            ecfg = opt.engine_config(engine, model, device, batch_size, base_url, api_key,
-                                     concurrency, timeout, max_tokens, temperature, seed,
-                                     no_cache)
-            cfg = DescribeConfig(FrameConfig(frames, frame_size), min_chars, max_chars)
-            opt.print_summary(run(store, ecfg, cfg, limit=limit or None, progress=True))
+        return DescribeConfig(FrameConfig(frames, frame_size), min_chars, max_chars)

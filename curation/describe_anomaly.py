@@ -13,7 +13,6 @@ stage version) so it can be exported and reviewed like any annotation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -143,32 +142,12 @@ def run(store: Store, ecfg: EngineConfig, cfg: DescribeAnomalyConfig | None = No
 def register(app: typer.Typer) -> None:
     """Add ``prevad curate describe-anomaly``."""
 
-    @app.command(NAME)
-    def describe_anomaly_cmd(
-        root: Path = opt.ROOT,
-        engine: str = opt.ENGINE,
-        model: str = opt.MODEL,
-        device: str = opt.DEVICE,
-        batch_size: int = opt.BATCH_SIZE,
-        base_url: str = opt.BASE_URL,
-        api_key: str = opt.API_KEY,
-        concurrency: int = opt.CONCURRENCY,
-        timeout: float = opt.TIMEOUT,
-        max_tokens: int = opt.MAX_TOKENS,
-        temperature: float = opt.TEMPERATURE,
-        seed: int = opt.SEED,
-        no_cache: bool = opt.NO_CACHE,
+    @opt.model_stage_command(app, NAME, run)
+    def describe_anomaly(
         frames: int = opt.FRAMES,
         frame_size: int = opt.FRAME_SIZE,
         min_chars: int = typer.Option(20, help="Shorter descriptions are rejected."),
         max_chars: int = typer.Option(2000, help="Longer descriptions are rejected."),
-        limit: int = opt.LIMIT,
-    ) -> None:
+    ) -> DescribeAnomalyConfig:
         """MLLM description of each human-labelled PreVAD anomaly, prompted with its category."""
-        with opt.cli_errors():
-            store = Store(root)
-            ecfg = opt.engine_config(engine, model, device, batch_size, base_url, api_key,
-                                     concurrency, timeout, max_tokens, temperature, seed,
-                                     no_cache)
-            cfg = DescribeAnomalyConfig(FrameConfig(frames, frame_size), min_chars, max_chars)
-            opt.print_summary(run(store, ecfg, cfg, limit=limit or None, progress=True))
+        return DescribeAnomalyConfig(FrameConfig(frames, frame_size), min_chars, max_chars)

@@ -21,7 +21,6 @@ engine error, unparsable answer (raw text kept).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -201,30 +200,10 @@ def run(store: Store, ecfg: EngineConfig, cfg: JudgeConfig | None = None, *,
 def register(app: typer.Typer) -> None:
     """Add ``prevad curate judge``."""
 
-    @app.command(NAME)
-    def judge_cmd(
-        root: Path = opt.ROOT,
-        engine: str = opt.ENGINE,
-        model: str = opt.MODEL,
-        device: str = opt.DEVICE,
-        batch_size: int = opt.BATCH_SIZE,
-        base_url: str = opt.BASE_URL,
-        api_key: str = opt.API_KEY,
-        concurrency: int = opt.CONCURRENCY,
-        timeout: float = opt.TIMEOUT,
-        max_tokens: int = opt.MAX_TOKENS,
-        temperature: float = opt.TEMPERATURE,
-        seed: int = opt.SEED,
-        no_cache: bool = opt.NO_CACHE,
+    @opt.model_stage_command(app, NAME, run)
+    def judge(
         require_verified: bool = typer.Option(
             True, help="Judge only items whose latest verify result is ok."),
-        limit: int = opt.LIMIT,
-    ) -> None:
+    ) -> JudgeConfig:
         """LLM anomaly judgement (taxonomy category, confidence, reason) from the description."""
-        with opt.cli_errors():
-            store = Store(root)
-            ecfg = opt.engine_config(engine, model, device, batch_size, base_url, api_key,
-                                     concurrency, timeout, max_tokens, temperature, seed,
-                                     no_cache)
-            opt.print_summary(run(store, ecfg, JudgeConfig(require_verified), limit=limit or None,
-                                  progress=True))
+        return JudgeConfig(require_verified)

@@ -17,7 +17,6 @@ decodable frame, engine error, unparsable answer (raw text kept).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -235,21 +234,8 @@ def run(store: Store, ecfg: EngineConfig, cfg: VerifyConfig | None = None, *,
 def register(app: typer.Typer) -> None:
     """Add ``prevad curate verify``."""
 
-    @app.command(NAME)
-    def verify_cmd(
-        root: Path = opt.ROOT,
-        engine: str = opt.ENGINE,
-        model: str = opt.MODEL,
-        device: str = opt.DEVICE,
-        batch_size: int = opt.BATCH_SIZE,
-        base_url: str = opt.BASE_URL,
-        api_key: str = opt.API_KEY,
-        concurrency: int = opt.CONCURRENCY,
-        timeout: float = opt.TIMEOUT,
-        max_tokens: int = opt.MAX_TOKENS,
-        temperature: float = opt.TEMPERATURE,
-        seed: int = opt.SEED,
-        no_cache: bool = opt.NO_CACHE,
+    @opt.model_stage_command(app, NAME, run)
+    def verify(
         frames: int = opt.FRAMES,
         frame_size: int = opt.FRAME_SIZE,
         min_score: float = typer.Option(0.5, help="Reject items whose VLM score is below."),
@@ -258,24 +244,11 @@ def register(app: typer.Typer) -> None:
         clip_model: str = typer.Option("ViT-B-16", help="open_clip model ('none': no CLIP)."),
         clip_pretrained: str = typer.Option(
             "openai", help="open_clip pretrained tag or checkpoint file ('none': random)."),
-        limit: int = opt.LIMIT,
-    ) -> None:
+    ) -> VerifyConfig:
         """VLM consistency check of each description, plus CLIP image-text similarity."""
-        from lagovad.image_encoder import ImageEncoderError
-
-        try:
-            with opt.cli_errors():
-                store = Store(root)
-                ecfg = opt.engine_config(engine, model, device, batch_size, base_url, api_key,
-                                         concurrency, timeout, max_tokens, temperature, seed,
-                                         no_cache)
-                cfg = VerifyConfig(
-                    FrameConfig(frames, frame_size), min_score,
-                    None if min_clip_mean < 0 else min_clip_mean,
-                    None if clip_model == "none" else clip_model,
-                    None if clip_pretrained == "none" else clip_pretrained,
-                )
-                opt.print_summary(run(store, ecfg, cfg, limit=limit or None, progress=True))
-        except ImageEncoderError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+        return VerifyConfig(
+            FrameConfig(frames, frame_size), min_score,
+            None if min_clip_mean < 0 else min_clip_mean,
+            None if clip_model == "none" else clip_model,
+            None if clip_pretrained == "none" else clip_pretrained,
+        )

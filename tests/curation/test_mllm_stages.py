@@ -251,3 +251,36 @@ def test_cli_describe_and_errors(video_store: Store, tiny_vlm: Path, tmp_path: P
         assert res.exit_code == 2, res.output
         assert res.stderr.startswith("error: ") and msg in res.stderr
         assert "Traceback" not in res.output
+
+
+def test_cli_judge_and_verify_take_their_own_options(video_store: Store, tiny_vlm: Path,
+                                                     tiny_llm: Path) -> None:
+    runner = CliRunner()
+    root = str(video_store.root)
+    segs = video_store.records("segments")
+    video_store.append("stage_results", [
+        StageResult(s.segment_id, "describe", "v1-test", "ok",
+                    output_json=json.dumps({"description": "a car hits a wall"}))
+        for s in segs
+    ])
+    # judge's own option reaches its config: by default it judges only verified items (none
+    # here); with --no-require-verified the model's answer is used for every item
+    base = ["curate", "judge", root, "--model", str(tiny_llm), "--device", "cpu"]
+    for args in ([], ["--no-require-verified"]):
+        res = runner.invoke(app, [*base, *args])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout.strip().splitlines()[-1])["items"] == len(segs)
+    strict, free = (
+        {r["stage_version"] for r in video_store.query(
+            "SELECT stage_version FROM stage_results WHERE stage = 'judge'").to_pylist()},
+        latest(video_store, "judge"),
+    )
+    assert len(strict) == 2  # the option is part of the version
+    assert all(r["reason"] != "verify_rejected" and "verif" not in (r["error"] or "")
+               for r in free.values())
+    # verify: a CLIP model that cannot be loaded is one error line, not a traceback
+    res = runner.invoke(app, ["curate", "verify", root, "--model", str(tiny_vlm), "--device",
+                              "cpu", "--clip-model", "no-such-clip"])
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "no-such-clip" in errors[0] and "Traceback" not in res.output
