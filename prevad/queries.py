@@ -491,3 +491,23 @@ ORDER BY stage_version
 def ok_versions(store: Store, stage: str) -> list[str]:
     """Versions of ``stage`` with at least one ok result, sorted."""
     return store.query(OK_VERSIONS_OF_STAGE, {"stage": stage}).column("stage_version").to_pylist()
+
+
+#: The version of a stage whose newest ``ok`` result is the most recent (docs/DECISIONS.md, D3).
+#: Parameter: $stage.
+NEWEST_OK_VERSION = """
+SELECT stage_version FROM stage_results
+WHERE stage = $stage::VARCHAR AND status = 'ok'
+GROUP BY stage_version
+ORDER BY max(time) DESC, stage_version DESC
+LIMIT 1
+"""
+
+
+def newest_ok_version(store: Store, stage: str) -> str | None:
+    """The upstream version a downstream stage reads by default (D3), or None when ``stage``
+    has no ok result. A failed or partial run of another version never changes the answer
+    unless it produced ok results later than every other version's.
+    """
+    rows = store.query(NEWEST_OK_VERSION, {"stage": stage}).column("stage_version").to_pylist()
+    return rows[0] if rows else None
