@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from curation import describe, describe_anomaly, judge, verify
 from curation.engines import RequestCache, Sampling
 from curation.frames import FrameConfig
-from curation.mllm import EngineConfig
+from curation.mllm import EngineConfig, load_prompt
 from prevad import Store, queries, taxonomy
 from prevad.cli import app
 from prevad.records import Annotation, StageResult, make_id
@@ -104,13 +104,17 @@ def test_verify_and_judge(described: Store, tiny_vlm: Path, tiny_llm: Path) -> N
 
     # A CLIP threshold no similarity reaches rejects every verified item with the reason.
     strict = replace(VCFG, min_clip_mean=1.01)
-    run_stage(store, verify.make_stage(store, ecfg(tiny_vlm), strict, clip=clip))
+    strict_verify = verify.make_stage(store, ecfg(tiny_vlm), strict, clip=clip)
+    run_stage(store, strict_verify)
     reasons = {r["reason"] for r in latest(store, "verify").values() if r["status"] != "failed"}
     assert reasons <= {"clip_below_threshold", "vlm_inconsistent"} and "ok" not in {
         r["status"] for r in latest(store, "verify").values()}
 
-    # judge, with require_verified: every described item was rejected by verify.
-    strict_judge = judge.JudgeConfig(require_verified=True, max_reason_chars=10)
+    # judge, with require_verified, reads ONE verify version (D3): named here, the strict one,
+    # which rejected every described item. (By default it would read the newest version with
+    # ok results: the first run's, as the strict run has none.)
+    strict_judge = judge.JudgeConfig(require_verified=True, max_reason_chars=10,
+                                     verify_version=strict_verify.version)
     run_stage(store, judge.make_stage(store, ecfg(tiny_llm), strict_judge))
     rows = latest(store, "judge")
     assert sorted(r["reason"] or r["status"] for r in rows.values()) == [
@@ -226,7 +230,7 @@ def test_describe_anomaly(video_store: Store, tiny_vlm: Path) -> None:
     assert typed[human.annotation_id]["description"] == m.description
     assert typed[human.annotation_id]["model_annotation_id"] == m.annotation_id
     # The prompt names the human category.
-    tmpl = describe_anomaly.load_prompt(describe_anomaly.PROMPT)
+    tmpl = load_prompt(describe_anomaly.PROMPT)
     assert "{category}" in tmpl
 
 
