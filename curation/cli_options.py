@@ -161,3 +161,19 @@ def model_stage_command(app: typer.Typer, spec: ModelStage) -> Callable[[Any], A
         return build_cfg
 
     return decorate
+
+
+def registrar(spec: ModelStage, options: Callable[..., Any]) -> Callable[[typer.Typer], None]:
+    """The ``register(app)`` of a model stage's module (see :mod:`curation.cli`).
+
+    Args:
+        spec: the stage's declaration.
+        options: the stage's own options (typer defaults) -> its config; its docstring is the
+            command's help (see :func:`model_stage_command`).
+    """
+
+    def register(app: typer.Typer) -> None:
+        model_stage_command(app, spec)(options)
+
+    register.__doc__ = f"Add ``prevad curate {spec.name}``."
+    return register

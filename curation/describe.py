@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import typer
-
 from curation import cli_options as opt
 from curation.frames import FrameConfig
 from curation.model_stage import Answer, Context, ModelStage, Work
@@ -68,16 +66,12 @@ SPEC = ModelStage(
     NAME, PROMPT, DescribeConfig, schema, read=read,
     params=lambda cfg: {"chars": [cfg.min_chars, cfg.max_chars]},
 )
-make_stage = SPEC.stage
-run = SPEC.run
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``prevad curate describe``."""
+def options(frames: int = opt.FRAMES, frame_size: int = opt.FRAME_SIZE,
+            min_chars: int = opt.MIN_CHARS, max_chars: int = opt.MAX_CHARS) -> DescribeConfig:
+    """MLLM description of each kept segment (or video)."""
+    return DescribeConfig(FrameConfig(frames, frame_size), min_chars, max_chars)
 
-    @opt.model_stage_command(app, SPEC)
-    def describe(frames: int = opt.FRAMES, frame_size: int = opt.FRAME_SIZE,
-                 min_chars: int = opt.MIN_CHARS, max_chars: int = opt.MAX_CHARS
-                 ) -> DescribeConfig:
-        """MLLM description of each kept segment (or video)."""
-        return DescribeConfig(FrameConfig(frames, frame_size), min_chars, max_chars)
+
+make_stage, run, register = SPEC.stage, SPEC.run, opt.registrar(SPEC, options)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import typer
-
 from curation import cli_options as opt
 from curation.describe import DescribeConfig, check_description, schema
 from curation.frames import FrameConfig
@@ -72,16 +70,13 @@ SPEC = ModelStage(
     params=lambda cfg: {"chars": [cfg.min_chars, cfg.max_chars]},
     input_table="annotations", schema_name="description",
 )
-make_stage = SPEC.stage
-run = SPEC.run
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``prevad curate describe-anomaly``."""
+def options(frames: int = opt.FRAMES, frame_size: int = opt.FRAME_SIZE,
+            min_chars: int = opt.MIN_CHARS, max_chars: int = opt.MAX_CHARS
+            ) -> DescribeAnomalyConfig:
+    """MLLM description of each human-labelled PreVAD anomaly, prompted with its category."""
+    return DescribeAnomalyConfig(FrameConfig(frames, frame_size), min_chars, max_chars)
 
-    @opt.model_stage_command(app, SPEC)
-    def describe_anomaly(frames: int = opt.FRAMES, frame_size: int = opt.FRAME_SIZE,
-                         min_chars: int = opt.MIN_CHARS, max_chars: int = opt.MAX_CHARS
-                         ) -> DescribeAnomalyConfig:
-        """MLLM description of each human-labelled PreVAD anomaly, prompted with its category."""
-        return DescribeAnomalyConfig(FrameConfig(frames, frame_size), min_chars, max_chars)
+
+make_stage, run, register = SPEC.stage, SPEC.run, opt.registrar(SPEC, options)

@@ -149,17 +149,12 @@ SPEC = ModelStage(
     # the latest describe output and verify status of any version
     code_version=2,
 )
-make_stage = SPEC.stage
-run = SPEC.run
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``prevad curate judge``."""
+def options(require_verified: bool = typer.Option(
+        True, help="Judge only items whose verify result is ok.")) -> JudgeConfig:
+    """LLM anomaly judgement (taxonomy category, confidence, reason) from the description."""
+    return JudgeConfig(require_verified)
 
-    @opt.model_stage_command(app, SPEC)
-    def judge(
-        require_verified: bool = typer.Option(
-            True, help="Judge only items whose verify result is ok."),
-    ) -> JudgeConfig:
-        """LLM anomaly judgement (taxonomy category, confidence, reason) from the description."""
-        return JudgeConfig(require_verified)
+
+make_stage, run, register = SPEC.stage, SPEC.run, opt.registrar(SPEC, options)

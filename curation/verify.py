@@ -260,28 +260,25 @@ SPEC = ModelStage(
     # describe output of every version
     code_version=2,
 )
-make_stage = SPEC.stage
-run = SPEC.run
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``prevad curate verify``."""
+def options(
+    frames: int = opt.FRAMES,
+    frame_size: int = opt.FRAME_SIZE,
+    min_score: float = typer.Option(0.5, help="Reject items whose VLM score is below."),
+    min_clip_mean: float = typer.Option(
+        0.2, help="Reject items whose mean CLIP similarity is below (negative: no check)."),
+    clip_model: str = typer.Option("ViT-B-16", help="open_clip model ('none': no CLIP)."),
+    clip_pretrained: str = typer.Option(
+        "openai", help="open_clip pretrained tag or checkpoint file ('none': random)."),
+) -> VerifyConfig:
+    """VLM consistency check of each description, plus CLIP image-text similarity."""
+    return VerifyConfig(
+        FrameConfig(frames, frame_size), min_score,
+        None if min_clip_mean < 0 else min_clip_mean,
+        None if clip_model == "none" else clip_model,
+        None if clip_pretrained == "none" else clip_pretrained,
+    )
 
-    @opt.model_stage_command(app, SPEC)
-    def verify(
-        frames: int = opt.FRAMES,
-        frame_size: int = opt.FRAME_SIZE,
-        min_score: float = typer.Option(0.5, help="Reject items whose VLM score is below."),
-        min_clip_mean: float = typer.Option(
-            0.2, help="Reject items whose mean CLIP similarity is below (negative: no check)."),
-        clip_model: str = typer.Option("ViT-B-16", help="open_clip model ('none': no CLIP)."),
-        clip_pretrained: str = typer.Option(
-            "openai", help="open_clip pretrained tag or checkpoint file ('none': random)."),
-    ) -> VerifyConfig:
-        """VLM consistency check of each description, plus CLIP image-text similarity."""
-        return VerifyConfig(
-            FrameConfig(frames, frame_size), min_score,
-            None if min_clip_mean < 0 else min_clip_mean,
-            None if clip_model == "none" else clip_model,
-            None if clip_pretrained == "none" else clip_pretrained,
-        )
+
+make_stage, run, register = SPEC.stage, SPEC.run, opt.registrar(SPEC, options)
