@@ -14,9 +14,9 @@ from curation.engines import RequestCache, Sampling
 from curation.frames import FrameConfig
 from curation.mllm import EngineConfig, load_prompt
 from prevad import Store, queries, taxonomy
-from prevad.cli import app
 from prevad.records import Annotation, StageResult, make_id
 from prevad.stage import run_stage
+from toolkit.cli import app
 
 FRAMES = FrameConfig(n=4, size=56)
 DCFG = describe.DescribeConfig(FRAMES, min_chars=4, max_chars=12)
