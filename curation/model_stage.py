@@ -33,6 +33,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,6 @@ from curation.mllm import (
     build_engine,
     default_input_table,
     items_of,
-    load_prompt,
     prompt_path,
     render,
 )
@@ -154,7 +154,7 @@ class ModelStage:
 
     Attributes:
         name: the stage name in ``stage_results``.
-        prompt: the prompt file ``curation/prompts/<prompt>.md``.
+        prompt: the prompt file: a name (``curation/prompts/<prompt>.md``) or a path.
         config: the config dataclass (default config: ``config()``).
         schema: config -> the answer's JSON schema.
         params: config -> what of the config changes results (into the version).
@@ -174,7 +174,7 @@ class ModelStage:
     """
 
     name: str
-    prompt: str
+    prompt: str | Path
     config: type[Any]
     schema: Callable[[Any], dict[str, Any]]
     params: Callable[[Any], dict[str, Any]]
@@ -243,8 +243,12 @@ class ModelStage:
             params["input"] = table
         if upstream:
             params["upstream"] = dict(upstream)
-        return hash_version(self.name, params, files=[prompt_path(self.prompt)],
+        return hash_version(self.name, params, files=[self.prompt_file()],
                             code_version=self.code_version)
+
+    def prompt_file(self) -> Path:
+        """The prompt template's file (its bytes are part of the version)."""
+        return self.prompt if isinstance(self.prompt, Path) else prompt_path(self.prompt)
 
     # ------------------------------------------------------------------ the stage
     def stage(self, store: Store, ecfg: EngineConfig, cfg: Any = None, *,
@@ -273,7 +277,7 @@ class ModelStage:
                                      **({"frames": cfg.frames.n} if self.vision else {}))
         ctx = Context(cfg, version, eng.model_id, eng.kind, built, ups)
         source = FrameSource(store, cfg.frames) if self.vision else None
-        template = render(load_prompt(self.prompt), **self.fixed_fields())
+        template = render(self.prompt_file().read_text(encoding="utf-8"), **self.fixed_fields())
         request = _RequestMaker(template, self.schema(cfg), ecfg, self.schema_name or self.name,
                                 source)
 
