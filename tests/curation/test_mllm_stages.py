@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from curation import describe, describe_anomaly, judge, verify
 from curation.engines import RequestCache, Sampling
+from curation.engines.tiny import build_tiny_llm
 from curation.frames import FrameConfig
 from curation.mllm import EngineConfig, load_prompt
 from prevad import Store, queries, taxonomy
@@ -288,3 +289,67 @@ def test_cli_judge_and_verify_take_their_own_options(video_store: Store, tiny_vl
     assert res.exit_code == 2, res.output
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "no-such-clip" in errors[0] and "Traceback" not in res.output
+
+
+# ------------------------------------------------------------ upstream versions (D3)
+@pytest.fixture(scope="module")
+def tiny_judge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LLM whose one answer is self-consistent (anomaly with an anomaly class:
+    seed 4, as in the demo), so its judgements are ok."""
+    return build_tiny_llm(tmp_path_factory.mktemp("models") / "tiny-judge", seed=4)
+
+
+def _summary(res) -> dict:
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_failed_judge_configuration_hides_nothing(video_store: Store, tiny_judge: Path,
+                                                    tmp_path: Path) -> None:
+    store, runner = video_store, CliRunner()
+    root = str(store.root)
+    segs = store.records("segments")
+
+    def upstream(stage: str, version: str, text: str) -> list[StageResult]:
+        return [StageResult(s.segment_id, stage, version, "ok", output_json=json.dumps(
+            {"video_id": s.video_id, "segment_id": s.segment_id, "description": text}))
+            for s in segs]
+
+    store.append("stage_results", upstream("describe", "v1-desc", "a car hits a wall")
+                 + upstream("verify", "v2-verified", ""))
+    working = ["curate", "judge", root, "--model", str(tiny_judge), "--device", "cpu"]
+    # a judge configuration that cannot work: an OpenAI server that is not there
+    failed = _summary(runner.invoke(app, [
+        "curate", "judge", root, "--engine", "openai", "--base-url", "http://127.0.0.1:9/v1",
+        "--model", "served-judge", "--timeout", "2"]))
+    assert (failed["items"], failed["failed"]) == (3, 3)
+    # the working configuration then does every item, and review gets its tasks
+    good = _summary(runner.invoke(app, working))
+    assert (good["items"], good["ok"]) == (3, 3)
+    res = runner.invoke(app, ["review", "export", root, str(tmp_path / "tasks.json"),
+                              "--media-url", "http://media.test/"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads((tmp_path / "tasks.json").read_text())) == 3
+    # run again, it has nothing left to do
+    assert _summary(runner.invoke(app, working))["items"] == 0
+
+    # status shows the upstream versions judge (and verify) read by default
+    status = runner.invoke(app, ["curate", "status", root])
+    assert status.exit_code == 0, status.output
+    reads = [ln.split("│")[1:5] for ln in status.stdout.splitlines() if "--" in ln]
+    assert [[c.strip() for c in r] for r in reads] == [
+        ["verify", "describe", "v1-desc", "--describe-version"],
+        ["judge", "describe", "v1-desc", "--describe-version"],
+        ["judge", "verify", "v2-verified", "--verify-version"],
+    ]
+
+    # a new describe version puts judge back to work on it; naming the old one does not
+    store.append("stage_results", upstream("describe", "v1-redescribed", "a fire in a shop"))
+    assert _summary(runner.invoke(app, [*working, "--describe-version", "v1-desc"]))[
+        "items"] == 0
+    again = _summary(runner.invoke(app, working))
+    assert (again["items"], again["ok"]) == (3, 3)
+    judged = {json.loads(r["output_json"])["description"]
+              for r in latest(store, "judge").values()}
+    assert judged == {"a fire in a shop"}
