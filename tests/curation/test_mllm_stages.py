@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -353,3 +356,28 @@ def test_a_failed_judge_configuration_hides_nothing(video_store: Store, tiny_jud
     judged = {json.loads(r["output_json"])["description"]
               for r in latest(store, "judge").values()}
     assert judged == {"a fire in a shop"}
+
+
+# ------------------------------------------------------------ verify without CLIP weights
+@pytest.mark.parametrize("env, why", [
+    ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+    # not marked offline, but the hub does not answer: one connection attempt, no retries
+    ({"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"},
+     "127.0.0.1:9 is unreachable"),
+])
+def test_verify_without_clip_weights_fails_first_naming_its_option(
+        video_store: Store, tmp_path: Path, env: dict, why: str) -> None:
+    # default options (CLIP ViT-B-16, pretrained "openai") with empty weight caches
+    run_env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HOME": str(tmp_path / "home"),
+               **env}
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit", "curate", "verify", str(video_store.root),
+         "--model", str(tmp_path / "vlm-not-loaded-yet"), "--device", "cpu"],
+        capture_output=True, text=True, env=run_env, timeout=300,
+        cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: the weights of CLIP model 'ViT-B-16' (--clip-pretrained "
+                           "'openai') are not in the local cache") and why in line, line
+    assert "--clip-model none" in line and " --pretrained" not in line
+    assert latest(video_store, "verify") == {}
