@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,11 +188,9 @@ class ModelStage:
     tools: Callable[[Any, EngineConfig, dict[str, Any]], dict[str, Any]] = no_tools
     schema_name: str | None = None
     code_version: int = 1
-    _fields: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        names = frozenset(f.name for f in dataclasses.fields(self.config))
-        object.__setattr__(self, "_fields", names)
+        names = {f.name for f in dataclasses.fields(self.config)}
         missing = [version_field(u) for u in self.upstream if version_field(u) not in names]
         if missing:
             raise ValidationError(f"model stage {self.name!r}: {self.config.__name__} lacks "
