@@ -1,49 +1,122 @@
 """``prevad curate``: every curation stage on the command line, without Prefect.
 
 Each stage module exposes ``register(app: typer.Typer) -> None`` and adds its own command
-(``prevad curate <stage> STORE [options]``); the modules are listed in :data:`STAGE_MODULES`.
-The flows in ``flows/`` call the same functions.
+(``prevad curate <stage> STORE [options]``); :data:`STAGE_COMMANDS` names the module of each
+command. A stage's module is imported only when its command runs (or ``--help`` lists the
+commands), so ``prevad curate status`` and ``prevad --help`` start without the stages' libraries,
+and none of them imports torch before a model is built. The flows in ``flows/`` call the same
+functions.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from prevad import queries
 from prevad.cli_errors import exit_on
 from prevad.errors import PrevadError
 from prevad.store import Store
 
-app = typer.Typer(help="Curation stages (retrieve, acquire, record, clean, describe, verify, "
+#: Command -> the module whose ``register(app)`` adds it (a new stage adds one line here).
+STAGE_COMMANDS: dict[str, str] = {
+    "retrieve": "curation.retrieve",
+    "acquire": "curation.acquire",
+    "record": "curation.record",
+    "clean": "curation.clean",
+    "describe": "curation.describe",
+    "verify": "curation.verify",
+    "judge": "curation.judge",
+    "describe-anomaly": "curation.describe_anomaly",
+    # the generic runner (any stage by reference, --engine local|ray|auto)
+    "run": "curation.run_cmd",
+}
+
+#: Modules of the model stages (their ``SPEC`` says which upstream stages they read).
+MODEL_STAGE_MODULES: tuple[str, ...] = (
+    "curation.describe", "curation.verify", "curation.judge", "curation.describe_anomaly",
+)
+
+
+@functools.cache
+def stage_command(name: str) -> click.Command:
+    """The click command ``name`` of :data:`STAGE_COMMANDS` (its module imported now)."""
+    sub = typer.Typer(pretty_exceptions_enable=False)
+    importlib.import_module(STAGE_COMMANDS[name]).register(sub)
+    group = typer.main.get_group(sub)
+    command = group.commands.get(name)
+    if command is None:
+        raise RuntimeError(f"{STAGE_COMMANDS[name]}.register added {sorted(group.commands)}, "
+                           f"not {name!r}")
+    return command
+
+
+class StageGroup(TyperGroup):
+    """``prevad curate``: its own commands, plus the stage commands loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Own commands first, then the stages in :data:`STAGE_COMMANDS` order."""
+        own = super().list_commands(ctx)
+        return [*own, *(n for n in STAGE_COMMANDS if n not in own)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """An own command, else the stage command of that name (imported now)."""
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in STAGE_COMMANDS:
+            command = stage_command(cmd_name)
+        return command
+
+
+app = typer.Typer(cls=StageGroup,
+                  help="Curation stages (retrieve, acquire, record, clean, describe, verify, "
                   "judge, ...) on a PreVAD store.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 
-#: Modules (under ``curation``) whose ``register(app)`` adds a stage command.
-STAGE_MODULES: tuple[str, ...] = (
-    "retrieve", "acquire", "record", "clean", "describe", "verify", "judge", "describe_anomaly",
-)
+
+def upstream_reads(store: Store) -> list[dict[str, str]]:
+    """Per model stage and upstream stage it reads: the version it would read by default (D3).
+
+    Rows: ``stage``, ``reads``, ``version`` (the newest upstream version with ok results, or
+    ``(no ok result)``) and ``option`` (the stage command's option that names another one).
+    """
+    from curation.model_stage import version_field
+
+    rows = []
+    for module in MODEL_STAGE_MODULES:
+        spec = importlib.import_module(module).SPEC
+        versions = spec.upstream_versions(store, spec.config())
+        for up in spec.upstream:
+            rows.append({
+                "stage": spec.name, "reads": up,
+                "version": versions.get(up) or "(no ok result)",
+                "option": "--" + version_field(up).replace("_", "-"),
+            })
+    return rows
+
+
+def _print(rows: list[dict[str, str]], columns: list[str], title: str) -> None:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if r[c] is None else str(r[c]) for c in columns))
+    Console(width=200).print(t)
 
 
 @app.command()
 @exit_on(PrevadError, OSError)
 def status(root: Path) -> None:
-    """Per stage and version: latest status counts (ok / rejected by reason / failed)."""
-    tbl = queries.stage_status_counts(Store(root))
-    t = Table(title="curation stages (latest result per item)")
-    for c in tbl.column_names:
-        t.add_column(c)
-    for r in tbl.to_pylist():
-        t.add_row(*("" if r[c] is None else str(r[c]) for c in tbl.column_names))
-    Console(width=200).print(t)
-
-
-for _name in STAGE_MODULES:
-    importlib.import_module(f"curation.{_name}").register(app)
-
-# The generic runner (any stage by reference, --engine local|ray|auto).
-importlib.import_module("curation.run_cmd").register(app)
+    """Per stage and version: latest status counts (ok / rejected by reason / failed), and the
+    upstream version each downstream stage reads by default."""
+    store = Store(root)
+    tbl = queries.stage_status_counts(store)
+    _print(tbl.to_pylist(), tbl.column_names, "curation stages (latest result per item)")
+    _print(upstream_reads(store), ["stage", "reads", "version", "option"],
+           "upstream versions read by default (newest with ok results)")

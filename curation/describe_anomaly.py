@@ -12,51 +12,20 @@ stage version) so it can be exported and reviewed like any annotation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import typer
-
 from curation import cli_options as opt
-from curation.describe import check_description, failed, frame_requests, generate_some
-from curation.describe import schema as describe_schema
-from curation.engines import Engine
+from curation.describe import DescribeConfig, check_description, schema
 from curation.frames import FrameConfig
-from curation.mllm import (
-    EngineConfig,
-    FrameSource,
-    build_engine,
-    items_of,
-    load_prompt,
-    prompt_path,
-    render,
-)
+from curation.model_stage import Answer, Context, ModelStage, Work
 from prevad import taxonomy
 from prevad.records import Annotation, make_id
-from prevad.stage import (
-    Failed,
-    ItemResult,
-    Ok,
-    Rejected,
-    Stage,
-    StageSummary,
-    run_stage,
-    stage_version,
-)
-from prevad.store import Store
+from prevad.stage import ItemResult, Ok, Rejected
 
 NAME = "describe-anomaly"
 PROMPT = "describe_anomaly"
-CODE_VERSION = 1
-
-
-@dataclass(frozen=True, slots=True)
-class DescribeAnomalyConfig:
-    """Frames and the accepted description length (characters)."""
-
-    frames: FrameConfig = field(default_factory=FrameConfig)
-    min_chars: int = 20
-    max_chars: int = 2000
+#: Frames and the accepted description length: the same settings as describe's.
+DescribeAnomalyConfig = DescribeConfig
 
 
 def model_annotation(human: dict[str, Any], description: str, model: str,
@@ -71,83 +40,43 @@ def model_annotation(human: dict[str, Any], description: str, model: str,
     )
 
 
-def make_stage(store: Store, ecfg: EngineConfig, cfg: DescribeAnomalyConfig | None = None, *,
-               engine: Engine | None = None) -> Stage:
-    """The describe-anomaly stage on ``store`` (input: ``annotations``).
-
-    Args:
-        store: the store.
-        ecfg: engine and model (a multimodal LLM).
-        cfg: frames and length bounds.
-        engine: an already built engine (else built from ``ecfg``).
-    """
-    cfg = cfg or DescribeAnomalyConfig()
-    from curation.describe import DescribeConfig
-
-    sch = describe_schema(DescribeConfig(cfg.frames, cfg.min_chars, cfg.max_chars))
-    template = load_prompt(PROMPT)
-    source = FrameSource(store, cfg.frames)
-    eng = engine or build_engine(ecfg, store, vision=True, frames=cfg.frames.n)
-    version = stage_version(
-        NAME,
-        {**ecfg.version_params(), "frames": [cfg.frames.n, cfg.frames.size],
-         "chars": [cfg.min_chars, cfg.max_chars]},
-        files=[prompt_path(PROMPT)], code_version=CODE_VERSION,
-    )
-
-    def process(rows: list[dict[str, Any]]) -> list[ItemResult]:
-        results: list[ItemResult | None] = [None] * len(rows)
-        todo = []
-        for i, r in enumerate(rows):
-            if r["annotator_kind"] != "human" or r["dataset"] != "prevad":
-                results[i] = Rejected("not_human_prevad")
-            elif r["category"] == taxonomy.NORMAL:
-                results[i] = Rejected("normal_annotation")
-            else:
-                todo.append(i)
-        sub = [rows[i] for i in todo]
-        items = items_of(store, "annotations", sub)
-        prompts = [render(template, category=r["category"],
-                          top_level=taxonomy.top_level(r["category"])) for r in sub]
-        reqs, errors = frame_requests(items, source, prompts, sch, ecfg, "description")
-        for i, r, err, gen in zip(todo, sub, errors, generate_some(eng, reqs), strict=True):
-            if gen is None:
-                results[i] = Failed(err or "no request")
-                continue
-            if not gen.ok:
-                results[i] = failed(gen)
-                continue
-            desc = gen.parsed.get("description")
-            output = {"annotation_id": r["annotation_id"], "video_id": r["video_id"],
-                      "category": r["category"], "description": desc, "model": eng.model_id,
-                      "engine": eng.kind, "cached": gen.cached}
-            reason = check_description(desc, cfg.min_chars, cfg.max_chars)
-            if reason:
-                results[i] = Rejected(reason, output)
-                continue
-            ann = model_annotation(r, desc, eng.model_id, version)
-            output["model_annotation_id"] = ann.annotation_id
-            results[i] = Ok(outputs={"annotations": [ann]}, output=output)
-        return [x for x in results if x is not None]
-
-    return Stage(NAME, version, "annotations", process, batch_size=ecfg.batch_size)
+def ask(ctx: Context, work: Work) -> dict[str, Any] | ItemResult:
+    """Human PreVAD anomalies only; the prompt names their category."""
+    r = work.row
+    if r["annotator_kind"] != "human" or r["dataset"] != "prevad":
+        return Rejected("not_human_prevad")
+    if r["category"] == taxonomy.NORMAL:
+        return Rejected("normal_annotation")
+    return {"category": r["category"], "top_level": taxonomy.top_level(r["category"])}
 
 
-def run(store: Store, ecfg: EngineConfig, cfg: DescribeAnomalyConfig | None = None, *,
-        limit: int | None = None, progress: bool = False) -> StageSummary:
-    """Build and run the describe-anomaly stage; returns its summary."""
-    return run_stage(store, make_stage(store, ecfg, cfg), limit=limit, progress=progress)
+def read(ctx: Context, work: Work, ans: Answer) -> ItemResult:
+    """The description, stored with a model annotation beside the human one."""
+    r = work.row
+    desc = ans.parsed.get("description")
+    output = {"annotation_id": r["annotation_id"], "video_id": r["video_id"],
+              "category": r["category"], "description": desc, "model": ctx.model,
+              "engine": ctx.engine, "cached": ans.cached}
+    reason = check_description(desc, ctx.cfg.min_chars, ctx.cfg.max_chars)
+    if reason:
+        return Rejected(reason, output)
+    ann = model_annotation(r, desc, ctx.model, ctx.version)
+    output["model_annotation_id"] = ann.annotation_id
+    return Ok(outputs={"annotations": [ann]}, output=output)
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``prevad curate describe-anomaly``."""
+SPEC = ModelStage(
+    NAME, PROMPT, DescribeAnomalyConfig, schema, read=read, ask=ask,
+    params=lambda cfg: {"chars": [cfg.min_chars, cfg.max_chars]},
+    input_table="annotations", schema_name="description",
+)
 
-    @opt.model_stage_command(app, NAME, run)
-    def describe_anomaly(
-        frames: int = opt.FRAMES,
-        frame_size: int = opt.FRAME_SIZE,
-        min_chars: int = typer.Option(20, help="Shorter descriptions are rejected."),
-        max_chars: int = typer.Option(2000, help="Longer descriptions are rejected."),
-    ) -> DescribeAnomalyConfig:
-        """MLLM description of each human-labelled PreVAD anomaly, prompted with its category."""
-        return DescribeAnomalyConfig(FrameConfig(frames, frame_size), min_chars, max_chars)
+
+def options(frames: int = opt.FRAMES, frame_size: int = opt.FRAME_SIZE,
+            min_chars: int = opt.MIN_CHARS, max_chars: int = opt.MAX_CHARS
+            ) -> DescribeAnomalyConfig:
+    """MLLM description of each human-labelled PreVAD anomaly, prompted with its category."""
+    return DescribeAnomalyConfig(FrameConfig(frames, frame_size), min_chars, max_chars)
+
+
+make_stage, run, register = SPEC.stage, SPEC.run, opt.registrar(SPEC, options)

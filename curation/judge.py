@@ -16,6 +16,10 @@ Rejected (output kept): ``category_outside_taxonomy`` (never stored as a new cat
 ``confidence_out_of_range``, ``verify_rejected`` (the item failed verification, when
 ``require_verified``), ``description_too_long``. Failed: no describe (or verify) result yet,
 engine error, unparsable answer (raw text kept).
+
+It reads ONE describe version and (with ``require_verified``) ONE verify version:
+``describe_version`` / ``verify_version`` (``--describe-version`` / ``--verify-version``), else
+the newest version of each with ok results (D3); both are part of judge's own version.
 """
 
 from __future__ import annotations
@@ -26,36 +30,13 @@ from typing import Any
 import typer
 
 from curation import cli_options as opt
-from curation.describe import failed, generate_some
-from curation.engines import Engine, Request
-from curation.mllm import (
-    EngineConfig,
-    build_engine,
-    default_input_table,
-    items_of,
-    latest_statuses,
-    load_prompt,
-    prompt_path,
-    render,
-    stage_outputs,
-)
-from prevad import queries, taxonomy
+from curation.model_stage import Answer, Context, ModelStage, Work, missing_upstream, upstream_text
+from prevad import taxonomy
 from prevad.errors import UnknownCategoryError
-from prevad.stage import (
-    Failed,
-    ItemResult,
-    Ok,
-    Rejected,
-    Stage,
-    StageSummary,
-    run_stage,
-    stage_version,
-)
-from prevad.store import Store
+from prevad.stage import ItemResult, Ok, Rejected
 
 NAME = "judge"
 PROMPT = "judge"
-CODE_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +44,21 @@ class JudgeConfig:
     """Judge settings.
 
     Attributes:
-        require_verified: judge only items whose latest verify result is ok (items verify
-            rejected are rejected here as ``verify_rejected``).
+        require_verified: judge only items whose verify result is ok (items verify rejected
+            are rejected here as ``verify_rejected``).
         max_description_chars: longer descriptions are rejected without a model call.
         max_reason_chars: the reason's maximum length in the schema.
+        describe_version: the describe version whose descriptions are judged (None: the
+            newest one with ok results).
+        verify_version: the verify version whose verdicts gate the judge (None: the newest one
+            with ok results).
     """
 
     require_verified: bool = True
     max_description_chars: int = 4000
     max_reason_chars: int = 300
+    describe_version: str | None = None
+    verify_version: str | None = None
 
 
 def schema(cfg: JudgeConfig | None = None) -> dict[str, Any]:
@@ -121,89 +108,53 @@ def interpret(ans: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     return fields, None
 
 
-def make_stage(store: Store, ecfg: EngineConfig, cfg: JudgeConfig | None = None, *,
-               engine: Engine | None = None, input_table: str | None = None) -> Stage:
-    """The judge stage on ``store`` (reads the latest describe output, and verify status).
-
-    Args:
-        store: the store.
-        ecfg: engine and model (a text LLM; no frames are sent).
-        cfg: judge settings.
-        engine: an already built engine (else built from ``ecfg``).
-        input_table: "segments" or "videos" (default: segments when there are any).
-    """
-    cfg = cfg or JudgeConfig()
-    table = input_table or default_input_table(store)
-    sch = schema(cfg)
-    template = render(load_prompt(PROMPT), taxonomy=taxonomy_text())
-    eng = engine or build_engine(ecfg, store, vision=False)
-
-    def process(rows: list[dict[str, Any]]) -> list[ItemResult]:
-        items = items_of(store, table, rows)
-        ids = [it.item_id for it in items]
-        described = stage_outputs(store, "describe", ids)
-        verified = latest_statuses(store, "verify", ids) if cfg.require_verified else {}
-        results: list[ItemResult | None] = [None] * len(items)
-        reqs: list[Request | None] = []
-        descs: list[str | None] = []
-        for i, it in enumerate(items):
-            base = {"video_id": it.video_id, "segment_id": it.segment_id}
-            desc = described.get(it.item_id, {}).get("description")
-            descs.append(desc)
-            v = verified.get(it.item_id)
-            if not isinstance(desc, str) or not desc:
-                results[i] = Failed(f"no describe result for {it.item_id!r}: run "
-                                    "`prevad curate describe` first")
-            elif cfg.require_verified and (v is None or v["status"] == "failed"):
-                results[i] = Failed(f"no verify result for {it.item_id!r}: run "
-                                    "`prevad curate verify` first (or --no-require-verified)")
-            elif cfg.require_verified and v["status"] == "rejected":
-                results[i] = Rejected("verify_rejected", {**base, "verify_reason": v["reason"]})
-            elif len(desc) > cfg.max_description_chars:
-                results[i] = Rejected("description_too_long", {**base, "chars": len(desc)})
-            reqs.append(None if results[i] is not None else Request(
-                render(template, description=desc), schema=sch, sampling=ecfg.sampling,
-                schema_name=NAME))
-        for i, (it, gen) in enumerate(zip(items, generate_some(eng, reqs), strict=True)):
-            if gen is None:
-                continue
-            if not gen.ok:
-                results[i] = failed(gen)
-                continue
-            fields, reason = interpret(gen.parsed)
-            output = {"video_id": it.video_id, "segment_id": it.segment_id, **fields,
-                      "model": eng.model_id, "engine": eng.kind, "cached": gen.cached,
-                      "description": descs[i]}
-            if reason:
-                output["raw"] = gen.text
-            results[i] = Rejected(reason, output) if reason else Ok(output=output)
-        return [r for r in results if r is not None]
-
-    version = stage_version(
-        NAME,
-        {**ecfg.version_params(), "require_verified": cfg.require_verified,
-         "max_chars": [cfg.max_description_chars, cfg.max_reason_chars], "input": table,
-         # the outputs it reads: a new describe (or verify) version re-runs the judge
-         "upstream": [queries.ok_versions(store, "describe"),
-                      queries.ok_versions(store, "verify") if cfg.require_verified else []]},
-        files=[prompt_path(PROMPT)], code_version=CODE_VERSION,
-    )
-    return Stage(NAME, version, table, process, batch_size=ecfg.batch_size)
+def reads(cfg: JudgeConfig) -> tuple[str, ...]:
+    """The upstream stages it reads: describe, and verify when it requires verified items."""
+    return ("describe", "verify") if cfg.require_verified else ("describe",)
 
 
-def run(store: Store, ecfg: EngineConfig, cfg: JudgeConfig | None = None, *,
-        limit: int | None = None, progress: bool = False) -> StageSummary:
-    """Build and run the judge stage; returns its summary."""
-    return run_stage(store, make_stage(store, ecfg, cfg), limit=limit, progress=progress)
+def ask(ctx: Context, work: Work) -> dict[str, Any] | ItemResult:
+    """The description to judge, once describe (and verify) passed the item."""
+    desc = upstream_text(work, "describe", "description")
+    if desc is None:
+        return missing_upstream(work, "describe", ctx)
+    if ctx.cfg.require_verified:
+        v = work.upstream["verify"]
+        if v is None or v.status == "failed":
+            return missing_upstream(work, "verify", ctx, " (or --no-require-verified)")
+        if v.status == "rejected":
+            return Rejected("verify_rejected", {**work.ids(), "verify_reason": v.reason})
+    if len(desc) > ctx.cfg.max_description_chars:
+        return Rejected("description_too_long", {**work.ids(), "chars": len(desc)})
+    return {"description": desc}
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``prevad curate judge``."""
+def read(ctx: Context, work: Work, ans: Answer) -> ItemResult:
+    """The judgement, normalised to the taxonomy (raw text kept when it is rejected)."""
+    fields, reason = interpret(ans.parsed)
+    output = {**work.ids(), **fields, "model": ctx.model, "engine": ctx.engine,
+              "cached": ans.cached, "description": ans.fields["description"]}
+    if reason:
+        output["raw"] = ans.text
+    return Rejected(reason, output) if reason else Ok(output=output)
 
-    @opt.model_stage_command(app, NAME, run)
-    def judge(
-        require_verified: bool = typer.Option(
-            True, help="Judge only items whose latest verify result is ok."),
-    ) -> JudgeConfig:
-        """LLM anomaly judgement (taxonomy category, confidence, reason) from the description."""
-        return JudgeConfig(require_verified)
+
+SPEC = ModelStage(
+    NAME, PROMPT, JudgeConfig, schema, read=read, ask=ask, vision=False,
+    params=lambda cfg: {"require_verified": cfg.require_verified,
+                        "max_chars": [cfg.max_description_chars, cfg.max_reason_chars]},
+    upstream=("describe", "verify"), reads=reads,
+    fixed_fields=lambda: {"taxonomy": taxonomy_text()},
+    # 2: reads one describe and one verify version (D3), which are in the version, instead of
+    # the latest describe output and verify status of any version
+    code_version=2,
+)
+
+
+def options(require_verified: bool = typer.Option(
+        True, help="Judge only items whose verify result is ok.")) -> JudgeConfig:
+    """LLM anomaly judgement (taxonomy category, confidence, reason) from the description."""
+    return JudgeConfig(require_verified)
+
+
+make_stage, run, register = SPEC.stage, SPEC.run, opt.registrar(SPEC, options)

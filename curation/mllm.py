@@ -11,7 +11,6 @@ the files' bytes are part of each stage's ``stage_version``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,16 +184,3 @@ class FrameSource:
             raise FrameError(f"item {item.item_id!r} (video {item.video_id!r}) has no video "
                              "file: videos.uri is empty")
         return self.cache.get(item.path, item.start_s, item.end_s, self.cfg)
-
-
-def stage_outputs(store: Store, stage: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Latest ``ok`` output of ``stage`` for each of ``ids`` (id -> decoded output JSON)."""
-    tbl = store.query(queries.LATEST_OK_OUTPUTS, {"stage": stage, "ids": sorted(set(ids))})
-    return {r["id"]: json.loads(r["output_json"]) for r in tbl.to_pylist()
-            if r["output_json"] is not None}
-
-
-def latest_statuses(store: Store, stage: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Latest result row (status, reason, output_json) of ``stage`` for each of ``ids``."""
-    tbl = store.query(queries.LATEST_STATUS_OF_IDS, {"stage": stage, "ids": sorted(set(ids))})
-    return {r["id"]: r for r in tbl.to_pylist()}

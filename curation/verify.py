@@ -12,48 +12,40 @@ Two signals per item, both stored in the output:
 Rejected (output kept): ``vlm_inconsistent``, ``vlm_score_below_threshold``,
 ``clip_below_threshold``, ``description_too_long``. Failed: no describe result yet, no
 decodable frame, engine error, unparsable answer (raw text kept).
+
+It reads the describe results of ONE describe version: ``describe_version`` (the CLI's
+``--describe-version``), else the newest describe version with ok results (D3); that version is
+part of verify's own version.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import typer
 
 from curation import cli_options as opt
-from curation.describe import failed, frame_requests, generate_some
-from curation.engines import Engine
 from curation.frames import FrameConfig
-from curation.mllm import (
-    EngineConfig,
-    FrameSource,
-    build_engine,
-    default_input_table,
-    items_of,
-    load_prompt,
-    prompt_path,
-    render,
-    stage_outputs,
-)
-from prevad import queries
-from prevad.stage import (
-    Failed,
-    ItemResult,
-    Ok,
-    Rejected,
-    Stage,
-    StageSummary,
-    run_stage,
-    stage_version,
-)
-from prevad.store import Store
+from curation.mllm import EngineConfig
+from curation.model_stage import Answer, Context, ModelStage, Work, missing_upstream, upstream_text
+from prevad.errors import PrevadError
+from prevad.stage import Failed, ItemResult, Ok, Rejected
 
 NAME = "verify"
 PROMPT = "verify"
-CODE_VERSION = 1
 VERDICTS = ("consistent", "partially_consistent", "inconsistent")
+#: Seconds the hub may take to accept a connection before CLIP weights count as unreachable.
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class ClipWeightsError(PrevadError):
+    """The CLIP weights verify needs are not on this machine and cannot be downloaded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +61,8 @@ class VerifyConfig:
         max_description_chars: longer descriptions are rejected without a model call.
         max_claims: most unsupported claims in an answer.
         max_claim_chars: longest unsupported claim (characters).
+        describe_version: the describe version whose descriptions are verified (None: the
+            newest one with ok results).
     """
 
     frames: FrameConfig = field(default_factory=FrameConfig)
@@ -79,6 +73,7 @@ class VerifyConfig:
     max_description_chars: int = 4000
     max_claims: int = 10
     max_claim_chars: int = 200
+    describe_version: str | None = None
 
 
 def schema(cfg: VerifyConfig | None = None) -> dict[str, Any]:
@@ -97,17 +92,92 @@ def schema(cfg: VerifyConfig | None = None) -> dict[str, Any]:
     }
 
 
+def check_clip_weights(name: str, pretrained: str | None) -> None:
+    """Fail fast when the CLIP weights can only come from a network that is not there.
+
+    Runs before any model is built: a pretrained tag whose weights are in neither the Hugging
+    Face cache nor open_clip's download folder needs the hub; with ``HF_HUB_OFFLINE`` (or
+    ``TRANSFORMERS_OFFLINE``) set, or when the hub does not accept a connection within
+    :data:`HUB_PROBE_TIMEOUT_S`, that is one clear error instead of the hub client's retries.
+
+    Raises:
+        ClipWeightsError: the weights are not here and cannot be downloaded.
+    """
+    if pretrained is None or Path(pretrained).expanduser().is_file():
+        return
+    from open_clip.pretrained import get_pretrained_cfg
+
+    from lagovad.text import register_open_clip_configs
+
+    register_open_clip_configs()
+    pcfg = get_pretrained_cfg(name, pretrained)
+    if not pcfg or _cached_weights(pcfg):
+        return  # an unknown tag is the loader's error to report (it lists the known tags)
+    why = _offline_reason() or _hub_unreachable()
+    if why:
+        raise ClipWeightsError(
+            f"the weights of CLIP model {name!r} (--clip-pretrained {pretrained!r}) are not in "
+            f"the local cache and cannot be downloaded: {why}. Download them once with network "
+            f"access, or pass --clip-pretrained /path/to/checkpoint, --clip-pretrained none "
+            f"(random weights) or --clip-model none (no CLIP signal)")
+
+
+def _cached_weights(pcfg: dict[str, Any]) -> bool:
+    """Whether open_clip will find the tag's weights on disk (HF cache or its URL folder)."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import HF_WEIGHTS_NAME
+
+    hub = str(pcfg.get("hf_hub", ""))
+    if hub:
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors", HF_WEIGHTS_NAME]
+        if any(isinstance(try_to_load_from_cache(repo, n), str) for n in names):
+            return True
+    url = str(pcfg.get("url", ""))
+    return bool(url) and (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file()
+
+
+def _offline_reason() -> str | None:
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var} is set"
+    return None
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (None when it accepts a connection)."""
+    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http"
+                                                                else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"{host}:{port} is unreachable ({exc})"
+    return None
+
+
 class ClipScorer:
     """Frame-description cosine similarity with LaGoVAD's CLIP image encoder and text tower."""
 
     def __init__(self, name: str, pretrained: str | None, device: str = "auto") -> None:
-        """Load the open_clip model (see :func:`lagovad.image_encoder.load_image_encoder`)."""
+        """Load the open_clip model (see :func:`lagovad.image_encoder.load_image_encoder`).
+
+        Raises:
+            ClipWeightsError: pretrained weights not here and not downloadable (checked first).
+        """
+        check_clip_weights(name, pretrained)
         import open_clip
 
-        from lagovad.image_encoder import load_image_encoder
+        from lagovad.image_encoder import PretrainedWeightsUnavailable, load_image_encoder
 
-        self.encoder = load_image_encoder(name, pretrained,
-                                          device=None if device == "auto" else device)
+        try:
+            self.encoder = load_image_encoder(name, pretrained,
+                                              device=None if device == "auto" else device)
+        except PretrainedWeightsUnavailable as exc:
+            raise ClipWeightsError(
+                f"the weights of CLIP model {name!r} (--clip-pretrained {pretrained!r}) could "
+                f"not be loaded: pass --clip-pretrained /path/to/checkpoint, or --clip-model "
+                f"none (no CLIP signal) ({str(exc).rpartition('(')[2].rstrip(')')})") from exc
         self.tokenizer = open_clip.get_tokenizer(name)
         self.model_id = self.encoder.model_id
 
@@ -142,113 +212,73 @@ def decide(verdict: str, score: float, clip_mean: float | None,
     return None
 
 
-def make_stage(store: Store, ecfg: EngineConfig, cfg: VerifyConfig | None = None, *,
-               engine: Engine | None = None, clip: ClipScorer | None = None,
-               input_table: str | None = None) -> Stage:
-    """The verify stage on ``store`` (reads each item's latest ``describe`` output).
-
-    Args:
-        store: the store.
-        ecfg: engine and model (a vision-language model).
-        cfg: thresholds, frames and CLIP model.
-        engine: an already built engine (else built from ``ecfg``).
-        clip: an already loaded CLIP scorer (else loaded from ``cfg`` unless clip_model is None).
-        input_table: "segments" or "videos" (default: segments when there are any).
-    """
-    cfg = cfg or VerifyConfig()
-    table = input_table or default_input_table(store)
-    sch = schema(cfg)
-    template = load_prompt(PROMPT)
-    source = FrameSource(store, cfg.frames)
-    eng = engine or build_engine(ecfg, store, vision=True, frames=cfg.frames.n)
+def tools(cfg: VerifyConfig, ecfg: EngineConfig, given: dict[str, Any]) -> dict[str, Any]:
+    """The CLIP scorer: the one passed in (``clip=``), else loaded unless clip_model is None."""
+    clip = given.get("clip")
     if clip is None and cfg.clip_model is not None:
         clip = ClipScorer(cfg.clip_model, cfg.clip_pretrained, ecfg.device)
+    return {"clip": clip}
 
-    def process(rows: list[dict[str, Any]]) -> list[ItemResult]:
-        items = items_of(store, table, rows)
-        described = stage_outputs(store, "describe", [it.item_id for it in items])
-        results: list[ItemResult | None] = [None] * len(items)
-        todo = []
-        for i, it in enumerate(items):
-            desc = described.get(it.item_id, {}).get("description")
-            if not isinstance(desc, str) or not desc:
-                results[i] = Failed(f"no describe result for {it.item_id!r}: run "
-                                    "`prevad curate describe` first")
-            elif len(desc) > cfg.max_description_chars:
-                results[i] = Rejected("description_too_long",
-                                      {"video_id": it.video_id, "segment_id": it.segment_id,
-                                       "chars": len(desc)})
-            else:
-                todo.append((i, it, desc))
-        reqs, errors = frame_requests([t[1] for t in todo], source,
-                                      [render(template, description=t[2]) for t in todo],
-                                      sch, ecfg, NAME)
-        for (i, it, desc), err, req, gen in zip(todo, errors, reqs, generate_some(eng, reqs),
-                                                strict=True):
-            if gen is None:
-                results[i] = Failed(err or "no request")
-                continue
-            if not gen.ok:
-                results[i] = failed(gen)
-                continue
-            ans = gen.parsed
-            clip_mean = clip_max = None
-            if clip is not None and req is not None:
-                clip_mean, clip_max = clip.similarity(req.frames, desc)
-            output = {
-                "video_id": it.video_id, "segment_id": it.segment_id,
-                "verdict": ans.get("verdict"), "score": ans.get("score"),
-                "unsupported_claims": ans.get("unsupported_claims") or [],
-                "clip_mean": clip_mean, "clip_max": clip_max,
-                "clip_model": clip.model_id if clip is not None else None,
-                "model": eng.model_id, "engine": eng.kind, "cached": gen.cached,
-            }
-            if ans.get("verdict") not in VERDICTS or not isinstance(ans.get("score"), int | float):
-                results[i] = Failed(f"answer outside the schema: {gen.text[:200]!r}",
-                                    {"raw": gen.text})
-                continue
-            reason = decide(ans["verdict"], float(ans["score"]), clip_mean, cfg)
-            results[i] = Rejected(reason, output) if reason else Ok(output=output)
-        return [r for r in results if r is not None]
 
-    version = stage_version(
-        NAME,
-        {**ecfg.version_params(), "frames": [cfg.frames.n, cfg.frames.size],
-         "min_score": cfg.min_score, "min_clip_mean": cfg.min_clip_mean,
-         "clip": [cfg.clip_model, cfg.clip_pretrained],
-         "max_chars": [cfg.max_description_chars, cfg.max_claims, cfg.max_claim_chars],
-         "input": table,
-         # the describe outputs it reads: a new describe version re-runs verify
-         "upstream": queries.ok_versions(store, "describe")},
-        files=[prompt_path(PROMPT)], code_version=CODE_VERSION,
+def ask(ctx: Context, work: Work) -> dict[str, Any] | ItemResult:
+    """The description to verify (too long ones are rejected without a model call)."""
+    desc = upstream_text(work, "describe", "description")
+    if desc is None:
+        return missing_upstream(work, "describe", ctx)
+    if len(desc) > ctx.cfg.max_description_chars:
+        return Rejected("description_too_long", {**work.ids(), "chars": len(desc)})
+    return {"description": desc}
+
+
+def read(ctx: Context, work: Work, ans: Answer) -> ItemResult:
+    """The VLM verdict and the CLIP similarity -> kept, or rejected with the first reason."""
+    clip, parsed = ctx.tools["clip"], ans.parsed
+    clip_mean = clip_max = None
+    if clip is not None and ans.frames is not None:
+        clip_mean, clip_max = clip.similarity(ans.frames, ans.fields["description"])
+    output = {
+        **work.ids(), "verdict": parsed.get("verdict"), "score": parsed.get("score"),
+        "unsupported_claims": parsed.get("unsupported_claims") or [],
+        "clip_mean": clip_mean, "clip_max": clip_max,
+        "clip_model": clip.model_id if clip is not None else None,
+        "model": ctx.model, "engine": ctx.engine, "cached": ans.cached,
+    }
+    if parsed.get("verdict") not in VERDICTS or not isinstance(parsed.get("score"), int | float):
+        return Failed(f"answer outside the schema: {ans.text[:200]!r}", {"raw": ans.text})
+    reason = decide(parsed["verdict"], float(parsed["score"]), clip_mean, ctx.cfg)
+    return Rejected(reason, output) if reason else Ok(output=output)
+
+
+SPEC = ModelStage(
+    NAME, PROMPT, VerifyConfig, schema, read=read, ask=ask, tools=tools,
+    params=lambda cfg: {
+        "min_score": cfg.min_score, "min_clip_mean": cfg.min_clip_mean,
+        "clip": [cfg.clip_model, cfg.clip_pretrained],
+        "max_chars": [cfg.max_description_chars, cfg.max_claims, cfg.max_claim_chars]},
+    upstream=("describe",),
+    # 2: reads one describe version (D3), which is in the version, instead of the latest ok
+    # describe output of every version
+    code_version=2,
+)
+
+
+def options(
+    frames: int = opt.FRAMES,
+    frame_size: int = opt.FRAME_SIZE,
+    min_score: float = typer.Option(0.5, help="Reject items whose VLM score is below."),
+    min_clip_mean: float = typer.Option(
+        0.2, help="Reject items whose mean CLIP similarity is below (negative: no check)."),
+    clip_model: str = typer.Option("ViT-B-16", help="open_clip model ('none': no CLIP)."),
+    clip_pretrained: str = typer.Option(
+        "openai", help="open_clip pretrained tag or checkpoint file ('none': random)."),
+) -> VerifyConfig:
+    """VLM consistency check of each description, plus CLIP image-text similarity."""
+    return VerifyConfig(
+        FrameConfig(frames, frame_size), min_score,
+        None if min_clip_mean < 0 else min_clip_mean,
+        None if clip_model == "none" else clip_model,
+        None if clip_pretrained == "none" else clip_pretrained,
     )
-    return Stage(NAME, version, table, process, batch_size=ecfg.batch_size)
 
 
-def run(store: Store, ecfg: EngineConfig, cfg: VerifyConfig | None = None, *,
-        limit: int | None = None, progress: bool = False) -> StageSummary:
-    """Build and run the verify stage; returns its summary."""
-    return run_stage(store, make_stage(store, ecfg, cfg), limit=limit, progress=progress)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``prevad curate verify``."""
-
-    @opt.model_stage_command(app, NAME, run)
-    def verify(
-        frames: int = opt.FRAMES,
-        frame_size: int = opt.FRAME_SIZE,
-        min_score: float = typer.Option(0.5, help="Reject items whose VLM score is below."),
-        min_clip_mean: float = typer.Option(
-            0.2, help="Reject items whose mean CLIP similarity is below (negative: no check)."),
-        clip_model: str = typer.Option("ViT-B-16", help="open_clip model ('none': no CLIP)."),
-        clip_pretrained: str = typer.Option(
-            "openai", help="open_clip pretrained tag or checkpoint file ('none': random)."),
-    ) -> VerifyConfig:
-        """VLM consistency check of each description, plus CLIP image-text similarity."""
-        return VerifyConfig(
-            FrameConfig(frames, frame_size), min_score,
-            None if min_clip_mean < 0 else min_clip_mean,
-            None if clip_model == "none" else clip_model,
-            None if clip_pretrained == "none" else clip_pretrained,
-        )
+make_stage, run, register = SPEC.stage, SPEC.run, opt.registrar(SPEC, options)

@@ -1,4 +1,4 @@
-"""`make demo`: the main job end to end on embedded defaults (no server, no downloads).
+"""`make quickstart`: the main job end to end on embedded defaults (no server, no downloads).
 
 Runs on Prefect's embedded (temporary) server. Every step is a thin task over a library function:
 

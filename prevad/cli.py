@@ -1,5 +1,10 @@
-"""The ``prevad`` command line: init, import/export, query, stats, card, manifest, compact,
-verify, repair.
+"""The data layer's commands of ``prevad``: init, import/export, query, stats, card, manifest,
+compact, verify, repair.
+
+The ``prevad`` command itself is assembled above the packages, in :mod:`toolkit.cli`: these
+commands plus ``prevad curate`` (:mod:`curation.cli`) and ``prevad review``
+(:mod:`prevad.review_cli`). This module imports nothing of ``curation``, ``lagovad`` or
+``flows`` (docs/DECISIONS.md, D2).
 
 Errors print one line (``error: ...``) and exit with code 2, never a traceback
 (:mod:`prevad.cli_errors`, shared with ``lagovad``).
@@ -242,23 +247,6 @@ def card(
 
     typer.echo(str(write_card(Store(root), out, title)))
 
-
-def _add_curate() -> None:
-    from curation.cli import app as curate_app
-
-    app.add_typer(curate_app, name="curate")
-
-
-_add_curate()
-
-
-def _add_review() -> None:
-    from prevad.review_cli import app as review_app
-
-    app.add_typer(review_app, name="review")
-
-
-_add_review()
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -133,21 +133,26 @@ SELECT video_id, uri, duration_s, start_s, end_s FROM videos
 WHERE list_contains($ids::VARCHAR[], video_id)
 """
 
-#: Latest ``ok`` output of a stage per id, for some ids. Parameters: $stage, $ids (VARCHAR[]).
-LATEST_OK_OUTPUTS = """
-SELECT id, output_json FROM (
-    SELECT id, output_json, row_number() OVER (
-        PARTITION BY id ORDER BY time DESC, attempt DESC, stage_version DESC
+#: Latest result per id of ONE version of a stage, for some ids: what a downstream stage reads
+#: of an upstream one (docs/DECISIONS.md, D3). Parameters: $stage, $stage_version, $ids.
+RESULTS_OF_VERSION = """
+SELECT id, status, reason, output_json FROM (
+    SELECT id, status, reason, output_json, row_number() OVER (
+        PARTITION BY id ORDER BY time DESC, attempt DESC
     ) AS rn
     FROM stage_results
-    WHERE stage = $stage::VARCHAR AND status = 'ok' AND list_contains($ids::VARCHAR[], id)
+    WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+      AND list_contains($ids::VARCHAR[], id)
 )
 WHERE rn = 1
 """
 
-#: Latest result of a stage per id (any status), for some ids. Parameters: $stage, $ids.
-LATEST_STATUS_OF_IDS = f"""
-SELECT * FROM ({LATEST_STATUS}) WHERE list_contains($ids::VARCHAR[], id)
+#: Versions of a stage with ok or rejected results: the versions a downstream stage may be told
+#: to read (``--describe-version`` ...). Parameter: $stage.
+DONE_VERSIONS_OF_STAGE = """
+SELECT DISTINCT stage_version FROM stage_results
+WHERE stage = $stage::VARCHAR AND status IN ('ok', 'rejected')
+ORDER BY stage_version
 """
 
 #: describe results, latest per item, with typed columns. Parameter: $stage ('describe').

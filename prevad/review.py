@@ -4,8 +4,9 @@ The flow (paper: annotation stage):
 
 1. :func:`collect_prelabels` — every video with an ``ok`` result of the ``judge`` stage and no
    human ``prevad`` annotation yet is *awaiting review*. Its pre-label is the judge's category and
-   confidence; for validation videos also proposed anomaly spans, from the LaGoVAD detector on
-   the stored features (when a checkpoint is given) or from the judge output (``spans``, relative,
+   confidence; for validation videos also proposed anomaly spans, from a :class:`SpanProposer`
+   passed in by the layer above (``--checkpoint``: LaGoVAD on the stored features,
+   :class:`lagovad.proposals.DetectorSpans`) or from the judge output (``spans``, relative,
    or the anomalous segments it judged).
 2. :func:`push` (``prevad review push``) creates or updates a Label Studio project with
    :func:`label_config` and imports one task per video with the pre-label as a *prediction*
@@ -40,7 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from xml.sax.saxutils import quoteattr
 
 from prevad import queries, taxonomy
@@ -153,6 +154,18 @@ class PreLabel:
         return self.category != taxonomy.NORMAL
 
 
+class SpanProposer(Protocol):
+    """Proposes anomaly spans for a video awaiting review (the data layer imports no model:
+    the layer above passes one in, docs/DECISIONS.md D2)."""
+
+    #: Recorded as the spans' source (``span_source = "lagovad:<label>"``).
+    label: str
+
+    def spans(self, store: Store, pre: PreLabel) -> list[list[float]] | None:
+        """Relative spans ``[[start, end], ...]`` in [0, 1], or None when it has none."""
+        ...
+
+
 def _judge_rows(store: Store) -> dict[str, list[dict[str, Any]]]:
     """Latest ok judge outputs grouped by video id (rows of the newest judge version only)."""
     by_video: dict[str, list[dict[str, Any]]] = {}
@@ -206,7 +219,7 @@ def _segment_spans(
 def collect_prelabels(
     store: Store,
     *,
-    checkpoint: str | Path | None = None,
+    proposer: SpanProposer | None = None,
     default_split: str = "train",
     errors: list[TaskError] | None = None,
 ) -> list[PreLabel]:
@@ -214,8 +227,9 @@ def collect_prelabels(
 
     Args:
         store: The store.
-        checkpoint: A LaGoVAD checkpoint directory: validation videos then get their proposed
-            spans from the detector on the stored features (else from the judge output).
+        proposer: Proposes the spans of validation videos (e.g. LaGoVAD on the stored
+            features, :class:`lagovad.proposals.DetectorSpans`); else they come from the judge
+            output.
         default_split: Split of a video that has no ``prevad`` annotation and whose judge output
             names none.
         errors: Collects videos whose judge output cannot become a pre-label (bad category).
@@ -232,7 +246,7 @@ def collect_prelabels(
             splits[a["video_id"]] = a["split"]
             if a["annotator_kind"] == "human":
                 reviewed.add(a["video_id"])
-    detector = _Detector(checkpoint) if checkpoint is not None else None
+    detector = proposer
     out = []
     for vid in sorted(judged):
         if vid in reviewed:
@@ -267,7 +281,7 @@ def _propose_spans(
     best: dict[str, Any],
     outputs: list[dict[str, Any]],
     segments: dict[str, dict[str, Any]],
-    detector: _Detector | None,
+    detector: SpanProposer | None,
 ) -> None:
     if detector is not None:
         spans = detector.spans(store, pre)
@@ -280,39 +294,6 @@ def _propose_spans(
     spans = _segment_spans(outputs, segments, pre.duration_s)
     if spans:
         pre.spans, pre.span_source = spans, "judge:segments"
-
-
-class _Detector:
-    """LaGoVAD on stored features -> proposed spans (loaded once, lazily)."""
-
-    def __init__(self, checkpoint: str | Path) -> None:
-        from lagovad.definition import AnomalyDefinition
-        from lagovad.detect import load_detector
-
-        self.model, self.label = load_detector(checkpoint)
-        self.definition = AnomalyDefinition.from_strings(list(taxonomy.TOP_LEVEL), kind="names")
-        self.text = self.model.encode_definition(self.definition)
-
-    def spans(self, store: Store, pre: PreLabel) -> list[list[float]] | None:
-        from lagovad.detect import find_intervals, score_features
-
-        dim = int(self.model.config["video_dim"])
-        rows = [
-            r for r in store.read("features").to_pylist()
-            if r["video_id"] == pre.video_id and r["dim"] == dim
-        ]
-        n = pre.n_frames
-        if not rows or not n:
-            return None
-        row = rows[0]
-        feats = store.load_features(row)
-        scores, _, _ = score_features(self.model, feats, self.definition, text=self.text)
-        stride = int(row["frame_stride"])
-        runs = find_intervals(scores, step_s=float(stride), min_duration_s=0.0, merge_gap_s=0.0)
-        return [
-            [min(first * stride, n) / n, min((last + 1) * stride, n) / n]
-            for first, last, _, _ in runs
-        ]
 
 
 def model_annotation(pre: PreLabel) -> Annotation:
@@ -636,7 +617,7 @@ def export_tasks(
     out: str | Path,
     media: Media,
     *,
-    checkpoint: str | Path | None = None,
+    proposer: SpanProposer | None = None,
     default_split: str = "train",
 ) -> tuple[Path, Path, int, list[TaskError]]:
     """``prevad review export``: a Label Studio import file of the videos awaiting review.
@@ -649,7 +630,7 @@ def export_tasks(
     """
     errors: list[TaskError] = []
     pres = collect_prelabels(
-        store, checkpoint=checkpoint, default_split=default_split, errors=errors
+        store, proposer=proposer, default_split=default_split, errors=errors
     )
     tasks = []
     for pre in pres:
@@ -881,7 +862,7 @@ def push(
     media: Media,
     *,
     project: str = DEFAULT_PROJECT,
-    checkpoint: str | Path | None = None,
+    proposer: SpanProposer | None = None,
     default_split: str = "train",
 ) -> PushSummary:
     """``prevad review push``: the videos awaiting review as Label Studio tasks with pre-labels.
@@ -891,7 +872,7 @@ def push(
     """
     errors: list[TaskError] = []
     pres = collect_prelabels(
-        store, checkpoint=checkpoint, default_split=default_split, errors=errors
+        store, proposer=proposer, default_split=default_split, errors=errors
     )
     proj, created = client.ensure_project(project, label_config())
     pid = int(proj["id"])

@@ -2,6 +2,9 @@
 
 The token comes from $LABEL_STUDIO_API_KEY (never an option, never printed). Errors print
 ``error: ...`` lines (one per bad task) and exit with code 2; good tasks are still imported.
+
+``--checkpoint`` needs a span proposer, which the data layer does not import (D2): the ``prevad``
+command (:mod:`toolkit.cli`) mounts this app with :class:`ReviewHooks` as its context object.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import click
 import typer
 
 from prevad import review
@@ -52,6 +57,28 @@ def _clean_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@dataclass(frozen=True, slots=True)
+class ReviewHooks:
+    """What the layer above gives the review commands (the context object of this app).
+
+    Attributes:
+        span_proposer: ``--checkpoint`` directory -> the span proposer of that checkpoint.
+    """
+
+    span_proposer: Callable[[Path], review.SpanProposer]
+
+
+def _proposer(checkpoint: Path | None) -> review.SpanProposer | None:
+    """The span proposer of ``--checkpoint`` (None without one), from :class:`ReviewHooks`."""
+    if checkpoint is None:
+        return None
+    hooks = click.get_current_context().find_object(ReviewHooks)
+    if hooks is None:
+        raise review.ReviewError("--checkpoint needs LaGoVAD's span proposals: run it as "
+                                 "`prevad review ...` (the toolkit's command)")
+    return hooks.span_proposer(checkpoint)
+
+
 def _media(store: Store, document_root: Path | None, media_url: str | None) -> review.Media:
     env_root = os.environ.get("LOCAL_FILES_DOCUMENT_ROOT") or os.environ.get(
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
@@ -77,7 +104,7 @@ def push(
     store = Store(root)
     client = review.LabelStudio(url, review.token_from_env())
     s = review.push(store, client, _media(store, document_root, media_url), project=project,
-                    checkpoint=checkpoint, default_split=split)
+                    proposer=_proposer(checkpoint), default_split=split)
     verb = "created" if s.project_created else "updated"
     typer.echo(f"project {project!r} (id {s.project_id}) {verb}: {s.created} tasks created, "
                f"{s.predictions_added} predictions added, {s.unchanged} tasks already there")
@@ -108,7 +135,7 @@ def export_(
     """Write a Label Studio import file (tasks + pre-labels) and its labeling config."""
     store = Store(root)
     tasks, config, n, errors = review.export_tasks(
-        store, out, _media(store, document_root, media_url), checkpoint=checkpoint,
+        store, out, _media(store, document_root, media_url), proposer=_proposer(checkpoint),
         default_split=split,
     )
     typer.echo(f"{tasks}: {n} tasks; labeling config: {config}")

@@ -6,7 +6,7 @@ import shutil
 
 from typer.testing import CliRunner
 
-from prevad.cli import app
+from toolkit.cli import app
 
 runner = CliRunner()
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,12 +14,13 @@ from typer.testing import CliRunner
 
 from curation import describe, describe_anomaly, judge, verify
 from curation.engines import RequestCache, Sampling
+from curation.engines.tiny import build_tiny_llm
 from curation.frames import FrameConfig
-from curation.mllm import EngineConfig
+from curation.mllm import EngineConfig, load_prompt
 from prevad import Store, queries, taxonomy
-from prevad.cli import app
 from prevad.records import Annotation, StageResult, make_id
 from prevad.stage import run_stage
+from toolkit.cli import app
 
 FRAMES = FrameConfig(n=4, size=56)
 DCFG = describe.DescribeConfig(FRAMES, min_chars=4, max_chars=12)
@@ -104,13 +108,17 @@ def test_verify_and_judge(described: Store, tiny_vlm: Path, tiny_llm: Path) -> N
 
     # A CLIP threshold no similarity reaches rejects every verified item with the reason.
     strict = replace(VCFG, min_clip_mean=1.01)
-    run_stage(store, verify.make_stage(store, ecfg(tiny_vlm), strict, clip=clip))
+    strict_verify = verify.make_stage(store, ecfg(tiny_vlm), strict, clip=clip)
+    run_stage(store, strict_verify)
     reasons = {r["reason"] for r in latest(store, "verify").values() if r["status"] != "failed"}
     assert reasons <= {"clip_below_threshold", "vlm_inconsistent"} and "ok" not in {
         r["status"] for r in latest(store, "verify").values()}
 
-    # judge, with require_verified: every described item was rejected by verify.
-    strict_judge = judge.JudgeConfig(require_verified=True, max_reason_chars=10)
+    # judge, with require_verified, reads ONE verify version (D3): named here, the strict one,
+    # which rejected every described item. (By default it would read the newest version with
+    # ok results: the first run's, as the strict run has none.)
+    strict_judge = judge.JudgeConfig(require_verified=True, max_reason_chars=10,
+                                     verify_version=strict_verify.version)
     run_stage(store, judge.make_stage(store, ecfg(tiny_llm), strict_judge))
     rows = latest(store, "judge")
     assert sorted(r["reason"] or r["status"] for r in rows.values()) == [
@@ -226,7 +234,7 @@ def test_describe_anomaly(video_store: Store, tiny_vlm: Path) -> None:
     assert typed[human.annotation_id]["description"] == m.description
     assert typed[human.annotation_id]["model_annotation_id"] == m.annotation_id
     # The prompt names the human category.
-    tmpl = describe_anomaly.load_prompt(describe_anomaly.PROMPT)
+    tmpl = load_prompt(describe_anomaly.PROMPT)
     assert "{category}" in tmpl
 
 
@@ -284,3 +292,92 @@ def test_cli_judge_and_verify_take_their_own_options(video_store: Store, tiny_vl
     assert res.exit_code == 2, res.output
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "no-such-clip" in errors[0] and "Traceback" not in res.output
+
+
+# ------------------------------------------------------------ upstream versions (D3)
+@pytest.fixture(scope="module")
+def tiny_judge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LLM whose one answer is self-consistent (anomaly with an anomaly class:
+    seed 4, as in the demo), so its judgements are ok."""
+    return build_tiny_llm(tmp_path_factory.mktemp("models") / "tiny-judge", seed=4)
+
+
+def _summary(res) -> dict:
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_failed_judge_configuration_hides_nothing(video_store: Store, tiny_judge: Path,
+                                                    tmp_path: Path) -> None:
+    store, runner = video_store, CliRunner()
+    root = str(store.root)
+    segs = store.records("segments")
+
+    def upstream(stage: str, version: str, text: str) -> list[StageResult]:
+        return [StageResult(s.segment_id, stage, version, "ok", output_json=json.dumps(
+            {"video_id": s.video_id, "segment_id": s.segment_id, "description": text}))
+            for s in segs]
+
+    store.append("stage_results", upstream("describe", "v1-desc", "a car hits a wall")
+                 + upstream("verify", "v2-verified", ""))
+    working = ["curate", "judge", root, "--model", str(tiny_judge), "--device", "cpu"]
+    # a judge configuration that cannot work: an OpenAI server that is not there
+    failed = _summary(runner.invoke(app, [
+        "curate", "judge", root, "--engine", "openai", "--base-url", "http://127.0.0.1:9/v1",
+        "--model", "served-judge", "--timeout", "2"]))
+    assert (failed["items"], failed["failed"]) == (3, 3)
+    # the working configuration then does every item, and review gets its tasks
+    good = _summary(runner.invoke(app, working))
+    assert (good["items"], good["ok"]) == (3, 3)
+    res = runner.invoke(app, ["review", "export", root, str(tmp_path / "tasks.json"),
+                              "--media-url", "http://media.test/"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads((tmp_path / "tasks.json").read_text())) == 3
+    # run again, it has nothing left to do
+    assert _summary(runner.invoke(app, working))["items"] == 0
+
+    # status shows the upstream versions judge (and verify) read by default
+    status = runner.invoke(app, ["curate", "status", root])
+    assert status.exit_code == 0, status.output
+    reads = [ln.split("│")[1:5] for ln in status.stdout.splitlines() if "--" in ln]
+    assert [[c.strip() for c in r] for r in reads] == [
+        ["verify", "describe", "v1-desc", "--describe-version"],
+        ["judge", "describe", "v1-desc", "--describe-version"],
+        ["judge", "verify", "v2-verified", "--verify-version"],
+    ]
+
+    # a new describe version puts judge back to work on it; naming the old one does not
+    store.append("stage_results", upstream("describe", "v1-redescribed", "a fire in a shop"))
+    assert _summary(runner.invoke(app, [*working, "--describe-version", "v1-desc"]))[
+        "items"] == 0
+    again = _summary(runner.invoke(app, working))
+    assert (again["items"], again["ok"]) == (3, 3)
+    judged = {json.loads(r["output_json"])["description"]
+              for r in latest(store, "judge").values()}
+    assert judged == {"a fire in a shop"}
+
+
+# ------------------------------------------------------------ verify without CLIP weights
+@pytest.mark.parametrize("env, why", [
+    ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+    # not marked offline, but the hub does not answer: one connection attempt, no retries
+    ({"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"},
+     "127.0.0.1:9 is unreachable"),
+])
+def test_verify_without_clip_weights_fails_first_naming_its_option(
+        video_store: Store, tmp_path: Path, env: dict, why: str) -> None:
+    # default options (CLIP ViT-B-16, pretrained "openai") with empty weight caches
+    run_env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HOME": str(tmp_path / "home"),
+               **env}
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit", "curate", "verify", str(video_store.root),
+         "--model", str(tmp_path / "vlm-not-loaded-yet"), "--device", "cpu"],
+        capture_output=True, text=True, env=run_env, timeout=300,
+        cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: the weights of CLIP model 'ViT-B-16' (--clip-pretrained "
+                           "'openai') are not in the local cache") and why in line, line
+    assert "--clip-model none" in line and " --pretrained" not in line
+    assert latest(video_store, "verify") == {}

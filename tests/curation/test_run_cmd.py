@@ -6,9 +6,9 @@ import json
 
 from typer.testing import CliRunner
 
-from prevad.cli import app
 from prevad.store import Store
 from tests.flows.stages import add_videos
+from toolkit.cli import app
 
 runner = CliRunner()
 CLEAN = "tests.flows.stages:clean_stage"

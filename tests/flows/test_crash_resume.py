@@ -91,7 +91,7 @@ def _contents(store: Store) -> dict:
 
 def _killed_cli_run(store: Store, kill_at: int) -> int:
     """``prevad curate run STORE killing_clean`` in a subprocess; returns its exit code."""
-    cmd = [sys.executable, "-m", "prevad.cli", "curate", "run", str(store.root),
+    cmd = [sys.executable, "-m", "toolkit", "curate", "run", str(store.root),
            "tests.flows.stages:killing_clean", "--param", f"kill_at={kill_at}",
            "--engine", "local", "--shard-size", str(SHARD)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

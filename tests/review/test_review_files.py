@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from prevad import review
-from prevad.cli import app
 from prevad.store import Store
+from toolkit.cli import app
 
 from .conftest import N_FRAMES, make_review_store
 
@@ -147,6 +147,7 @@ def test_detector_proposes_spans_of_validation_videos(tmp_path):
     import lagovad
     from lagovad.definition import AnomalyDefinition
     from lagovad.detect import score_features
+    from lagovad.proposals import DetectorSpans
     from prevad import taxonomy
 
     store, vids = make_review_store(tmp_path / "s", [
@@ -161,7 +162,7 @@ def test_detector_proposes_spans_of_validation_videos(tmp_path):
     for v in vids:  # 50 frames, stride 8, offset 4 -> 6 steps
         feats[v.video_id] = rng.normal(size=(6, 32)).astype(np.float32)
         store.write_features(v.video_id, "lagovad-clip-tiny", feats[v.video_id], frames=N_FRAMES)
-    pres = {p.video_id: p for p in review.collect_prelabels(store, checkpoint=ckpt)}
+    pres = {p.video_id: p for p in review.collect_prelabels(store, proposer=DetectorSpans(ckpt))}
 
     val, train = pres[vids[0].video_id], pres[vids[1].video_id]
     assert val.span_source.startswith("lagovad:") and train.spans == []

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from prevad import queries, review
-from prevad.cli import app
 from prevad.store import Store
+from toolkit.cli import app
 
 from .conftest import CHROMIUM, CHROMIUM_ARGS, JUDGE_VERSION, N_FRAMES, make_review_store
 

@@ -1,0 +1,5 @@
+"""``python -m toolkit``: the ``prevad`` command."""
+
+from toolkit.cli import app
+
+app()
