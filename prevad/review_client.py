@@ -12,8 +12,8 @@ Security rules (the token is a credential of the Label Studio account):
   from a server's answer (``scrub``), has the personal access token, the access token it was
   exchanged for, ``Bearer``/``Token`` credentials and JWT-looking strings replaced by
   ``[redacted]``, also when a server echoes only part of them.
-- ``~/.netrc`` never replaces the token (the credential is set by an auth object, which
-  ``requests`` does not override), and header values are checked before they are sent.
+- ``~/.netrc`` credentials are never sent (every request has an auth object, so ``requests``
+  does not look them up), and the token's characters are checked before it is sent.
 
 Answers of unexpected shapes end in one :class:`~prevad.errors.ReviewError` line: an answer
 larger than ``max_answer_bytes`` or slower than ``max_answer_s`` in total, a body that is not
@@ -48,7 +48,8 @@ REDACTED = "[redacted]"
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
 #: Characters of tokens (JWTs, legacy hex tokens): anything else cannot be a header value here.
 _TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._~+/=-]{1,4096}$")
-_TOKEN_RUN = re.compile(r"[A-Za-z0-9._~+/=-]{12,}")
+#: Shortest piece of a secret that is redacted wherever it appears.
+PIECE = 10
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*)?")
 _CREDENTIAL = re.compile(r"(?i)\b(bearer|token)(\s+|%20|\+)[A-Za-z0-9._~+/=-]{6,}")
 
@@ -91,14 +92,15 @@ def check_token(token: str, var: str = TOKEN_ENV) -> str:
 
 
 class _HeaderAuth:
-    """Sets ``Authorization`` on each request (an auth object: ``requests`` never swaps in
-    ``~/.netrc`` credentials when one is given)."""
+    """Sets ``Authorization`` on each request, or nothing (``value`` None). Always given: with
+    no auth object ``requests`` would add ``~/.netrc`` credentials of the host."""
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str | None) -> None:
         self.value = value
 
     def __call__(self, r: Any) -> Any:
-        r.headers["Authorization"] = self.value
+        if self.value is not None:
+            r.headers["Authorization"] = self.value
         return r
 
 
@@ -151,15 +153,27 @@ class LabelStudio:
     # -- secrets -------------------------------------------------------------------------------
     def scrub(self, text: str) -> str:
         """``text`` without any credential (the token, the access token, or parts of them)."""
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, REDACTED)
+        # Any piece of a secret of PIECE characters or more, wherever it lies (a server may echo
+        # a truncated or re-wrapped header, a message may cut a long value in the middle).
+        hidden = bytearray(len(text))
+        for secret in self._secrets:
+            for i in range(max(len(secret) - PIECE + 1, 1)):
+                piece = secret[i:i + PIECE]
+                at = text.find(piece)
+                while at != -1:
+                    hidden[at:at + len(piece)] = b"\x01" * len(piece)
+                    at = text.find(piece, at + 1)
+        if any(hidden):
+            out, i = [], 0
+            while i < len(text):
+                j = i
+                while j < len(text) and hidden[j] == hidden[i]:
+                    j += 1
+                out.append(REDACTED if hidden[i] else text[i:j])
+                i = j
+            text = "".join(out)
         text = _JWT.sub(REDACTED, text)
-        text = _CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-        # A server that echoes a truncated or re-wrapped header shows a piece of a secret.
-        return _TOKEN_RUN.sub(
-            lambda m: REDACTED if any(m.group(0) in s for s in self._secrets) else m.group(0),
-            text,
-        )
+        return _CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
     def _fail(self, message: str) -> ReviewError:
         return ReviewError(self.scrub(message))
@@ -179,7 +193,7 @@ class LabelStudio:
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 r = self._http.request(
-                    method, url, auth=_HeaderAuth(auth) if auth else None, timeout=self.timeout,
+                    method, url, auth=_HeaderAuth(auth), timeout=self.timeout,
                     allow_redirects=False, stream=True, **kw,
                 )
             except (requests.RequestException, ValueError) as exc:
