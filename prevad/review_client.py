@@ -51,7 +51,7 @@ _TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._~+/=-]{1,4096}$")
 #: Shortest piece of a secret that is redacted wherever it appears.
 PIECE = 10
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*)?")
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|token)(\s+|%20|\+)[A-Za-z0-9._~+/=-]{6,}")
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|token)(\s+|%20|\+)[A-Za-z0-9._~+/=-]{16,}")
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -232,7 +232,7 @@ class LabelStudio:
         deadline = time.monotonic() + self.max_answer_s
         chunks, size = [], 0
         try:
-            for chunk in r.iter_content(1 << 16):
+            for chunk in _chunks(r):
                 size += len(chunk)
                 if size > limit:
                     raise self._fail(f"{method} {path}: the answer is larger than the limit of "
@@ -462,3 +462,20 @@ def _fingerprint(batch: list[dict[str, Any]]) -> str:
         except (ValueError, RecursionError):
             text = repr(len(batch))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _chunks(r: Any) -> Any:
+    """The body as it arrives: one socket read per chunk (urllib3 2's ``read1``), so a server
+    that trickles bytes cannot keep a read going past the deadline; ``iter_content`` else."""
+    read1 = getattr(r.raw, "read1", None)
+    if read1 is None:
+        yield from r.iter_content(1 << 16)
+        return
+    import requests
+    import urllib3
+
+    try:
+        while chunk := read1(1 << 16, decode_content=True):
+            yield chunk
+    except (OSError, urllib3.exceptions.HTTPError) as exc:  # as requests' own errors
+        raise requests.RequestException(str(exc)) from None

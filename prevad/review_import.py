@@ -131,8 +131,13 @@ def _list(value: Any, what: str, limit: int = MAX_ITEMS) -> list[Any]:
 
 
 def _frame(value: Any, what: str) -> int:
-    """A frame number: a finite whole number (Label Studio's ranges are integer frames)."""
-    if not finite_number(value) or float(value) != int(value):
+    """A frame number: a whole number (Label Studio's ranges are integer frames), bounded."""
+    if not finite_number(value):
+        raise ReviewError(f"{what} must be a whole frame number, got {short_repr(value)}")
+    if abs(value) > MAX_FRAMES:
+        raise ReviewError(f"{what} = {short_repr(value)} is outside the video (at most "
+                          f"{MAX_FRAMES} frames)")
+    if float(value) != int(value):
         raise ReviewError(f"{what} must be a whole frame number, got {short_repr(value)}")
     return int(value)
 
@@ -441,8 +446,9 @@ def import_tasks(
             if isinstance(task, dict):
                 key = _task_key(task)
                 if key is not None and key in seen:
-                    raise ReviewError(f"duplicate task: same id as the task at position "
-                                      f"{seen[key]}; only the first is imported")
+                    name = f"{name} at #{position}"
+                    raise ReviewError(f"duplicate task: same id as the task at #{seen[key]}; "
+                                      "only the first is imported")
                 if key is not None:
                     seen[key] = position
                 data = task.get("data")

@@ -95,7 +95,7 @@ def serve(route: Route) -> Iterator[Server]:
     log: list[Request] = []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(route, log))
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield Server(f"http://127.0.0.1:{httpd.server_address[1]}", log)
