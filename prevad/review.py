@@ -221,7 +221,7 @@ def collect_prelabels(
 
     def bad(cid: str, msg: str) -> None:
         if errors is not None:
-            errors.append(TaskError(f"judge:{cid}", cid, msg))
+            errors.append(TaskError(None, cid[:MAX_NAME_CHARS], f"judge {version}: {msg}"))
 
     for cid in sorted(judged):
         if cid in reviewed:
@@ -229,7 +229,7 @@ def collect_prelabels(
         best = judged[cid]
         clip = clips.get(cid)
         if best.get("_bad"):
-            bad(cid, f"judge output of version {version} is not a JSON object")
+            bad(cid, "the output is not a JSON object")
             continue
         if clip is None:
             bad(cid, "judged item is neither a clip (segments) nor a video of the store")
@@ -522,7 +522,7 @@ def _prepare(pres: Sequence[PreLabel], media: Media, errors: list[TaskError]
             cm = media.clip_media(pre)
             out.append((pre, build_task(pre, media, cm), cm))
         except ReviewError as exc:
-            errors.append(TaskError(f"clip:{pre.video_id}", pre.video_id, str(exc)))
+            errors.append(TaskError(None, pre.video_id, str(exc)))
     return out
 
 

@@ -33,7 +33,7 @@ MODEL_TEXT_MARK = "[model text] "
 
 # Bounds of an import file (each broken bound is one task's error, or the file's).
 #: Largest export file read (bytes).
-MAX_EXPORT_FILE_BYTES = 1 << 30
+MAX_EXPORT_FILE_BYTES = 512 << 20
 #: Longest description (characters) and longest id / name / category string.
 MAX_TEXT_CHARS = 10_000
 MAX_NAME_CHARS = 256
@@ -54,13 +54,19 @@ def short_repr(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TaskError:
-    """One task that could not be imported, and why (the rest of the tasks are imported)."""
+    """One task (import) or clip (export) that could not be handled, and why; the rest were.
 
-    task: str
+    ``task`` is the task's name in an import file (its id, or ``#position``), None for a clip
+    that could not become a task.
+    """
+
+    task: str | None
     video_id: str | None
     message: str
 
     def __str__(self) -> str:
+        if self.task is None:
+            return f"clip {self.video_id}: {self.message}"
         clip = f" (clip {self.video_id})" if self.video_id else ""
         return f"task {self.task}{clip}: {self.message}"
 

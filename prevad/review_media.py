@@ -33,6 +33,7 @@ delete (the next export makes the media again). Audio is not carried into cut me
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -159,13 +160,23 @@ def _av_error(path: Path, exc: Exception) -> ReviewError:
 def probe(path: Path) -> _Probe:
     """Frame timestamps and size of a file's first video stream (demuxed, not decoded).
 
+    Results are kept per (file, size, modification time): the clips of one long parent are
+    probed once.
+
     Raises:
         ReviewError: the file is missing, unreadable, has no video stream or no timestamps.
     """
-    import av
-
     if not path.is_file():
         raise ReviewError(f"video file {path} does not exist (or is not a regular file)")
+    st = path.stat()
+    return _probe(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _probe(name: str, size: int, mtime_ns: int) -> _Probe:
+    import av
+
+    path = Path(name)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
