@@ -23,20 +23,26 @@ def accept_predictions(tasks: list[dict[str, Any]], annotator: str = DEFAULT_ANN
                        when: datetime | None = None) -> list[dict[str, Any]]:
     """Tasks with one submitted annotation each, equal to their first prediction.
 
+    The prediction's description is the model's marked text: imported, it is stored with
+    ``description_source`` "model-accepted" (the reviewer accepted model text).
+
     Raises:
-        ReviewError: a task has no prediction to accept (the message names its video).
+        ReviewError: a task has no prediction to accept (the message names its clip).
     """
     if not annotator.strip():
         raise ReviewError("annotator: expected a name for the automatic reviewer, got ''")
     stamp = (when or datetime.now(UTC)).isoformat()
     out = []
     for i, task in enumerate(tasks, start=1):
-        preds = task.get("predictions") or []
-        if not preds or not preds[0].get("result"):
-            vid = (task.get("data") or {}).get("video_id", f"task {i}")
-            raise ReviewError(f"task of video {vid!r} has no prediction to accept")
+        data = task.get("data") if isinstance(task, dict) else None
+        clip = data.get("clip_id", data.get("video_id")) if isinstance(data, dict) else None
+        name = f"clip {clip!r}" if isinstance(clip, str) else f"task {i}"
+        preds = task.get("predictions") if isinstance(task, dict) else None
+        first = preds[0] if isinstance(preds, list) and preds else None
+        if not isinstance(first, dict) or not first.get("result"):
+            raise ReviewError(f"{name[:120]} has no prediction to accept")
         out.append({**task, "id": i, "annotations": [{
-            "id": i, "result": preds[0]["result"], "was_cancelled": False,
+            "id": i, "result": first["result"], "was_cancelled": False,
             "completed_by": {"email": annotator}, "created_at": stamp, "updated_at": stamp,
         }]})
     return out

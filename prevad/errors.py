@@ -46,6 +46,11 @@ class MalformedFileError(PrevadError, ValueError):
     """An input file cannot be parsed or has the wrong layout; the message gives file + position."""
 
 
+class ReviewError(PrevadError):
+    """The review round trip cannot run (no token, server refused or misbehaved, bad file, bad
+    option); :mod:`prevad.review` re-exports it."""
+
+
 class FeatureFileMissingError(PrevadError, FileNotFoundError):
     """A Feature row points at an .npy file that does not exist."""
 

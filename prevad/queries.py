@@ -509,6 +509,21 @@ LIMIT 1
 """
 
 
+#: The latest ``ok`` output per item of ONE stage version (D3: a downstream stage reads one
+#: upstream version). Parameters: $stage, $stage_version.
+OK_OUTPUTS_OF_VERSION = """
+SELECT id, stage_version, output_json, time FROM (
+    SELECT id, stage_version, output_json, time, row_number() OVER (
+        PARTITION BY id ORDER BY time DESC, attempt DESC
+    ) AS rn
+    FROM stage_results
+    WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR AND status = 'ok'
+)
+WHERE rn = 1
+ORDER BY id
+"""
+
+
 def newest_ok_version(store: Store, stage: str) -> str | None:
     """The upstream version a downstream stage reads by default (D3), or None when ``stage``
     has no ok result. A failed or partial run of another version never changes the answer

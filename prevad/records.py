@@ -28,6 +28,9 @@ PREVAD_NAMESPACE = uuid.UUID("6f1c1d7e-4f0a-5b8e-9a51-70726576ad00")
 STAGE_STATUSES = ("ok", "rejected", "failed")
 SPLITS = ("train", "val", "test")
 ANNOTATOR_KINDS = ("human", "model")
+#: Where a human row's description comes from: written (or edited) by the reviewer, or the
+#: model's pre-filled text accepted unchanged. None: no description, or a model/imported row.
+DESCRIPTION_SOURCES = ("reviewer", "model-accepted")
 #: columns ignored when comparing a new row with a stored one of the same key.
 BOOKKEEPING_COLUMNS = ("created_at", "time")
 #: tolerance on span bounds: the official UCF-Crime file has ends up to 1.0008 (frame rounding).
@@ -287,7 +290,9 @@ class Annotation:
     :mod:`prevad.taxonomy`; benchmark categories are checked by :mod:`prevad.interop` against the
     benchmark's own class list. Added fields: ``descriptions`` (all descriptions given by the
     source; ``description`` is the first) and ``source_index`` (position in the imported file,
-    used to export in the original order).
+    used to export in the original order), ``description_source`` (human review rows: whether
+    the description was written by the reviewer, "reviewer", or is the model's pre-filled text
+    accepted unchanged, "model-accepted"; None otherwise).
     """
 
     annotation_id: str
@@ -303,6 +308,7 @@ class Annotation:
     created_at: datetime = field(default_factory=utcnow)
     descriptions: list[str] | None = None
     source_index: int | None = None
+    description_source: str | None = None
 
     def __post_init__(self) -> None:
         _nonempty(self, "annotation_id", "video_id", "dataset", "annotator", "category")
@@ -327,6 +333,15 @@ class Annotation:
                 f"got {self.descriptions!r}",
             )
             object.__setattr__(self, "descriptions", list(self.descriptions))
+        _require(
+            self.description_source is None or self.description_source in DESCRIPTION_SOURCES,
+            f"Annotation.description_source must be one of {DESCRIPTION_SOURCES} or None, "
+            f"got {self.description_source!r}",
+        )
+        _require(
+            self.description_source is None or self.description is not None,
+            f"Annotation.description_source={self.description_source!r} needs a description",
+        )
         if self.dataset == "prevad":
             cat = taxonomy.canonical(self.category)
             object.__setattr__(self, "category", cat)
@@ -350,7 +365,7 @@ ANNOTATION_SCHEMA = pa.schema([
     ("annotator_kind", pa.string()), ("annotator", pa.string()), ("category", pa.string()),
     ("is_anomaly", pa.bool_()), ("description", pa.string()), ("spans", SPANS),
     ("split", pa.string()), ("created_at", TS), ("descriptions", pa.list_(pa.string())),
-    ("source_index", pa.int64()),
+    ("source_index", pa.int64()), ("description_source", pa.string()),
 ])
 
 

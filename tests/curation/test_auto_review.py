@@ -29,7 +29,7 @@ def test_each_task_gets_one_annotation_equal_to_its_prediction(tmp_path):
 
 
 def test_a_task_without_prediction_or_a_blank_name_is_an_error():
-    with pytest.raises(ReviewError, match="'b' has no prediction"):
+    with pytest.raises(ReviewError, match="clip 'b' has no prediction"):
         accept_predictions([_task("a"), _task("b", result=[])])
     with pytest.raises(ReviewError, match="annotator"):
         accept_predictions([_task("a")], annotator=" ")

@@ -332,8 +332,10 @@ def test_a_failed_judge_configuration_hides_nothing(video_store: Store, tiny_jud
     assert (good["items"], good["ok"]) == (3, 3)
     res = runner.invoke(app, ["review", "export", root, str(tmp_path / "tasks.json"),
                               "--media-url", "http://media.test/"])
-    assert res.exit_code == 0, res.output
-    assert len(json.loads((tmp_path / "tasks.json").read_text())) == 3
+    # every judged clip is exported but the one whose video file is corrupt (named, exit 2)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert res.exit_code == 2 and len(errors) == 1 and "v2.mp4" in errors[0], res.output
+    assert len(json.loads((tmp_path / "tasks.json").read_text())) == 2
     # run again, it has nothing left to do
     assert _summary(runner.invoke(app, working))["items"] == 0
 

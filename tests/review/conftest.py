@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from lagovad.video import write_video
-from prevad.records import StageResult, Video
+from prevad.records import Segment, StageResult, Video, make_id
 from prevad.store import Store
 
 LS_VENV = Path(
@@ -186,3 +186,93 @@ def make_review_store(root: Path, videos: list[dict]) -> tuple[Store, list[Video
     store.append("videos", vids)
     store.append("stage_results", results)
     return store, vids
+
+
+# ----------------------------------------------------------------------------- clip fixtures
+#: Bars video: frame i shows i in binary as 7 white/black vertical bars (16 px each); frames
+#: inside a "red" interval get a red top band. Decoding a frame tells which source frame it is.
+BARS, BAR_W, BARS_H = 7, 16, 48
+
+
+def bars_image(i: int, red: bool = False) -> np.ndarray:
+    """Frame ``i`` of a bars video (uint8 RGB, 112x48)."""
+    a = np.zeros((BARS_H, BARS * BAR_W, 3), np.uint8)
+    for b in range(BARS):
+        if (i >> b) & 1:
+            a[16:, b * BAR_W:(b + 1) * BAR_W] = 255
+    if red:
+        a[:12, :] = (255, 0, 0)
+    return a
+
+
+def read_bars(rgb: np.ndarray) -> tuple[int, bool]:
+    """(source frame index, red band) of a decoded bars frame."""
+    idx = sum(1 << b for b in range(BARS)
+              if rgb[20:, b * BAR_W + 4:(b + 1) * BAR_W - 4].mean() > 128)
+    top = rgb[:10].reshape(-1, 3).mean(axis=0)
+    return idx, bool(top[0] > 128 and top[1] < 100)
+
+
+def write_bars_video(path: Path, times: list[float],
+                     red: tuple[float, float] | None = None) -> Path:
+    """An H.264 mp4 whose frame i has timestamp ``times[i]`` (seconds; uneven = VFR)."""
+    import fractions
+
+    import av
+
+    tb = fractions.Fraction(1, 1000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=1000, options={"qp": "0"})
+        s.width, s.height, s.pix_fmt = BARS * BAR_W, BARS_H, "yuv420p"
+        s.codec_context.time_base = tb
+        for i, t in enumerate(times):
+            f = av.VideoFrame.from_ndarray(
+                bars_image(i, red is not None and red[0] <= t < red[1]), format="rgb24")
+            f.pts, f.time_base = round(t * 1000), tb
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def decode_bars(path: Path) -> list[tuple[float, int, bool]]:
+    """(time, source frame index, red) of every frame of a bars video or of media cut from it."""
+    import av
+
+    with av.open(str(path)) as c:
+        return [(float(f.pts * f.time_base), *read_bars(f.to_ndarray(format="rgb24")))
+                for f in c.decode(video=0)]
+
+
+#: The VFR parent of the clip tests: 5 fps for 4 s (frames 0..19), then 25 fps for 2 s (20..69).
+VFR_TIMES = [0.2 * i for i in range(20)] + [4.0 + 0.04 * i for i in range(50)]
+
+
+def make_clip_store(root: Path, times: list[float], clips: list[dict],
+                    red: tuple[float, float] | None = None, version: str = JUDGE_VERSION,
+                    ) -> tuple[Store, Video, list[Segment]]:
+    """A store with one bars video split into clips (``segments`` rows) and a judge result per
+    clip. Each item of ``clips``: ``start``, ``end``, ``category``, ``split``."""
+    store = Store.init(root)
+    write_bars_video(root / "videos" / "parent.mp4", times, red)
+    duration = times[-1] + (times[-1] - times[-2])
+    v = Video.create("generated", "parent", uri="videos/parent.mp4", duration_s=duration,
+                     fps=len(times) / duration, n_frames=len(times),
+                     width=BARS * BAR_W, height=BARS_H)
+    segs, results = [], []
+    for c in clips:
+        seg = Segment(make_id("segment", v.video_id, c["start"], c["end"], "test"), v.video_id,
+                      "generated", c["start"], c["end"], method="test")
+        segs.append(seg)
+        out = {"video_id": v.video_id, "segment_id": seg.segment_id,
+               "anomaly": c["category"] != "Normal", "category": c["category"],
+               "top_level": c["category"], "confidence": 0.7,
+               "reason": f"the judge saw {c['category']}", "split": c["split"]}
+        results.append(StageResult(seg.segment_id, "judge", version, "ok",
+                                   output_json=json.dumps(out)))
+    store.append("videos", [v])
+    store.append("segments", segs)
+    store.append("stage_results", results)
+    return store, v, segs

@@ -16,7 +16,7 @@ from prevad import review
 from prevad.store import Store
 from toolkit.cli import app
 
-from .conftest import N_FRAMES, make_review_store
+from .conftest import JUDGE_VERSION, N_FRAMES, make_review_store
 
 
 def _task(task_id: int, video_id: str, category: str, ranges=(), ann_id: int | None = None,
@@ -29,7 +29,7 @@ def _task(task_id: int, video_id: str, category: str, ranges=(), ann_id: int | N
                                  "timelinelabels": ["Anomaly"]}})
     return {
         "id": task_id,
-        "data": {"video": "/data/local-files/?d=x.mp4", "video_id": video_id, "split": split,
+        "data": {"video": "/data/local-files/?d=x.mp4", "clip_id": video_id, "split": split,
                  "n_frames": N_FRAMES},
         "annotations": [{"id": ann_id or 100 + task_id, "completed_by": 3, "result": result,
                          "was_cancelled": False, "created_at": "2026-01-02T03:04:05.000001Z",
@@ -54,7 +54,7 @@ def test_bad_tasks_are_named_and_the_rest_imported(store_and_videos, tmp_path):
         _task(8, other, "Spaceship Landing"),
         _task(9, good, "Riot", [(40, 61)], ann_id=900),
         _task(10, "no-such-video", "Fire"),
-        {"id": 11, "data": {"video_id": other}, "annotations": []},
+        {"id": 11, "data": {"clip_id": other}, "annotations": []},
     ]))
     res = CliRunner().invoke(app, ["review", "import", str(store.root), str(export)])
     assert res.exit_code == 2
@@ -64,7 +64,9 @@ def test_bad_tasks_are_named_and_the_rest_imported(store_and_videos, tmp_path):
     assert errors[1].startswith("error: task 9 ") and "[40, 61]" in errors[1]
     assert "1..50" in errors[1]
     assert errors[2].startswith("error: task 10 ") and "'no-such-video'" in errors[2]
-    assert "1 human annotations written, 0 unchanged, 1 tasks not annotated yet" in res.output
+    lines = res.output.strip().splitlines()
+    assert lines[-1] == ("1 human annotations written, 0 unchanged, 1 tasks not annotated yet, "
+                         "3 of 5 tasks with errors (not imported)")  # the summary comes last
     rows = Store(store.root).query(
         "SELECT video_id, category, spans, annotator, created_at FROM annotations "
         "WHERE annotator_kind = 'human'").to_pylist()
@@ -113,7 +115,7 @@ def test_bad_files_and_missing_token_give_one_error_line(store_and_videos, tmp_p
     assert "secret-token-value" not in res.output
 
 
-def test_prelabels_from_judge_segments_and_frames_conversion(tmp_path):
+def test_prelabels_are_one_per_judged_clip(tmp_path):
     from prevad.records import Segment, StageResult
 
     store, vids = make_review_store(tmp_path / "s", [{"category": "Fire", "split": "val"}])
@@ -121,20 +123,27 @@ def test_prelabels_from_judge_segments_and_frames_conversion(tmp_path):
     segs = [Segment(f"seg{i}", v.video_id, "generated", a, b)
             for i, (a, b) in enumerate([(0.0, 0.5), (0.5, 1.2), (1.6, 2.0)])]
     store.append("segments", segs)
-    # A second judge version judged segments: spans come from the anomalous ones, merged.
-    outs = [(segs[0], False, "Normal", 0.7), (segs[1], True, "Explosion", 0.95),
-            (segs[2], True, "Fire", 0.6)]
+    # A newer judge version judged the clips: one pre-label per clip, relative to the clip.
+    outs = [(segs[0], False, "Normal", 0.7, None), (segs[1], True, "Explosion", 0.95, None),
+            (segs[2], True, "Fire", 0.6, [[0.25, 0.5]])]
     store.append("stage_results", [
         StageResult(s.segment_id, "judge", "v2-seg", "ok", output_json=json.dumps({
             "video_id": v.video_id, "segment_id": s.segment_id, "anomaly": an, "category": c,
-            "top_level": c, "confidence": conf, "reason": "r", "split": "val"}))
-        for s, an, c, conf in outs
+            "top_level": c, "confidence": conf, "reason": "r", "split": "val",
+            **({"spans": sp} if sp else {})}))
+        for s, an, c, conf, sp in outs
     ])
-    [pre] = [p for p in review.collect_prelabels(store) if p.stage_version == "v2-seg"] or [None]
-    assert pre is not None
-    assert pre.category == "Explosion" and pre.confidence == 0.95
-    assert pre.spans == [[0.5 / 2.0, 1.2 / 2.0], [1.6 / 2.0, 1.0]]
-    assert pre.span_source == "judge:segments"
+    pres = {p.clip_id: p for p in review.collect_prelabels(store)}
+    assert sorted(pres) == ["seg0", "seg1", "seg2"]  # the newest version only (D3)
+    assert {p.stage_version for p in pres.values()} == {"v2-seg"}
+    assert all(p.parent_video_id == v.video_id for p in pres.values())
+    assert (pres["seg1"].clip_start_s, pres["seg1"].clip_end_s) == (0.5, 1.2)
+    assert pres["seg1"].category == "Explosion" and pres["seg1"].confidence == 0.95
+    assert pres["seg1"].duration_s == pytest.approx(0.7)
+    assert pres["seg1"].spans == []  # no span of the parent's other clips leaks in
+    assert (pres["seg2"].spans, pres["seg2"].span_source) == ([[0.25, 0.5]], "judge")
+    old = review.collect_prelabels(store, judge_version=JUDGE_VERSION)
+    assert [p.clip_id for p in old] == [v.video_id]  # the video-level version, on request
     for a, b in [(1, 1), (1, 50), (7, 19), (33, 50)]:
         assert review.relative_to_frames(review.frames_to_relative(a, b, 50), 50) == (a, b)
 

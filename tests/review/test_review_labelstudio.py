@@ -16,7 +16,15 @@ from prevad import queries, review
 from prevad.store import Store
 from toolkit.cli import app
 
-from .conftest import CHROMIUM, CHROMIUM_ARGS, JUDGE_VERSION, N_FRAMES, make_review_store
+from .conftest import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    JUDGE_VERSION,
+    N_FRAMES,
+    VFR_TIMES,
+    make_clip_store,
+    make_review_store,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +35,7 @@ def _cli(args: list[str], token: str | None) -> CliRunner:
 
 
 def _tasks_by_video(client: review.LabelStudio, pid: int) -> dict[str, dict]:
-    return {t["data"]["video_id"]: t for t in client.tasks(pid)}
+    return {t["data"]["clip_id"]: t for t in client.tasks(pid)}
 
 
 def _annotate(client: review.LabelStudio, task_id: int, category: str,
@@ -147,6 +155,7 @@ def test_api_round_trip_field_by_field(label_studio):
     assert h["spans"] == [[6 / N_FRAMES, 19 / N_FRAMES], [32 / N_FRAMES, 50 / N_FRAMES]]
     assert [review.relative_to_frames(sp, N_FRAMES) for sp in h["spans"]] == [(7, 19), (33, 50)]
     assert h["description"] == "two groups fight in the street"
+    assert h["description_source"] == "reviewer"
     assert h["annotator"] == ls.email
     assert h["split"] == "val" and h["dataset"] == "prevad"
     assert h["created_at"].isoformat().startswith(ann["updated_at"][:19])
@@ -200,7 +209,7 @@ def test_json_file_round_trip(label_studio, tmp_path):
     assert res.exit_code == 0, res.output
     tasks = json.loads(out.read_text())
     config = out.with_name("review_tasks.label_config.xml").read_text()
-    assert [t["data"]["video_id"] for t in tasks] == sorted(v.video_id for v in vids)
+    assert [t["data"]["clip_id"] for t in tasks] == sorted(v.video_id for v in vids)
 
     # What a team without API access does in the UI: create a project with the config, import
     # the file, annotate, export JSON.
@@ -217,9 +226,38 @@ def test_json_file_round_trip(label_studio, tmp_path):
     assert res.exit_code == 0, res.output
     assert "1 human annotations written, 0 unchanged, 1 tasks not annotated yet" in res.output
     row = Store(root).query(
-        "SELECT category, spans, description, annotator FROM annotations "
+        "SELECT category, spans, description, description_source, annotator FROM annotations "
         "WHERE annotator_kind = 'human'").to_pylist()
     assert row == [{"category": "Car Accident", "spans": [[0.5, 1.0]],
-                    "description": "cars crash", "annotator": "label-studio-user-1"}]
+                    "description": "cars crash", "description_source": "reviewer",
+                    "annotator": "label-studio-user-1"}]
     res = _cli(["review", "import", str(root), str(export)], None)
     assert "0 human annotations written, 1 unchanged" in res.output
+
+
+def test_clip_of_a_vfr_video_round_trip(label_studio, tmp_path):
+    """A clip cut from a variable-frame-rate parent: Label Studio serves the cut CFR media from
+    the store's cache, keeps the clip and parent ids, and frames drawn there come back as the
+    exact clip-relative span."""
+    ls = label_studio
+    root = ls.document_root / "clip-store"
+    store, parent, [seg] = make_clip_store(root, VFR_TIMES, [
+        {"start": 3.0, "end": 6.0, "category": "Riot", "split": "val"}], red=(4.31, 5.11))
+    client = review.LabelStudio(ls.url, ls.token)
+    s = review.push(store, client, review.Media(store.root, document_root=ls.document_root),
+                    project="clip review")
+    assert (s.created, s.errors) == (1, [])
+    [task] = client.tasks(s.project_id)
+    data = task["data"]
+    assert (data["clip_id"], data["parent_video_id"]) == (seg.segment_id, parent.video_id)
+    assert data["video"].startswith("/data/local-files/?d=clip-store/cache/review_media/")
+    status, body, _ = client._send("GET", data["video"], auth=client._auth)
+    assert status == 200 and body[4:8] == b"ftyp"  # Label Studio serves the cut media
+    assert data["n_frames"] == 75 and data["fps"] == pytest.approx(25.0)
+    # frames 34..53 of 75 show the anomaly (4.32 s .. 5.12 s of the parent)
+    _annotate(client, task["id"], "Riot", [(34, 53)])
+    assert review.pull(store, client, project="clip review").written == 1
+    [row] = store.query("SELECT video_id, spans FROM annotations WHERE annotator_kind = 'human'"
+                        ).to_pylist()
+    assert row["video_id"] == seg.segment_id
+    assert [x * 3.0 for x in row["spans"][0]] == pytest.approx([1.32, 2.12])
