@@ -36,6 +36,7 @@ import json
 import os
 import stat
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -578,7 +579,8 @@ def _drop_duplicates(store: Store, qdir: Path, report: RepairReport) -> None:
         if not (hashes[1:] == hashes[:-1]).any():
             continue  # no key stored twice (the key indexes say so without reading rows)
         seen: dict[bytes, Path] = {}
-        for part in sorted(parts, key=lambda p: (p.name, str(p))):
+        # of identical copies, keep the one in the folder its rows belong to, then the oldest
+        for part in sorted(parts, key=lambda p: (_misplaced(p, spec), p.name, str(p))):
             digest = _content_digest(part, spec)
             if digest in seen:
                 _quarantine(root, part, qdir, f"identical copy of {seen[digest].name}", report)
@@ -594,6 +596,13 @@ def _drop_duplicates(store: Store, qdir: Path, report: RepairReport) -> None:
                 if counts:
                     report.actions.append(f"compacted {folder} (exact duplicate rows dropped): "
                                           f"{counts[0]} -> {counts[1]} part files")
+
+
+def _misplaced(part: Path, spec: TableSpec) -> bool:
+    """Whether a part file sits in another partition folder than its rows' value."""
+    values = pq.read_table(part, columns=[spec.partition]).column(0).unique().to_pylist()
+    return [f"{spec.partition}={urllib.parse.quote(str(v), safe='')}" for v in values] != [
+        part.parent.name]
 
 
 def _content_digest(part: Path, spec: TableSpec) -> bytes:

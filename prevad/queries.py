@@ -65,12 +65,16 @@ WORK_LIST: dict[str, str] = {
     t: WORK_LIST_TEMPLATE.format(input_table=t, input_key=k) for t, k in WORK_LIST_INPUTS.items()
 }
 
-#: Videos / abnormal videos per annotation dataset (optionally one dataset, one split).
+#: Labelled videos (distinct clip/video ids, D1) per annotation dataset, by final label
+#: (human over model): ``videos``, ``abnormal``, ``human_labelled``, and ``annotation_rows``
+#: (a video labelled by a model and a human has two rows). Optionally one dataset, one split.
 DATASET_COUNTS = """
 SELECT dataset,
-       count(DISTINCT video_id) AS videos,
-       count(DISTINCT video_id) FILTER (WHERE is_anomaly) AS abnormal
-FROM annotations
+       count(*) AS videos,
+       count(*) FILTER (WHERE is_anomaly) AS abnormal,
+       count(*) FILTER (WHERE n_human > 0) AS human_labelled,
+       CAST(sum(n_human + n_model) AS BIGINT) AS annotation_rows
+FROM final_labels
 WHERE ($dataset::VARCHAR IS NULL OR dataset = $dataset::VARCHAR)
   AND ($split::VARCHAR IS NULL OR split = $split::VARCHAR)
 GROUP BY dataset
@@ -86,15 +90,18 @@ WHERE a.dataset = $dataset::VARCHAR
 ORDER BY a.source_index NULLS LAST, a.annotation_id
 """
 
-#: Counts by category (and anomaly flag) per dataset.
+#: Videos by final category (and anomaly flag) per dataset, with their annotation rows.
 COUNTS_BY_CATEGORY = """
-SELECT dataset, category, is_anomaly, count(*) AS n
-FROM annotations GROUP BY ALL ORDER BY dataset, n DESC, category
+SELECT dataset, category, is_anomaly, count(*) AS videos,
+       CAST(sum(n_human + n_model) AS BIGINT) AS annotation_rows
+FROM final_labels GROUP BY ALL ORDER BY dataset, videos DESC, category
 """
 
-#: Counts by split per dataset.
+#: Videos by split per dataset (split of the final label), with their annotation rows.
 COUNTS_BY_SPLIT = """
-SELECT dataset, split, count(*) AS n FROM annotations GROUP BY ALL ORDER BY dataset, split
+SELECT dataset, split, count(*) AS videos,
+       CAST(sum(n_human + n_model) AS BIGINT) AS annotation_rows
+FROM final_labels GROUP BY ALL ORDER BY dataset, split
 """
 
 #: Counts of videos by source.
@@ -238,7 +245,7 @@ def work_list(
 def dataset_counts(
     store: Store, dataset: str | None = None, split: str | None = None
 ) -> pa.Table:
-    """Videos and abnormal videos per dataset."""
+    """Labelled videos, abnormal videos (by final label) and annotation rows per dataset."""
     return store.query(DATASET_COUNTS, {"dataset": dataset, "split": split})
 
 

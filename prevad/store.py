@@ -1329,17 +1329,23 @@ class Store:
             location, count, dim = row.location, row.count, row.dim
         else:
             location, count, dim = row["location"], row.get("count"), row.get("dim")
-        path = self.root / location
-        if not path.is_file():
+        vid = row.video_id if isinstance(row, rec.Feature) else row.get("video_id")
+        try:
+            path = self.inside(location)
+        except ValidationError as exc:
+            raise CorruptStoreError(
+                f"the feature row of video {vid!r} is refused: {exc}; run `prevad verify "
+                f"{self.root}`") from None
+        if path.is_symlink() or not path.is_file():
             raise FeatureFileMissingError(
-                f"feature file {path} is missing (Feature.location={location!r})"
+                f"feature file {path} is missing or not a regular file "
+                f"(Feature.location={location!r})"
             )
         arr = np.load(path, allow_pickle=False)
         if count is not None and arr.shape != (count, dim):
             raise ValidationError(
                 f"feature file {path} has shape {arr.shape}, its row says ({count}, {dim})"
             )
-        vid = row.video_id if isinstance(row, rec.Feature) else row.get("video_id")
         _check_finite(arr, path, vid)
         return arr.astype(np.float32, copy=False)
 
@@ -1673,8 +1679,12 @@ def check_read_only(sql: str) -> None:
             statements = _parser().extract_statements(sql)
     except duckdb.Error as exc:
         raise QueryError(f"query does not parse: {str(exc).splitlines()[0]}") from None
-    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a NUL character
-        raise QueryError(f"query does not parse: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        # a NUL character, or a statement type the Python API does not know (UPDATE
+        # EXTENSIONS): not something this check can call read-only
+        raise ReadOnlyQueryError(f"store queries are read-only: statement refused ({exc}); "
+                                 f"only SELECT (and EXPLAIN [ANALYZE] SELECT) is allowed"
+                                 ) from None
     if not statements:
         raise QueryError("query is empty")
     for st in statements:
@@ -1688,7 +1698,10 @@ def check_read_only(sql: str) -> None:
 
 
 def _kind(st: Any) -> str:
-    return str(st.type).rsplit(".", 1)[-1]
+    try:
+        return str(st.type).rsplit(".", 1)[-1]
+    except ValueError:  # a statement type the Python API has no name for (UPDATE EXTENSIONS)
+        return "UNKNOWN"
 
 
 def _statement_kind(st: Any) -> str:
@@ -1701,8 +1714,8 @@ def _statement_kind(st: Any) -> str:
     try:
         with _PARSER_LOCK:
             parsed = _parser().extract_statements(inner) if inner is not None else []
-    except duckdb.Error:
-        parsed = []
+    except (duckdb.Error, ValueError, TypeError, RuntimeError):  # a statement type unknown
+        parsed = []  # to the Python API raises ValueError: unclear, so refused
     if len(parsed) != 1 or _kind(parsed[0]) == "EXPLAIN":
         return "EXPLAIN (unclear)"
     inner_kind = _kind(parsed[0])
