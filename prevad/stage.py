@@ -334,15 +334,19 @@ def _attempted_since(store: Store, stage: Stage, key: str, window: list[dict[str
 
 
 def _claim(store: Store, stage: Stage, pending: deque[dict[str, Any]], size: int,
-           run_id: str, lease_s: float, summary: StageSummary) -> list[dict[str, Any]]:
+           run_id: str, lease_s: float, summary: StageSummary, *, replace_own: bool = False
+           ) -> list[dict[str, Any]]:
     """Claim up to ``size`` items from the front of ``pending`` (consumed); fresh attempts.
 
     Attempt numbers come from the work list; only items that another worker attempted since
-    (seen in the key indexes) are looked up again.
+    (seen in the key indexes) are looked up again. ``replace_own``: this run's earlier claims
+    (its shards are committed) are dropped in the same write.
     """
     key = queries.WORK_LIST_INPUTS[stage.input_table]
     with store._locked():
         claims = _load_claims(store, stage)
+        if replace_own:
+            claims = {k: c for k, c in claims.items() if c.get("run_id") != run_id}
         shard: list[dict[str, Any]] = []
         while pending and len(shard) < size:
             window = []
@@ -378,6 +382,7 @@ def _claim(store: Store, stage: Stage, pending: deque[dict[str, Any]], size: int
             me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
                   "until": until, "version": stage.version}
             claims.update({_claim_key(stage, r[key]): me for r in shard})
+        if shard or replace_own:
             _save_claims(store, stage, claims)
         return shard
 
@@ -395,11 +400,13 @@ def _store_relative(store: Store, record: Any) -> Any:
 
 
 def commit_results(store: Store, stage: Stage, rows: list[dict[str, Any]],
-                   results: Sequence[ItemResult], run_id: str) -> None:
+                   results: Sequence[ItemResult], run_id: str, *, release: bool = True) -> None:
     """Store a shard's outputs and status rows in one atomic commit, releasing its claims.
 
     Items whose claim now belongs to another run (the lease ran out and was taken over) are left
-    out, so an attempt number is never written twice.
+    out, so an attempt number is never written twice. ``release=False`` keeps the claims file
+    as it is (:func:`run_stage` drops them with its next claim: one claims write per shard);
+    claims of done items only make other workers skip what they would skip anyway.
     """
     key = queries.WORK_LIST_INPUTS[stage.input_table]
     with store._locked():
@@ -426,6 +433,8 @@ def commit_results(store: Store, stage: Stage, rows: list[dict[str, Any]],
         if status:
             store.append_many({**{t: r for t, r in per_table.items() if r},
                                "stage_results": status})
+        if not release:
+            return
         for row in rows:
             if claims.get(_claim_key(stage, row[key]), {}).get("run_id") == run_id:
                 del claims[_claim_key(stage, row[key])]
@@ -496,7 +505,9 @@ def run_stage(
         taken = 0
         while limit is None or taken < limit:
             size = shard_size if limit is None else min(shard_size, limit - taken)
-            shard = _claim(store, stage, pending, size, run_id, lease_s, summary)
+            # locally the previous shard is committed: its claims go in this claim's write
+            shard = _claim(store, stage, pending, size, run_id, lease_s, summary,
+                           replace_own=map_batches is None)
             if not shard:
                 return
             taken += len(shard)
@@ -527,7 +538,7 @@ def run_stage(
                 results.extend(out)
                 if bar is not None:
                     bar.update(len(batch))
-            commit_results(store, stage, shard, results, run_id)
+            commit_results(store, stage, shard, results, run_id, release=outcomes is not None)
             for res in results:
                 summary.items += 1
                 if isinstance(res, Ok):

@@ -508,10 +508,13 @@ class Store:
 
     def _apply(self, journal: Journal, *, journalled: bool = True) -> None:
         """Apply a checked journal's operations (idempotent), then remove its file."""
+        folders = {}
         for src, dst in journal.renames:
             if src.exists():
                 os.replace(src, dst)
-                fsync_dir(dst.parent)
+                folders[dst.parent] = True
+        for folder in folders:  # once per folder, before the journal goes
+            fsync_dir(folder)
         for swap in journal.swaps:
             self._apply_swap(swap)
         for path in journal.unlinks:
@@ -862,12 +865,12 @@ class Store:
         """
         path = self.inside(rel)
         with self._locked():
+            if not durable:  # one fixed temp name under the lock: a crash's leftover is
+                _replace_quickly(path, data)  # overwritten by the next write (or `repair`)
+                return path
             self._begin_write()
             try:
-                if durable:
-                    atomic_write_bytes(path, data)
-                else:
-                    _replace_quickly(path, data)
+                atomic_write_bytes(path, data)
             finally:
                 self._end_write()
         return path
@@ -1155,6 +1158,21 @@ class Store:
                 with self._locked():
                     self._compact_partition(spec, folder, full=False)
 
+    def _tiered(self, parts: list[Path]) -> list[Path]:
+        """The part files automatic compaction merges: the smallest size tiers (a tier is a
+        factor of 8 in rows) until at least a quarter of the threshold is gathered, so each
+        row is rewritten about once per tier (n log n) instead of with every compaction."""
+        small = sorted((part_rows(p), p) for p in parts if part_rows(p) < BIG_PART_ROWS)
+        want = max(2, self.compact_threshold // 4)
+        merge: list[Path] = []
+        for i, (rows, p) in enumerate(small):
+            merge.append(p)
+            tier = int(np.log(max(rows, 1)) / np.log(8))
+            nxt = int(np.log(max(small[i + 1][0], 1)) / np.log(8)) if i + 1 < len(small) else None
+            if len(merge) >= want and nxt != tier:
+                break
+        return merge
+
     def _compact_partition(self, spec: TableSpec, folder: Path, *, full: bool,
                            select: Callable[[pa.Table], pa.Table] | None = None
                            ) -> tuple[int, int] | None:
@@ -1165,7 +1183,7 @@ class Store:
         is rewritten even when there is just one.
         """
         parts = sorted(p for p in folder.glob("part-*.parquet") if not p.is_symlink())
-        merge = parts if full or select else [p for p in parts if part_rows(p) < BIG_PART_ROWS]
+        merge = parts if full or select else self._tiered(parts)
         if len(merge) < (1 if select else 2):
             return None
         keep = [p for p in parts if p not in merge]
@@ -1578,7 +1596,8 @@ def _replace_quickly(path: Path, data: bytes) -> None:
     """Temp file + rename without fsync: readers see old or new bytes, a crash may keep old."""
     refuse_special(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
+    refuse_special(tmp)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
