@@ -114,10 +114,14 @@ def read_journal(path: Path, root: Path, tables: Mapping[str, str]) -> Journal:
         CorruptStoreError: unreadable, or any operation fails a check (the message names the
             journal and the first bad value; nothing has been done).
     """
+    if path.is_symlink() or not path.is_file():  # a FIFO would block the reader forever
+        raise _refuse(path, "not a regular file")
     try:
         ops = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise _refuse(path, "not valid JSON") from None
+    except OSError as exc:  # a folder, a FIFO opened elsewhere, ...
+        raise _refuse(path, f"unreadable: {exc.strerror}") from None
     if not isinstance(ops, dict) or set(ops) - set(_KEYS) or not all(
             isinstance(ops.get(k, []), list) for k in _KEYS):
         raise _refuse(path, "not an object of renames / swaps / unlinks lists")

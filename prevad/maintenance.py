@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from prevad import queries
 from prevad.errors import CorruptStoreError, PrevadError, StoreNotFoundError
 from prevad.io import atomic_write_json
-from prevad.journal import UnsafePathError, inside_root
+from prevad.journal import BOOKKEEPING, UnsafePathError, inside_root
 from prevad.journal import read_journal as read_journal_file
 from prevad.store import (
     CATALOG_VERSION,
@@ -242,8 +242,16 @@ def _check_catalog(root: Path, add: Callable[[Problem], None]) -> None:
 
 
 def special_entries(root: Path) -> list[tuple[Path, str]]:
-    """Symlinks and special files inside the store's folders (each with what it is)."""
+    """Symlinks and special files inside the store's folders and among its bookkeeping files
+    (each with what it is)."""
     out = []
+    for name in sorted(BOOKKEEPING):
+        path = root / name
+        if path.is_symlink():
+            out.append((path, f"symbolic link to {os.readlink(path)}: the store's own files "
+                              "must be regular files"))
+        elif path.exists() and not path.is_file():
+            out.append((path, "not a regular file (the store's own files must be)"))
     for name in CHECKED_DIRS:
         base = root / name
         if base.is_symlink():
@@ -491,9 +499,10 @@ def repair(store: Store | str | os.PathLike[str], *, accept_loss: bool = False
     qdir = root / QUARANTINE / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     bare = Store._bare(root)
     with bare._locked():
-        _repair_marker(root, report)
         for path, why in special_entries(root):
-            _quarantine(root, path, qdir, why, report)
+            if path.name not in (".lock", ".commit.lock"):  # held open: reported only
+                _quarantine(root, path, qdir, why, report)
+        _repair_marker(root, report)
         for journal in _journal_paths(root):
             try:
                 bare._roll_forward(journal)

@@ -240,6 +240,8 @@ def _claim_problem(key: Any, claim: Any) -> str | None:
 
 def _parse_claims(path: Path) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
     """A claims file's claims, or (None, what is wrong). A missing file holds no claims."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        return None, "not a regular file"
     try:
         claims = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

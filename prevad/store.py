@@ -573,7 +573,8 @@ class Store:
     def part_files(self, table: str) -> list[Path]:
         """Committed Parquet part files of a table, in write order."""
         _spec(table)
-        files = self._table_dir(table).glob("*=*/part-*.parquet")
+        files = [p for p in self._table_dir(table).glob("*=*/part-*.parquet")
+                 if p.is_file() and not p.is_symlink()]
         return sorted(files, key=lambda p: (p.name, str(p)))
 
     def _partition_dirs(self, table: str) -> list[Path]:
@@ -766,6 +767,7 @@ class Store:
                 files += [
                     e.path for e in os.scandir(d)
                     if e.name.startswith("part-") and e.name.endswith(".parquet")
+                    and e.is_file(follow_symlinks=False)
                 ]
         return sorted(files)
 
@@ -999,12 +1001,14 @@ class Store:
         rows = part_rows(part)
         got = None
         with contextlib.suppress(OSError, ValueError):
+            if side.is_symlink() or not side.is_file():  # never read a FIFO or a link
+                raise ValueError("not a regular file")
             arr = np.load(side, allow_pickle=False)
             if arr.dtype == np.uint64 and arr.shape == (rows,):
                 got = arr
         if got is None:
             got = np.sort(key_hashes(spec, _read_part(part, spec, spec.key)))
-            if not self.read_only:
+            if not self.read_only and not os.path.lexists(side):
                 with contextlib.suppress(OSError):
                     _save_sidecar(side, got)
         self._hash_cache[key] = got
@@ -1411,7 +1415,8 @@ def lost_parts(root: Path) -> list[Path]:
     if not tables.is_dir():
         return []
     return sorted(p for p in tables.glob("*/*=*/part-*.keys.npy")
-                  if not p.with_name(p.name.removesuffix(".keys.npy") + ".parquet").exists())
+                  if p.is_file() and not p.is_symlink()
+                  and not p.with_name(p.name.removesuffix(".keys.npy") + ".parquet").exists())
 
 
 def _check_threshold(value: Any, what: str) -> int:
@@ -1447,6 +1452,9 @@ def read_marker(root: Path, shown: str | None = None) -> dict[str, Any]:
         CorruptStoreError: unreadable, not a store marker, or a field of the wrong type.
     """
     marker = root / "store.json"
+    if marker.is_symlink() or (marker.exists() and not marker.is_file()):
+        raise CorruptStoreError(f"{marker} is not a regular file; `prevad repair {root}` "
+                                f"moves it to quarantine and writes a new one")
     if not marker.is_file():
         raise StoreNotFoundError(
             f"{root} is not a PreVAD store (no store.json); create it with "

@@ -561,6 +561,36 @@ def test_store_files_and_commands_never_replace_special_files(filled: Store, tmp
     assert target.exists()
 
 
+FIFO_PLACES = ["_journal.json", "store.json", "claims/probe.json", "catalog.duckdb",
+               "{part}", "{side}", "{partdir}/part-fifo-n3.parquet",
+               "{partdir}/part-fifo-n3.keys.npy", ".writing", "features/m/x.npy",
+               "imports/" + "0" * 64 + ".npz"]
+
+
+@pytest.mark.parametrize("place", FIFO_PLACES)
+def test_a_fifo_among_the_store_files_never_blocks_a_command(filled: Store, place: str) -> None:
+    part = filled.part_files("videos")[0]
+    rel = place.format(part=part.relative_to(filled.root),
+                       side=str(part.relative_to(filled.root)).replace(".parquet", ".keys.npy"),
+                       partdir=part.parent.relative_to(filled.root))
+    target = filled.root / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    os.mkfifo(target)
+    with _no_hang(60):
+        for args in (["query", str(filled.root), "SELECT count(*) FROM videos"],
+                     ["verify", str(filled.root)]):
+            r = runner.invoke(app, args)
+            assert "Traceback" not in r.output and r.exit_code in (0, 2), r.output
+        with contextlib.suppress(CorruptStoreError):
+            run_stage(Store(filled.root), _noop_stage())
+        r = runner.invoke(app, ["repair", str(filled.root)])
+        assert "Traceback" not in r.output, r.output
+    left = [p for p, v in _tree(filled.root).items()
+            if v[0] == stat.S_IFIFO and "/quarantine/" not in p]
+    assert not left, f"repair left FIFOs in the store: {left}"
+
+
 def test_a_link_at_an_output_path_is_replaced_not_followed(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "link").symlink_to(tmp_path / "fifo")
@@ -889,7 +919,7 @@ CASES = {
     "journals": JOURNAL_CASES + len(RAW_JOURNALS) + 1,
     "store.json": len(MARKERS) + len(RAW_MARKERS) + 1,
     "claims / names": len(CLAIMS) + 7,
-    "special files": 4 * len(WRITERS) + 3 + 1,
+    "special files": 4 * len(WRITERS) + 3 + 1 + len(FIFO_PLACES),
     "paths and links": len(LOCATIONS) + 2,
     "lost / duplicate / dangling rows": len(DAMAGE) + 3,
     "concurrent readers": 1,
