@@ -8,9 +8,13 @@ Prints, in one run (synthetic data, a fresh temp folder):
 3. against 1,000,000 stage_results rows (10 stages x 100,000 ids, written in big batches): the
    time of one single-row append and of one work-list query (targets < 100 ms each);
 4. time and peak RSS of re-importing an already imported 200,000-entry benchmark file in a fresh
-   process (targets < 5 s, < 300 MB).
+   process (targets < 5 s, < 300 MB);
+5. stage-runner overhead: a no-op stage (every item ``Ok()``) over 10,000 and 100,000 videos,
+   ms per item of the whole ``run_stage`` (work list, claims, commits, compaction), and the
+   100k/10k per-item ratio (targets <= 1 ms per item at 100k, ratio <= 1.3).
 
-Usage: ``python benchmarks/store_scale.py [--appends 10000] [--rows 1000000] [--entries 200000]``
+Usage: ``python benchmarks/store_scale.py [--appends 10000] [--rows 1000000] [--entries 200000]
+[--stage-items 10000,100000] [--only appends,million,reimport,stage]``
 """
 
 from __future__ import annotations
@@ -58,14 +62,7 @@ def bench_million(root: Path, rows: int) -> None:
     ids = [f"vid{i:07d}" for i in range(per)]
     now = utcnow()
     t0 = time.perf_counter()
-    videos = pa.table({
-        "video_id": ids, "source": ["synthetic"] * per, "source_video_id": ids,
-        "start_s": [None] * per, "end_s": [None] * per, "uri": [None] * per,
-        "duration_s": [10.0] * per, "fps": [None] * per, "n_frames": [None] * per,
-        "width": [None] * per, "height": [None] * per, "created_at": [now] * per,
-        "feature_uri": [None] * per,
-    }, schema=VIDEO_SCHEMA)
-    store.append("videos", videos)
+    store.append("videos", _videos_table(per))
     for s in range(stages):
         status = ["ok" if i % 7 else "failed" for i in range(per)]
         store.append("stage_results", pa.table({
@@ -92,6 +89,39 @@ def bench_million(root: Path, rows: int) -> None:
     print(f"against {rows} stage_results rows: one append {one:.1f} ms (cold handle; next one "
           f"{warm:.1f} ms), work-list query {wl:.1f} ms first on this handle (opens the "
           f"catalog), {wl_warm:.1f} ms next (another stage); {todo.num_rows} items to do")
+
+
+def _videos_table(n: int) -> pa.Table:
+    ids = [f"vid{i:07d}" for i in range(n)]
+    now = utcnow()
+    return pa.table({
+        "video_id": ids, "source": ["synthetic"] * n, "source_video_id": ids,
+        "start_s": [None] * n, "end_s": [None] * n, "uri": [None] * n,
+        "duration_s": [10.0] * n, "fps": [None] * n, "n_frames": [None] * n,
+        "width": [None] * n, "height": [None] * n, "created_at": [now] * n,
+        "feature_uri": [None] * n,
+    }, schema=VIDEO_SCHEMA)
+
+
+def bench_stage(root: Path, sizes: list[int]) -> None:
+    """No-op stage over N videos: the runner's own cost per item (shards of 64)."""
+    from prevad.stage import Ok, Stage, run_stage
+
+    per_item = {}
+    for n in sizes:
+        store = Store.init(root / f"stage{n}")
+        store.append("videos", _videos_table(n))
+        stage = Stage("noop", "v1", "videos", lambda rows: [Ok() for _ in rows], batch_size=64)
+        t = time.perf_counter()
+        summary = run_stage(store, stage, shard_size=64)
+        secs = time.perf_counter() - t
+        per_item[n] = secs / n * 1e3
+        print(f"no-op stage over {n} items: {secs:.1f} s, {per_item[n]:.3f} ms per item "
+              f"({secs / max(1, -(-n // 64)) * 1e3:.1f} ms per shard of 64; "
+              f"{summary.ok} ok)")
+    if len(sizes) > 1:
+        lo, hi = min(sizes), max(sizes)
+        print(f"stage runner per-item ratio {hi}/{lo}: {per_item[hi] / per_item[lo]:.2f}")
 
 
 def _peak_rss_mb() -> float:
@@ -146,15 +176,25 @@ def main() -> None:
     ap.add_argument("--appends", type=int, default=10_000)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--entries", type=int, default=200_000)
+    ap.add_argument("--stage-items", default="10000,100000",
+                    help="comma-separated work-list sizes of the no-op stage")
+    ap.add_argument("--only", default="appends,million,reimport,stage",
+                    help="comma-separated parts to run")
     ap.add_argument("--reimport-child", nargs=2, metavar=("ROOT", "FILE"))
     args = ap.parse_args()
     if args.reimport_child:
         _reimport(*args.reimport_child)
         return
+    only = set(args.only.split(","))
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
-        bench_appends(Path(tmp) / "appends", args.appends)
-        bench_million(Path(tmp) / "million", args.rows)
-        bench_reimport(Path(tmp) / "reimport" / "s", args.entries)
+        if "appends" in only:
+            bench_appends(Path(tmp) / "appends", args.appends)
+        if "million" in only:
+            bench_million(Path(tmp) / "million", args.rows)
+        if "reimport" in only:
+            bench_reimport(Path(tmp) / "reimport" / "s", args.entries)
+        if "stage" in only:
+            bench_stage(Path(tmp), [int(x) for x in args.stage_items.split(",")])
 
 
 if __name__ == "__main__":

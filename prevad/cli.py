@@ -96,7 +96,8 @@ def compact(root: Path, table: str | None = typer.Option(None, help="one table (
 @app.command()
 @_clean_errors
 def verify(root: Path) -> None:
-    """Check ROOT: marker, journal, catalog, schemas, Parquet files, temp files, feature files."""
+    """Check ROOT: marker, journals, catalog, claims, links, Parquet files, lost part files,
+    duplicate keys, rows referring to missing rows, temp files, feature files."""
     from prevad.maintenance import verify as run_verify
 
     report = run_verify(root)
@@ -111,11 +112,18 @@ def verify(root: Path) -> None:
 
 @app.command()
 @_clean_errors
-def repair(root: Path) -> None:
-    """Roll the journal forward, rebuild the catalog, drop temp files, quarantine bad files."""
+def repair(
+    root: Path,
+    accept_loss: bool = typer.Option(
+        False, "--accept-loss",
+        help="record lost part files as lost and move rows that refer to missing rows into "
+        "quarantine (without it such a store stays 'not ok' until the rows are restored)"),
+) -> None:
+    """Roll the journal forward (or set a refused one aside), rebuild the catalog, drop temp
+    files and exact duplicates, quarantine unreadable files, links and malformed claims."""
     from prevad.maintenance import repair as run_repair
 
-    report = run_repair(root)
+    report = run_repair(root, accept_loss=accept_loss)
     for a in report.actions:
         typer.echo(a)
     for p in report.remaining:
@@ -204,7 +212,13 @@ def query(
     sql: str,
     format: Fmt = typer.Option(Fmt.table, "--format", "-f", help="table | csv | json"),
 ) -> None:
-    """Run a read-only SQL query over the store's views (tables: videos, annotations, ...)."""
+    """Run a read-only SQL query over the store's views.
+
+    Views: the tables (videos, segments, annotations, stage_results, features, scores,
+    candidates) and the results (clips, final_labels, descriptions, verifications, judgements,
+    stage_status). Only SELECT (and EXPLAIN [ANALYZE] SELECT) runs; files outside
+    STORE/tables/ cannot be read, nothing can be written, no extension is loaded.
+    """
     tbl = Store(root).query(sql)
     if format is Fmt.table:
         _print_table(tbl)
@@ -226,10 +240,11 @@ def stats(root: Path) -> None:
     from prevad.stats import compute_stats
 
     s = compute_stats(Store(root))
-    _print_table(s.datasets, "videos / abnormal per dataset")
-    _print_table(s.splits, "splits")
-    _print_table(s.sources, "sources")
-    _print_table(s.categories, "categories")
+    _print_table(s.datasets, "labelled videos per dataset (final label: human over model; "
+                 "annotation_rows = every annotation row)")
+    _print_table(s.splits, "videos per split")
+    _print_table(s.sources, "stored videos per source")
+    _print_table(s.categories, "videos per category (final label)")
     _print_table(s.stages, "stage status (latest)")
     summ = s.duration_summary()
     _print_table(pa.table({k: [v] for k, v in summ.items()}), "durations (s)")

@@ -65,3 +65,10 @@ class CorruptStoreError(PrevadError):
 
 class ReadOnlyStoreError(PrevadError):
     """A write was attempted on a store opened read-only (e.g. on a read-only path)."""
+
+
+class SpecialFileError(PrevadError, OSError):
+    """An output path holds a directory, FIFO, socket or device; outputs never replace one."""
+
+    def __str__(self) -> str:  # OSError would format its args as a tuple
+        return str(self.args[0]) if self.args else ""

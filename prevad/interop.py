@@ -198,11 +198,15 @@ def _already_imported(store: Store, digest: str) -> AppendResult | None:
     without parsing the file or building records.
     """
     fp = store.root / "imports" / f"{digest}.npz"
+    if fp.is_symlink() or not fp.is_file():  # a link could lead out of the store: ignored
+        return None
     try:
         with np.load(fp, allow_pickle=False) as z:
             v, a, rows = z["videos"], z["annotations"], int(z["rows"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    if v.dtype != np.uint64 or a.dtype != np.uint64 or v.ndim != 1 or a.ndim != 1:
+        return None  # not a fingerprint this code wrote: import normally
     if store.has_keys("videos", v) and store.has_keys("annotations", a):
         return AppendResult(0, rows)
     return None

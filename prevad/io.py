@@ -1,6 +1,9 @@
 """Atomic file writes: temp file in the same folder, fsync, os.replace.
 
 A reader never sees a half-written file: either the old content (or no file) or the new one.
+An output never replaces a special file: a directory, FIFO, socket or device already at the
+destination is refused with :class:`~prevad.errors.SpecialFileError` before anything is written
+(a symbolic link is replaced as a link; what it points to is never touched).
 """
 
 from __future__ import annotations
@@ -8,10 +11,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from prevad.errors import SpecialFileError
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def special_file_kind(path: str | os.PathLike[str]) -> str | None:
+    """What special file sits at ``path`` ("a FIFO (named pipe)", ...), or None.
+
+    None when nothing is there, or a regular file or a symbolic link (the link itself is what an
+    atomic write replaces). Not followed: ``lstat``.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), None)
+
+
+def refuse_special(path: str | os.PathLike[str]) -> None:
+    """Raise SpecialFileError when ``path`` is a directory, FIFO, socket or device."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise SpecialFileError(
+            f"{path} is {kind}; an output must be a regular file (choose another path or "
+            f"remove it)"
+        )
 
 
 def _default_mode() -> int:
@@ -45,10 +80,15 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
 
     Yields:
         The open temp file. If the block raises, the temp file is removed and ``path`` is untouched.
+
+    Raises:
+        SpecialFileError: ``path`` is a directory, FIFO, socket or device (checked before the
+            temp file is made, and again just before the rename).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
     dest = Path(path)
+    refuse_special(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
@@ -57,6 +97,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        refuse_special(dest)  # made while we wrote: still not replaced
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -65,12 +65,16 @@ WORK_LIST: dict[str, str] = {
     t: WORK_LIST_TEMPLATE.format(input_table=t, input_key=k) for t, k in WORK_LIST_INPUTS.items()
 }
 
-#: Videos / abnormal videos per annotation dataset (optionally one dataset, one split).
+#: Labelled videos (distinct clip/video ids, D1) per annotation dataset, by final label
+#: (human over model): ``videos``, ``abnormal``, ``human_labelled``, and ``annotation_rows``
+#: (a video labelled by a model and a human has two rows). Optionally one dataset, one split.
 DATASET_COUNTS = """
 SELECT dataset,
-       count(DISTINCT video_id) AS videos,
-       count(DISTINCT video_id) FILTER (WHERE is_anomaly) AS abnormal
-FROM annotations
+       count(*) AS videos,
+       count(*) FILTER (WHERE is_anomaly) AS abnormal,
+       count(*) FILTER (WHERE n_human > 0) AS human_labelled,
+       CAST(sum(n_human + n_model) AS BIGINT) AS annotation_rows
+FROM final_labels
 WHERE ($dataset::VARCHAR IS NULL OR dataset = $dataset::VARCHAR)
   AND ($split::VARCHAR IS NULL OR split = $split::VARCHAR)
 GROUP BY dataset
@@ -86,15 +90,18 @@ WHERE a.dataset = $dataset::VARCHAR
 ORDER BY a.source_index NULLS LAST, a.annotation_id
 """
 
-#: Counts by category (and anomaly flag) per dataset.
+#: Videos by final category (and anomaly flag) per dataset, with their annotation rows.
 COUNTS_BY_CATEGORY = """
-SELECT dataset, category, is_anomaly, count(*) AS n
-FROM annotations GROUP BY ALL ORDER BY dataset, n DESC, category
+SELECT dataset, category, is_anomaly, count(*) AS videos,
+       CAST(sum(n_human + n_model) AS BIGINT) AS annotation_rows
+FROM final_labels GROUP BY ALL ORDER BY dataset, videos DESC, category
 """
 
-#: Counts by split per dataset.
+#: Videos by split per dataset (split of the final label), with their annotation rows.
 COUNTS_BY_SPLIT = """
-SELECT dataset, split, count(*) AS n FROM annotations GROUP BY ALL ORDER BY dataset, split
+SELECT dataset, split, count(*) AS videos,
+       CAST(sum(n_human + n_model) AS BIGINT) AS annotation_rows
+FROM final_labels GROUP BY ALL ORDER BY dataset, split
 """
 
 #: Counts of videos by source.
@@ -243,7 +250,7 @@ def work_list(
 def dataset_counts(
     store: Store, dataset: str | None = None, split: str | None = None
 ) -> pa.Table:
-    """Videos and abnormal videos per dataset."""
+    """Labelled videos, abnormal videos (by final label) and annotation rows per dataset."""
     return store.query(DATASET_COUNTS, {"dataset": dataset, "split": split})
 
 
@@ -420,11 +427,126 @@ SELECT a.split, count(*) AS n FROM annotations a JOIN videos v USING (video_id)
 WHERE v.source = 'synthetic' GROUP BY a.split ORDER BY a.split
 """
 
+# ---------------------------------------------------------------- result views of the catalog
+# Created in ``catalog.duckdb`` (so any DuckDB can query them without Python) and on every
+# ``Store.query`` connection. Each is plain SQL over the table views; README "Querying the store"
+# has example queries.
+
+#: Latest result per (item, stage, stage version): what ``prevad curate status`` counts.
+STAGE_STATUS_VIEW = """
+SELECT id, stage, stage_version, status, reason, error, attempt, run_id, time, output_json
+FROM stage_results
+QUALIFY row_number() OVER (
+    PARTITION BY id, stage, stage_version ORDER BY time DESC, attempt DESC) = 1
+"""
+
+#: The dataset's unit (docs/DECISIONS.md, D1): every ``segments`` row, plus every video that
+#: was never split (no segment and no finished ``clean`` result: a benchmark import, a store
+#: without ``clean``), which is a clip of itself spanning the whole file. ``video_id`` is the
+#: parent video; ``uri`` its file; ``start_s``/``end_s`` the span in that file's seconds.
+CLIPS_VIEW = """
+SELECT s.segment_id AS clip_id, s.video_id, coalesce(v.source, s.source) AS source, v.uri,
+       s.start_s, s.end_s, s.end_s - s.start_s AS duration_s, v.fps, v.width, v.height,
+       TRUE AS is_segment, s.method, s.uri AS clip_uri, v.duration_s AS video_duration_s
+FROM segments AS s LEFT JOIN videos AS v ON v.video_id = s.video_id
+UNION ALL
+SELECT v.video_id AS clip_id, v.video_id, v.source, v.uri,
+       0.0 AS start_s, v.duration_s AS end_s, v.duration_s, v.fps, v.width, v.height,
+       FALSE AS is_segment, NULL AS method, NULL AS clip_uri, v.duration_s AS video_duration_s
+FROM videos AS v
+WHERE v.video_id NOT IN (SELECT video_id FROM segments)
+  AND v.video_id NOT IN (SELECT id FROM stage_results
+                         WHERE stage = 'clean' AND status IN ('ok', 'rejected'))
+"""
+
+
+def _model_results(stage: str, columns: str) -> str:
+    """A result view of a model stage: latest ok/rejected result per (clip, version), with
+    ``newest_version`` marking the version downstream stages read by default (D3)."""
+    return f"""
+SELECT r.id AS clip_id,
+       coalesce(json_extract_string(r.output_json, '$.video_id'), c.video_id) AS video_id,
+       r.stage_version, r.status, r.reason,{columns}
+       json_extract_string(r.output_json, '$.model') AS model,
+       r.stage_version = (
+           SELECT stage_version FROM stage_results WHERE stage = '{stage}' AND status = 'ok'
+           GROUP BY stage_version ORDER BY max(time) DESC, stage_version DESC LIMIT 1
+       ) AS newest_version,
+       r.run_id, r.time, r.output_json
+FROM stage_status AS r LEFT JOIN clips AS c ON c.clip_id = r.id
+WHERE r.stage = '{stage}' AND r.status IN ('ok', 'rejected')
+"""
+
+
+#: describe: one row per (clip, describe version): the MLLM's description.
+DESCRIPTIONS_VIEW = _model_results("describe", """
+       json_extract_string(r.output_json, '$.description') AS description,""")
+
+#: verify: the VLM's verdict and score, CLIP similarity, unsupported claims.
+VERIFICATIONS_VIEW = _model_results("verify", """
+       json_extract_string(r.output_json, '$.verdict') AS verdict,
+       TRY_CAST(json_extract(r.output_json, '$.score') AS DOUBLE) AS score,
+       TRY_CAST(json_extract(r.output_json, '$.clip_mean') AS DOUBLE) AS clip_mean,
+       TRY_CAST(json_extract(r.output_json, '$.clip_max') AS DOUBLE) AS clip_max,
+       TRY_CAST(json_extract(r.output_json, '$.unsupported_claims') AS VARCHAR[])
+           AS unsupported_claims,""")
+
+#: judge: anomaly flag, taxonomy category, confidence and the model's one-sentence reason
+#: (``reason`` is the rejection reason of a rejected item).
+JUDGEMENTS_VIEW = _model_results("judge", """
+       TRY_CAST(json_extract(r.output_json, '$.anomaly') AS BOOLEAN) AS anomaly,
+       json_extract_string(r.output_json, '$.category') AS category,
+       json_extract_string(r.output_json, '$.top_level') AS top_level,
+       TRY_CAST(json_extract(r.output_json, '$.confidence') AS DOUBLE) AS confidence,
+       json_extract_string(r.output_json, '$.reason') AS judge_reason,""")
+
+#: One row per (dataset, clip): its latest human annotation, else its latest model one.
+#: ``clip_id`` is ``annotations.video_id`` (a clip id, D1), ``video_id`` the parent video.
+FINAL_LABELS_VIEW = """
+SELECT a.dataset, a.video_id AS clip_id, coalesce(c.video_id, a.video_id) AS video_id,
+       a.category, a.is_anomaly, a.description, a.spans, a.split, a.annotator_kind,
+       a.annotator, a.annotation_id, a.created_at, a.n_human, a.n_model
+FROM (
+    SELECT *,
+           row_number() OVER (
+               PARTITION BY dataset, video_id
+               ORDER BY annotator_kind = 'human' DESC, created_at DESC, annotation_id
+           ) AS rn,
+           count(*) FILTER (WHERE annotator_kind = 'human')
+               OVER (PARTITION BY dataset, video_id) AS n_human,
+           count(*) FILTER (WHERE annotator_kind = 'model')
+               OVER (PARTITION BY dataset, video_id) AS n_model
+    FROM annotations
+) AS a LEFT JOIN clips AS c ON c.clip_id = a.video_id
+WHERE a.rn = 1
+"""
+
+#: View name -> SQL, in creation order (a view may use the ones before it).
+RESULT_VIEWS: dict[str, str] = {
+    "stage_status": STAGE_STATUS_VIEW,
+    "clips": CLIPS_VIEW,
+    "descriptions": DESCRIPTIONS_VIEW,
+    "verifications": VERIFICATIONS_VIEW,
+    "judgements": JUDGEMENTS_VIEW,
+    "final_labels": FINAL_LABELS_VIEW,
+}
+
+
 # ------------------------------------------------------------------ store internals
 #: One catalog view over a table's Parquet files (``{view}``, ``{glob}`` from the store itself).
 CATALOG_VIEW = (
     "CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet("
     "'{glob}', hive_partitioning = false, union_by_name = true)"
+)
+
+#: DuckDB variable holding a snapshot's file lists (a struct: table -> paths), set per cursor.
+SNAPSHOT_VARIABLE = "__prevad_snapshot"
+
+#: One view over the files of a table in the cursor's snapshot (``Store.query``).
+SNAPSHOT_VIEW = (
+    "CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet("
+    f"getvariable('{SNAPSHOT_VARIABLE}').{{view}}, hive_partitioning = false, "
+    "union_by_name = true)"
 )
 
 
@@ -466,6 +588,16 @@ def stored_matches(key: Sequence[str], content: Sequence[str]) -> str:
 SELECT b.__i, {_row('b', content)} IS NOT DISTINCT FROM {_row('s', content)} AS same
 FROM __batch AS b
 JOIN read_parquet($files, hive_partitioning = false, union_by_name = true) AS s ON {on}
+"""
+
+
+def exact_repeats(content: Sequence[str]) -> str:
+    """SQL over ``__batch``: rows (``__i``) whose content columns (key included) repeat an
+    earlier row exactly (compaction drops them)."""
+    cols = ", ".join(_ident(c) for c in content)
+    return f"""
+SELECT __i FROM __batch
+QUALIFY row_number() OVER (PARTITION BY {cols} ORDER BY __i) > 1
 """
 
 

@@ -35,7 +35,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import socket
 import time
 import traceback
@@ -46,10 +48,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from prevad import queries
-from prevad.errors import ValidationError
+from prevad.errors import CorruptStoreError, ValidationError
 from prevad.records import StageResult
 from prevad.store import TABLES, Store
+
+#: Stage names and run ids name files (``claims/<stage>.json``, ``stage_runs/<stage>/<run>``).
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(value: Any, what: str) -> str:
+    """A stage name or run id: 1-128 letters, digits, ``.``, ``_``, ``-`` (a file name part).
+
+    Raises:
+        ValidationError: anything else (it would name a file outside its folder).
+    """
+    if not isinstance(value, str) or not _SAFE_NAME.match(value):
+        raise ValidationError(f"{what} must be 1-128 letters, digits, '.', '_' or '-' starting "
+                              f"with a letter or digit, got {str(value)[:80]!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +121,9 @@ class Stage:
     max_attempts: int = 3
 
     def __post_init__(self) -> None:
-        if not self.name or not self.version:
+        if not isinstance(self.version, str) or not self.version:
             raise ValidationError("Stage.name and Stage.version must be non-empty strings")
+        check_name(self.name, "Stage.name")
         if self.input_table not in queries.WORK_LIST_INPUTS:
             raise ValidationError(
                 f"Stage.input_table must be one of {sorted(queries.WORK_LIST_INPUTS)}, "
@@ -201,13 +222,60 @@ def _claims_path(store: Store, stage: Stage) -> Path:
     return store.root / "claims" / f"{stage.name}.json"
 
 
-def _load_claims(store: Store, stage: Stage) -> dict[str, dict[str, Any]]:
-    """Live claims of a stage (dead or expired ones dropped). Call under the store lock."""
-    path = _claims_path(store, stage)
+def _claim_problem(key: Any, claim: Any) -> str | None:
+    if not isinstance(key, str):
+        return f"claim key {key!r} is not a string"
+    if not isinstance(claim, dict):
+        return f"claim of {key[:60]!r} is not an object"
+    for name, kinds in (("run_id", str), ("host", str), ("version", str)):
+        if name in claim and not isinstance(claim[name], kinds):
+            return f"claim of {key[:60]!r}: {name} must be a string"
+    pid, until = claim.get("pid", 0), claim.get("until", 0)
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        return f"claim of {key[:60]!r}: pid must be a whole number, got {pid!r}"
+    if isinstance(until, bool) or not isinstance(until, int | float) or not math.isfinite(until):
+        return f"claim of {key[:60]!r}: until must be a time in seconds, got {until!r}"
+    return None
+
+
+def _parse_claims(path: Path) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
+    """A claims file's claims, or (None, what is wrong). A missing file holds no claims."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        return None, "not a regular file"
     try:
-        claims = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}  # a damaged claim file only loses leases: items get claimed again
+        claims = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None, "not valid JSON"
+    if not isinstance(claims, dict):
+        return None, "not a JSON object of claims"
+    for key, claim in claims.items():
+        why = _claim_problem(key, claim)
+        if why:
+            return None, why
+    return claims, None
+
+
+def claims_file_problem(path: Path) -> str | None:
+    """What is wrong with a claims file (``prevad verify``), or None when it is valid."""
+    _, why = _parse_claims(path)
+    return f"claims file is malformed ({why})" if why else None
+
+
+def _load_claims(store: Store, stage: Stage) -> dict[str, dict[str, Any]]:
+    """Live claims of a stage (dead or expired ones dropped). Call under the store lock.
+
+    Raises:
+        CorruptStoreError: the claims file is malformed (named, with the way forward).
+    """
+    path = _claims_path(store, stage)
+    claims, why = _parse_claims(path)
+    if claims is None:
+        raise CorruptStoreError(
+            f"claims file {path} is malformed ({why}); `prevad repair {store.root}` resets it "
+            f"(claims only reserve items for running workers: stop this stage's workers first)"
+        )
     now, host = time.time(), socket.gethostname()
     live = {}
     for item, c in claims.items():
@@ -225,8 +293,9 @@ def _claim_key(stage: Stage, item_id: Any) -> str:
 
 
 def _save_claims(store: Store, stage: Stage, claims: dict[str, dict[str, Any]]) -> None:
+    # not fsynced: a claim only matters while its process lives, and a crash ends both
     store.write_file(str(_claims_path(store, stage).relative_to(store.root)),
-                     json.dumps(claims).encode())
+                     json.dumps(claims).encode(), durable=False)
 
 
 def _release_claims(store: Store, stage: Stage, run_id: str) -> None:
@@ -250,44 +319,72 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _attempted_since(store: Store, stage: Stage, key: str, window: list[dict[str, Any]]
+                     ) -> np.ndarray:
+    """Which window items have a ``stage_results`` row at their ``next_attempt`` by now.
+
+    Another worker that took an item since this run's work list was read wrote a row with
+    exactly that key (id, stage, version, attempt); the part files' key indexes (cached per
+    immutable file) answer without reading any row.
+    """
+    probe = pa.table({
+        "id": [str(r[key]) for r in window], "stage": [stage.name] * len(window),
+        "stage_version": [stage.version] * len(window),
+        "attempt": pa.array([int(r["next_attempt"]) for r in window], pa.int32()),
+    })
+    return store.stored_mask("stage_results", probe)
+
+
 def _claim(store: Store, stage: Stage, pending: deque[dict[str, Any]], size: int,
-           run_id: str, lease_s: float, summary: StageSummary) -> list[dict[str, Any]]:
-    """Claim up to ``size`` items from the front of ``pending`` (consumed); fresh attempts."""
+           run_id: str, lease_s: float, summary: StageSummary, *, replace_own: bool = False
+           ) -> list[dict[str, Any]]:
+    """Claim up to ``size`` items from the front of ``pending`` (consumed); fresh attempts.
+
+    Attempt numbers come from the work list; only items that another worker attempted since
+    (seen in the key indexes) are looked up again. ``replace_own``: this run's earlier claims
+    (its shards are committed) are dropped in the same write.
+    """
     key = queries.WORK_LIST_INPUTS[stage.input_table]
     with store._locked():
         claims = _load_claims(store, stage)
+        if replace_own:
+            claims = {k: c for k, c in claims.items() if c.get("run_id") != run_id}
         shard: list[dict[str, Any]] = []
         while pending and len(shard) < size:
             window = []
-            while pending and len(window) < 4 * size:
+            while pending and len(window) < size - len(shard):
                 row = pending.popleft()
                 if _claim_key(stage, row[key]) not in claims:
                     window.append(row)
             if not window:
                 break
-            state = {
-                r["id"]: r for r in store.query(queries.ATTEMPTS_OF_IDS, {
-                    "stage": stage.name, "stage_version": stage.version,
-                    "ids": [str(r[key]) for r in window],
-                }).to_pylist()
-            }
+            touched = _attempted_since(store, stage, key, window)
+            state = {}
+            if touched.any():
+                state = {
+                    r["id"]: r for r in store.query(queries.ATTEMPTS_OF_IDS, {
+                        "stage": stage.name, "stage_version": stage.version,
+                        "ids": [str(r[key]) for r, t in zip(window, touched, strict=True) if t],
+                    }).to_pylist()
+                }
             for n, row in enumerate(window):
                 if len(shard) == size:
                     pending.extendleft(reversed(window[n:]))  # not looked at: back in front
                     break
                 st = state.get(str(row[key]))
-                attempt = (st["attempts"] if st else 0) + 1
+                attempt = st["attempts"] + 1 if st else int(row["next_attempt"])
                 if (st is not None and st["done"]) or attempt != row["next_attempt"]:
                     continue  # another worker did it since our work list was read
                 if attempt > stage.max_attempts:
                     summary.exhausted += 1
                     continue
-                shard.append({**row, "next_attempt": attempt})
+                shard.append(row)
         if shard:
             until = time.time() + lease_s
             me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
                   "until": until, "version": stage.version}
             claims.update({_claim_key(stage, r[key]): me for r in shard})
+        if shard or replace_own:
             _save_claims(store, stage, claims)
         return shard
 
@@ -305,11 +402,13 @@ def _store_relative(store: Store, record: Any) -> Any:
 
 
 def commit_results(store: Store, stage: Stage, rows: list[dict[str, Any]],
-                   results: Sequence[ItemResult], run_id: str) -> None:
+                   results: Sequence[ItemResult], run_id: str, *, release: bool = True) -> None:
     """Store a shard's outputs and status rows in one atomic commit, releasing its claims.
 
     Items whose claim now belongs to another run (the lease ran out and was taken over) are left
-    out, so an attempt number is never written twice.
+    out, so an attempt number is never written twice. ``release=False`` keeps the claims file
+    as it is (:func:`run_stage` drops them with its next claim: one claims write per shard);
+    claims of done items only make other workers skip what they would skip anyway.
     """
     key = queries.WORK_LIST_INPUTS[stage.input_table]
     with store._locked():
@@ -336,6 +435,8 @@ def commit_results(store: Store, stage: Stage, rows: list[dict[str, Any]],
         if status:
             store.append_many({**{t: r for t, r in per_table.items() if r},
                                "stage_results": status})
+        if not release:
+            return
         for row in rows:
             if claims.get(_claim_key(stage, row[key]), {}).get("run_id") == run_id:
                 del claims[_claim_key(stage, row[key])]
@@ -389,7 +490,7 @@ def run_stage(
     Returns:
         The run's :class:`StageSummary` (also written to ``stage_runs/<stage>/<run_id>.json``).
     """
-    run_id = run_id or uuid.uuid4().hex[:12]
+    run_id = check_name(run_id or uuid.uuid4().hex[:12], "run_id")
     summary = StageSummary(stage.name, stage.version, run_id)
     todo = queries.work_list(store, stage.name, stage.version, stage.input_table).to_pylist()
     summary.exhausted = sum(1 for r in todo if r["next_attempt"] > stage.max_attempts)
@@ -406,7 +507,9 @@ def run_stage(
         taken = 0
         while limit is None or taken < limit:
             size = shard_size if limit is None else min(shard_size, limit - taken)
-            shard = _claim(store, stage, pending, size, run_id, lease_s, summary)
+            # locally the previous shard is committed: its claims go in this claim's write
+            shard = _claim(store, stage, pending, size, run_id, lease_s, summary,
+                           replace_own=map_batches is None)
             if not shard:
                 return
             taken += len(shard)
@@ -437,7 +540,7 @@ def run_stage(
                 results.extend(out)
                 if bar is not None:
                     bar.update(len(batch))
-            commit_results(store, stage, shard, results, run_id)
+            commit_results(store, stage, shard, results, run_id, release=outcomes is not None)
             for res in results:
                 summary.items += 1
                 if isinstance(res, Ok):

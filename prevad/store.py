@@ -57,7 +57,7 @@ import urllib.parse
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,14 +82,33 @@ from prevad.errors import (
     UnknownTableError,
     ValidationError,
 )
-from prevad.io import atomic_write, atomic_write_bytes, atomic_write_json, fsync_dir
+from prevad.io import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    refuse_special,
+)
+from prevad.journal import (
+    BOOKKEEPING,
+    JOURNAL,
+    QUARANTINE,
+    STAGING,
+    Journal,
+    Swap,
+    UnsafePathError,
+    inside_root,
+)
+from prevad.journal import read_journal as _read_journal_file
 
 FORMAT = "prevad-store"
 FORMAT_VERSION = 1
-JOURNAL = "_journal.json"
+#: Bump when the catalog's views change: stores opened writable rebuild an older catalog.
+CATALOG_VERSION = 2
 WRITING_MARKER = ".writing"
-STAGING = ".staging"
-QUARANTINE = "quarantine"
+#: Held exclusively while a commit's renames are applied, shared while a reader lists the
+#: tables' files: a reader's file lists are all from one point between commits.
+COMMIT_LOCK = ".commit.lock"
 TMP_SUFFIX = ".parquet.tmp"
 #: A partition with more part files than this is compacted after the commit that passed it.
 DEFAULT_COMPACT_THRESHOLD = 32
@@ -145,8 +164,6 @@ TABLES: dict[str, TableSpec] = {
     )
 }
 
-#: Statement types a store query may contain (checked by DuckDB's own parser).
-READ_ONLY_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,15 +279,19 @@ class Store:
             not os.access(self.root, os.W_OK) if read_only is None else bool(read_only)
         )
         threshold = meta.get("compact_threshold", DEFAULT_COMPACT_THRESHOLD)
-        self.compact_threshold = int(threshold if compact_threshold is None else compact_threshold)
+        if compact_threshold is not None:
+            threshold = _check_threshold(compact_threshold, "compact_threshold")
+        self.compact_threshold = threshold
         self._init_state()
         if self.read_only:
             return
-        if meta.get("root") != str(self.root):
-            # The folder moved: views hold absolute globs, rebuild them.
+        if meta.get("root") != str(self.root) or meta.get("catalog") != CATALOG_VERSION:
+            # The folder moved (views hold absolute globs) or the catalog predates the current
+            # views (an older store): rebuild it.
             with self._locked():
                 self._write_catalog()
-                atomic_write_json(self.root / "store.json", {**meta, "root": str(self.root)})
+                atomic_write_json(self.root / "store.json", {
+                    **meta, "root": str(self.root), "catalog": CATALOG_VERSION})
         self._recover_all()
 
     def _init_state(self) -> None:
@@ -280,16 +301,17 @@ class Store:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._con_pid = 0
         self._hash_cache: dict[str, np.ndarray] = {}
-        self._catalog: tuple[tuple[int, int | None], duckdb.DuckDBPyConnection] | None = None
+        self._reader: tuple[int, duckdb.DuckDBPyConnection] | None = None
+        self._journal_names: list[str] | None = None
         _LIVE_STORES.add(self)
 
     def _close_connections(self) -> None:
         """Drop the cached DuckDB connections (reopened on next use)."""
-        for con in (self._con, self._catalog[1] if self._catalog else None):
+        for con in (self._con, self._reader[1] if self._reader else None):
             if con is not None:
                 with contextlib.suppress(Exception):
                     con.close()
-        self._con, self._catalog = None, None
+        self._con, self._reader = None, None
 
     @classmethod
     def _bare(cls, root: Path) -> Store:
@@ -328,10 +350,12 @@ class Store:
             with store._locked():
                 store._write_catalog()
                 meta: dict[str, Any] = {
-                    "format": FORMAT, "version": FORMAT_VERSION, "root": str(path)
+                    "format": FORMAT, "version": FORMAT_VERSION, "root": str(path),
+                    "catalog": CATALOG_VERSION,
                 }
                 if compact_threshold is not None:
-                    meta["compact_threshold"] = int(compact_threshold)
+                    meta["compact_threshold"] = _check_threshold(
+                        compact_threshold, "compact_threshold")
                 atomic_write_json(marker, meta)
         store = cls(path)
         if existing:
@@ -348,14 +372,14 @@ class Store:
         return store
 
     def _write_catalog(self) -> None:
-        """(Re)create catalog.duckdb with one view per table over its Parquet files."""
+        """(Re)create catalog.duckdb: one view per table over its Parquet files (globs, so any
+        DuckDB sees new commits) and the result views of :data:`queries.RESULT_VIEWS`."""
         catalog = self.root / "catalog.duckdb"
+        refuse_special(catalog)
         tmp = catalog.with_name(f".catalog.{uuid.uuid4().hex}.duckdb")
         con = duckdb.connect(str(tmp))
         try:
-            for spec in TABLES.values():
-                glob = str(self.root / "tables" / spec.name / "**" / "*.parquet")
-                con.execute(queries.CATALOG_VIEW.format(view=spec.name, glob=_sql_str(glob)))
+            self._create_views(con, snapshot=False)
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -372,9 +396,8 @@ class Store:
             raise ReadOnlyStoreError(f"the store at {self.root} is open read-only; cannot write")
         with self._thread_lock:
             if self._lock_depth == 0:
-                fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                self._lock_fd = fd
+                self._lock_fd = _open_lock(self.root / ".lock", create=True)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             self._lock_depth += 1
             try:
                 yield
@@ -385,23 +408,80 @@ class Store:
                     os.close(self._lock_fd)
                     self._lock_fd = None
 
+    def _try_lock(self) -> bool:
+        """Take the store lock when no other writer holds it (never waits); True when taken.
+
+        Release with ``_unlock``. Readers use it to roll a crashed writer's journal forward
+        without queueing behind a live writer (who rolls it forward itself).
+        """
+        with self._thread_lock:
+            if self._lock_depth:
+                return False  # this object is the writer: its temp files are not orphans
+            fd = _open_lock(self.root / ".lock", create=True)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            self._lock_fd, self._lock_depth = fd, 1
+            return True
+
+    def _unlock(self) -> None:
+        with self._thread_lock:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    @contextlib.contextmanager
+    def _commit_lock(self, *, shared: bool = False) -> Iterator[None]:
+        """The commit lock: exclusive around a commit's renames, shared around a reader's file
+        listing (see :meth:`snapshot`). Held for microseconds to milliseconds."""
+        fd = _open_lock(self.root / COMMIT_LOCK, create=not self.read_only)
+        if fd is None:  # a read-only store without the file: no writer ever committed here
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def _table_dir(self, table: str) -> Path:
         return self.root / "tables" / table
 
     def _journals(self) -> list[Path]:
         """Pending journals: the store's, and per-table ones left by older versions."""
-        out = [self.root / JOURNAL] if (self.root / JOURNAL).exists() else []
-        out += [p for t in TABLES if (p := self._table_dir(t) / JOURNAL).exists()]
-        return out
+        if self._journal_names is None:
+            self._journal_names = [str(self.root / JOURNAL)] + [
+                str(self._table_dir(t) / JOURNAL) for t in TABLES]
+        return [Path(p) for p in self._journal_names if os.path.lexists(p)]
+
+    def read_journal(self, path: Path) -> Journal:
+        """Read and check a pending journal (:func:`prevad.journal.read_journal`).
+
+        Raises:
+            CorruptStoreError: unreadable, or a path in it leaves the store or is not what its
+                operation needs (nothing is applied).
+        """
+        return _read_journal_file(path, self.root, PARTITION_COLUMNS)
 
     def _recover_all(self) -> None:
-        """Finish interrupted commits and drop orphan temp files (cheap when nothing to do)."""
+        """Finish interrupted commits and drop orphan temp files (cheap when nothing to do).
+
+        Never waits for a live writer: when one holds the lock, it does this itself.
+        """
         if self.read_only:
             return
         if not self._journals() and not (self.root / WRITING_MARKER).exists():
             return
-        with self._locked():
+        if not self._try_lock():
+            return
+        try:
             self._recover_locked()
+        finally:
+            self._unlock()
 
     def _recover_locked(self) -> None:
         for journal in self._journals():
@@ -410,37 +490,55 @@ class Store:
             self.remove_orphans()
             (self.root / WRITING_MARKER).unlink(missing_ok=True)
 
-    def _roll_forward(self, journal: Path) -> None:
-        """Apply a journal's operations (idempotent), then remove it."""
-        ops = read_journal(journal)
-        for src, dst in ops.get("renames", []):
-            src_p, dst_p = self.root / src, self.root / dst
-            if src_p.exists():
-                os.replace(src_p, dst_p)
-                fsync_dir(dst_p.parent)
-        for swap in ops.get("swaps", []):
-            self._apply_swap(swap)
-        for rel in ops.get("unlinks", []):
-            (self.root / rel).unlink(missing_ok=True)
-        journal.unlink()
-        fsync_dir(journal.parent)
+    def _roll_forward(self, path: Path) -> None:
+        """Check a pending journal as a whole, then apply it (idempotent) and remove it.
 
-    def _apply_swap(self, swap: dict[str, Any]) -> None:
+        Raises:
+            CorruptStoreError: the journal fails its checks; nothing is applied.
+        """
+        journal = self.read_journal(path)
+        with self._commit_lock():
+            self._apply(journal)
+
+    def _publish(self, journal: Journal, payload: dict[str, Any]) -> None:
+        """Write a journal (the commit point) and apply it, under the exclusive commit lock."""
+        with self._commit_lock():
+            atomic_write_json(journal.path, payload)
+            self._apply(journal)
+
+    def _apply(self, journal: Journal, *, journalled: bool = True) -> None:
+        """Apply a checked journal's operations (idempotent), then remove its file."""
+        folders = {}
+        for src, dst in journal.renames:
+            if src.exists():
+                os.replace(src, dst)
+                folders[dst.parent] = True
+        for folder in folders:  # once per folder, before the journal goes
+            fsync_dir(folder)
+        for swap in journal.swaps:
+            self._apply_swap(swap)
+        for path in journal.unlinks:
+            path.unlink(missing_ok=True)
+        if journalled:
+            journal.path.unlink(missing_ok=True)
+            fsync_dir(journal.path.parent)
+
+    def _apply_swap(self, swap: Swap) -> None:
         """Put a compacted partition folder in place of the live one (idempotent)."""
-        staging, live = self.root / swap["staging"], self.root / swap["partition"]
-        new, old = swap["new"], swap["old"]
-        if (staging.exists() and not (live / swap["marker"]).exists()
+        staging, live = swap.staging, swap.partition
+        if (staging.exists() and not (live / swap.marker).exists()
                 and exchange_paths(staging, live)):
             fsync_dir(live.parent)
         # Exchanged: staging holds the old parts and is removed. Not exchangeable (or resumed
-        # halfway): move the new files in, remove the old ones.
+        # halfway): move the new files in, remove the old ones, key indexes first (a key index
+        # without its part file means a lost part to `prevad verify`).
         if staging.exists():
-            for name in new:
+            for name in swap.new:
                 if (staging / name).exists() and not (live / name).exists():
                     os.replace(staging / name, live / name)
-            for name in old:
-                if name not in new:
-                    (live / name).unlink(missing_ok=True)
+            gone = [n for n in swap.old if n not in swap.new]
+            for name in sorted(gone, key=lambda n: not n.endswith(".keys.npy")):
+                (live / name).unlink(missing_ok=True)
             fsync_dir(live)
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -453,7 +551,7 @@ class Store:
         with self._locked():
             removed = self.orphan_files()
             for p in removed:
-                if p.is_dir():
+                if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
                 else:
                     p.unlink(missing_ok=True)
@@ -475,29 +573,65 @@ class Store:
     def part_files(self, table: str) -> list[Path]:
         """Committed Parquet part files of a table, in write order."""
         _spec(table)
-        files = self._table_dir(table).glob("*=*/part-*.parquet")
+        files = [p for p in self._table_dir(table).glob("*=*/part-*.parquet")
+                 if p.is_file() and not p.is_symlink()]
         return sorted(files, key=lambda p: (p.name, str(p)))
 
     def _partition_dirs(self, table: str) -> list[Path]:
         return sorted(p for p in self._table_dir(table).glob("*=*") if p.is_dir())
 
+    def _list_parts(self, table: str) -> list[str]:
+        """Part files of a table: regular files in real partition folders (no symlinks)."""
+        out: list[str] = []
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for d in os.scandir(self._table_dir(table)):
+                if "=" not in d.name or not d.is_dir(follow_symlinks=False):
+                    continue
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    out += [e.path for e in os.scandir(d.path)
+                            if e.name.startswith("part-") and e.name.endswith(".parquet")
+                            and e.is_file(follow_symlinks=False)]
+        return out
+
+    def snapshot(self) -> Snapshot:
+        """The part files of every table at one point between commits.
+
+        The listing is taken under the shared commit lock, which every commit holds exclusively
+        while it renames its files in: a reader never sees half a commit, nor one table after a
+        commit and another before it. A journal left by a crashed writer is read (checked) and
+        its outcome listed as if applied; the files it names are complete (fsynced before the
+        journal was written).
+
+        Raises:
+            CorruptStoreError: a pending journal fails its checks.
+        """
+        self._recover_all()
+        with self._commit_lock(shared=True):
+            listing = {t: self._list_parts(t) for t in TABLES}
+            pending = [self.read_journal(j) for j in self._journals()]
+        for journal in pending:
+            _as_if_applied(listing, journal)
+        return Snapshot({t: tuple(sorted(f, key=_write_order)) for t, f in listing.items()})
+
     def read(self, table: str, columns: Sequence[str] | None = None) -> pa.Table:
         """The whole table as a pa.Table with the record's schema (empty if no rows).
+
+        The files are those of one :meth:`snapshot`, so the table is never half a commit.
 
         Raises:
             CorruptStoreError: a part file cannot be read (named in the message).
         """
         spec = _spec(table)
-        self._recover_all()
         schema = spec.schema
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in columns])
-        for attempt in (1, 2):
+        for attempt in range(1, _READ_ATTEMPTS + 1):
             try:
-                parts = [_read_part(p, spec, schema.names) for p in self.part_files(table)]
+                files = self.snapshot().files[table]
+                parts = [_read_part(Path(p), spec, schema.names) for p in files]
                 break
             except FileNotFoundError:
-                if attempt == 2:
+                if attempt == _READ_ATTEMPTS:
                     raise
                 # a compaction swapped the partition between listing and reading: list again
         if not parts:
@@ -509,67 +643,90 @@ class Store:
         return rec.from_table(self.read(table), _spec(table).record)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A read-only DuckDB connection to the catalog (views named like the tables).
+        """A guarded in-memory DuckDB connection with the store's views.
 
-        Raises:
-            CorruptStoreError: catalog.duckdb is not a readable DuckDB database.
+        Views are named like the tables (over the live Parquet files, like ``catalog.duckdb``)
+        plus the result views (:data:`queries.RESULT_VIEWS`). The connection has the guards of
+        :meth:`query` (file access limited to reading ``tables/``, no extensions, configuration
+        locked); unlike :meth:`query` it does not check statements, and each statement reads
+        the files present when it runs (use :meth:`query` for one consistent snapshot).
         """
         self._recover_all()
-        catalog = self.root / "catalog.duckdb"
-        try:
-            return duckdb.connect(str(catalog), read_only=True)
-        except duckdb.Error as exc:
-            raise CorruptStoreError(
-                f"{catalog} cannot be opened ({str(exc).splitlines()[0]}); rebuild it with "
-                f"`prevad repair {self.root}`"
-            ) from None
+        con = _guarded_connection(self.root)
+        self._create_views(con, snapshot=False)
+        return con
+
+    def _create_views(self, con: duckdb.DuckDBPyConnection, *, snapshot: bool) -> None:
+        """Table views (over globs, or over the snapshot variable) and the result views."""
+        if snapshot:
+            con.execute(f"SET VARIABLE {queries.SNAPSHOT_VARIABLE} = $f",
+                        {"f": {t: [self._schema_file(t)] for t in TABLES}})
+        for spec in TABLES.values():
+            if snapshot:
+                con.execute(queries.SNAPSHOT_VIEW.format(view=spec.name))
+            else:
+                glob = str(self.root / "tables" / spec.name / "**" / "*.parquet")
+                con.execute(queries.CATALOG_VIEW.format(view=spec.name, glob=_sql_str(glob)))
+        for name, sql in queries.RESULT_VIEWS.items():
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+
+    def _schema_file(self, table: str) -> str:
+        return str(self._table_dir(table) / "_schema.parquet")
 
     def query(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> pa.Table:
-        """Run read-only SQL over the views with bound parameters; returns a pa.Table.
+        """Run read-only SQL over the store's views with bound parameters; returns a pa.Table.
 
-        A query that races a compaction (a part file vanishes between DuckDB's glob and its
-        read) is run once more.
+        What a query may do (the same for ``prevad query``):
+
+        - every statement must be a SELECT (DuckDB's parser decides; ``EXPLAIN [ANALYZE] X`` is
+          judged as ``X``), so nothing is written, attached, installed, loaded or set;
+        - it runs on a private in-memory DuckDB with external access off except reading
+          files under ``<root>/tables/`` (so ``read_csv('/etc/passwd')``, URLs and symlinks that
+          lead out are refused), extension installing/loading off, spilling to disk off, and
+          the configuration locked;
+        - the views (tables and :data:`queries.RESULT_VIEWS`) read the files of one
+          :meth:`snapshot`: all tables as of one point between commits.
+
+        A query that races a compaction (a listed part file vanishes) is run again on a new
+        snapshot.
 
         Raises:
-            ReadOnlyQueryError: the SQL contains anything but SELECT / EXPLAIN statements.
+            ReadOnlyQueryError: a statement is not a read-only SELECT (named).
             QueryError: DuckDB rejected the query.
-            CorruptStoreError: a part file or the catalog cannot be read (named).
+            CorruptStoreError: a part file cannot be read (named).
         """
         check_read_only(sql)
-        for attempt in (1, 2):
-            con = self._catalog_cursor()
+        for attempt in range(1, _READ_ATTEMPTS + 1):
+            cur = self._reader_cursor(self.snapshot())
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    return con.execute(sql, params or None).to_arrow_table()
+                    return cur.execute(sql, params or None).to_arrow_table()
             except duckdb.Error as exc:
-                if attempt == 1 and _is_vanished_file(exc):
+                if attempt < _READ_ATTEMPTS and _is_vanished_file(exc):
                     continue
                 raise self._query_error(exc) from None
             finally:
-                con.close()
+                cur.close()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _catalog_cursor(self) -> duckdb.DuckDBPyConnection:
-        """A cursor on this process's cached read-only catalog connection.
+    def _reader_cursor(self, snap: Snapshot) -> duckdb.DuckDBPyConnection:
+        """A cursor on this process's guarded reader connection, its views set to ``snap``.
 
-        Opening the catalog costs tens of ms; the connection is kept and reopened when the
-        catalog file is replaced (repair, moved store) or after a fork.
+        The connection (views created once) is kept per process; each cursor carries its own
+        file lists in a DuckDB variable the table views read.
         """
-        self._recover_all()
-        try:
-            ident = os.stat(self.root / "catalog.duckdb").st_ino
-        except FileNotFoundError:
-            ident = None
         with self._thread_lock:
-            cached = self._catalog
-            if cached is None or cached[0] != (os.getpid(), ident):
-                con = self.connect()
-                # part files never change once named: their footers can be cached
-                con.execute("SET parquet_metadata_cache = true")
-                cached = ((os.getpid(), ident), con)
-                self._catalog = cached
-            return cached[1].cursor()
+            cached = self._reader
+            if cached is None or cached[0] != os.getpid():
+                con = _guarded_connection(self.root)
+                self._create_views(con, snapshot=True)
+                cached = (os.getpid(), con)
+                self._reader = cached
+            cur = cached[1].cursor()
+        files = {t: [self._schema_file(t), *snap.files[t]] for t in TABLES}
+        cur.execute(f"SET VARIABLE {queries.SNAPSHOT_VARIABLE} = $f", {"f": files})
+        return cur
 
     def _query_error(self, exc: duckdb.Error) -> Exception:
         msg = str(exc).splitlines()[0]
@@ -610,6 +767,7 @@ class Store:
                 files += [
                     e.path for e in os.scandir(d)
                     if e.name.startswith("part-") and e.name.endswith(".parquet")
+                    and e.is_file(follow_symlinks=False)
                 ]
         return sorted(files)
 
@@ -655,6 +813,26 @@ class Store:
                 con.unregister("__batch")
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def stored_mask(self, table: str, keys: pa.Table) -> np.ndarray:
+        """For each row of ``keys`` (all key columns of ``table``), whether the key may be
+        stored: searched in the part files' key indexes only (cached), no row is read.
+
+        A 64-bit hash match is a "may be" (collisions are possible, and rare): confirm hits
+        with a query when it matters.
+        """
+        spec = _spec(table)
+        hashes = key_hashes(spec, keys.select(list(spec.key)))
+        found = np.zeros(len(hashes), dtype=bool)
+        with self._thread_lock:
+            files = self._lookup_files(spec, keys, prune=spec.partition in spec.key)
+            for f in files:
+                have = self._file_hashes(spec, Path(f))
+                if len(have):
+                    pos = np.searchsorted(have, hashes)
+                    pos[pos == len(have)] = 0
+                    found |= have[pos] == hashes
+        return found
+
     def has_keys(self, table: str, hashes: np.ndarray) -> bool:
         """Whether every key hash (see :func:`key_hashes`) is stored in ``table``.
 
@@ -673,11 +851,25 @@ class Store:
         return bool(found.all())
 
     # ------------------------------------------------------------------ writing
-    def write_file(self, rel: str, data: bytes) -> Path:
+    def write_file(self, rel: str, data: bytes, *, durable: bool = True) -> Path:
         """Write a store-relative file atomically, under the lock (a crash leaves no temp file
-        behind after the next command). For bookkeeping files: claims, run summaries."""
-        path = self._inside(rel)
+        behind after the next command). For bookkeeping files: claims, run summaries.
+
+        Args:
+            rel: the file's path relative to the root (checked: :meth:`inside`).
+            data: its bytes.
+            durable: fsync before the rename (``False`` for files a crash may lose, such as
+                claims: still atomic for readers, several times cheaper).
+
+        Raises:
+            ValidationError: ``rel`` leaves the store or names a bookkeeping file.
+            SpecialFileError: a directory, FIFO, socket or device is at that path.
+        """
+        path = self.inside(rel)
         with self._locked():
+            if not durable:  # one fixed temp name under the lock: a crash's leftover is
+                _replace_quickly(path, data)  # overwritten by the next write (or `repair`)
+                return path
             self._begin_write()
             try:
                 atomic_write_bytes(path, data)
@@ -809,12 +1001,14 @@ class Store:
         rows = part_rows(part)
         got = None
         with contextlib.suppress(OSError, ValueError):
+            if side.is_symlink() or not side.is_file():  # never read a FIFO or a link
+                raise ValueError("not a regular file")
             arr = np.load(side, allow_pickle=False)
             if arr.dtype == np.uint64 and arr.shape == (rows,):
                 got = arr
         if got is None:
             got = np.sort(key_hashes(spec, _read_part(part, spec, spec.key)))
-            if not self.read_only:
+            if not self.read_only and not os.path.lexists(side):
                 with contextlib.suppress(OSError):
                     _save_sidecar(side, got)
         self._hash_cache[key] = got
@@ -824,7 +1018,11 @@ class Store:
         """Files to write: refuse a path holding other bytes, skip one holding the same."""
         out = {}
         for rel, data in files.items():
-            path = self._inside(rel)
+            path = self.inside(rel)
+            refuse_special(path)  # reading a FIFO would hang; a folder is not replaced
+            if path.is_symlink():
+                raise ValidationError(f"{rel} is a symbolic link in the store; nothing was "
+                                      f"written")
             if path.exists():
                 if path.read_bytes() != data:
                     raise DuplicateIdError(
@@ -835,22 +1033,41 @@ class Store:
             out[rel] = data
         return out
 
-    def _inside(self, rel: str) -> Path:
-        path = (self.root / rel).resolve()
-        if self.root not in path.parents:
-            raise ValidationError(f"file path {rel!r} must stay inside the store {self.root}")
+    def inside(self, rel: str) -> Path:
+        """The path of a store-relative file name, checked to stay inside the store.
+
+        For names that come from the store's own files (rows' ``location``, fingerprints) or
+        from callers: relative, no ``..``, no symbolic link on the way, not one of the store's
+        bookkeeping files.
+
+        Raises:
+            ValidationError: the name leaves the store or names a bookkeeping file.
+        """
+        try:
+            path = inside_root(self.root, rel, "store file")
+        except UnsafePathError as exc:
+            raise ValidationError(str(exc)) from None
+        top = path.relative_to(self.root).parts[0]
+        if top in (QUARANTINE, STAGING) or str(path.relative_to(self.root)) in BOOKKEEPING:
+            raise ValidationError(f"file path {rel!r} names one of the store's own files")
         return path
 
+    _inside = inside
+
     def _commit(self, tables: Mapping[str, pa.Table], files: Mapping[str, bytes]) -> list[Path]:
-        """Write temp files, then journal + renames (one rename alone needs no journal).
+        """Write temp files, then journal + renames (one visible file alone needs no journal).
+
+        Key indexes are renamed in after their part files, so a key index without its part
+        file always means a lost part (never a crash).
 
         Returns:
             The partition folders that received a part file.
         """
         stamp = _stamp()
         renames: list[tuple[Path, Path]] = []
-        sidecars: list[Path] = []
+        sidecars: list[tuple[Path, Path]] = []
         touched: list[Path] = []
+        published = False
         try:
             for name, table in tables.items():
                 spec = TABLES[name]
@@ -859,20 +1076,20 @@ class Store:
                 col = table.column(spec.partition)
                 for value in pc.unique(col).to_pylist():
                     part = table.filter(pc.equal(col, pa.scalar(value, col.type)))
-                    folder = self._table_dir(name) / f"{spec.partition}={_quote(value)}"
-                    folder.mkdir(parents=True, exist_ok=True)
+                    folder = self._partition_folder(name, value)
                     final = folder / f"part-{stamp}-n{part.num_rows}.parquet"
                     tmp = folder / f".part-{stamp}{TMP_SUFFIX}"
                     renames.append((tmp, final))
-                    # the key index is in place before its part file can be seen
-                    sidecars.append(sidecar_path(final))
+                    side = sidecar_path(final)
+                    side_tmp = folder / f".{side.name}.tmp"
+                    sidecars.append((side_tmp, side))
                     hashes = np.sort(key_hashes(spec, part))
-                    _save_sidecar(sidecars[-1], hashes)
+                    _save_npy(side_tmp, hashes)
                     self._hash_cache[str(final)] = hashes
                     _write_parquet(tmp, part)
                     touched.append(folder)
             for rel, data in files.items():
-                final = self._inside(rel)
+                final = self.inside(rel)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 tmp = final.with_name(f".{final.name}.{stamp}.tmp")
                 renames.append((tmp, final))
@@ -880,21 +1097,34 @@ class Store:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-            if len(renames) == 1:
-                tmp, final = renames[0]
-                os.replace(tmp, final)  # one rename: atomic by itself
-                fsync_dir(final.parent)
+            journal = Journal(self.root / JOURNAL, tuple(renames + sidecars), (), ())
+            if len(renames) == 1:  # one visible file: its rename is atomic by itself
+                with self._commit_lock():
+                    self._apply(journal, journalled=False)
                 return touched
-            journal = {"renames": [[str(a.relative_to(self.root)), str(b.relative_to(self.root))]
-                                   for a, b in renames]}
-            atomic_write_json(self.root / JOURNAL, journal)  # the commit point
+            payload = {"renames": [[str(a.relative_to(self.root)), str(b.relative_to(self.root))]
+                                   for a, b in journal.renames]}
+            with self._commit_lock():
+                atomic_write_json(journal.path, payload)  # the commit point
+                published = True
+                self._apply(journal)
         except BaseException:
-            for tmp in [t for t, _ in renames] + sidecars:
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
+            if not published:  # after the commit point the temp files are the commit
+                for tmp in [t for t, _ in renames + sidecars]:
+                    with contextlib.suppress(OSError):
+                        tmp.unlink(missing_ok=True)
             raise
-        self._roll_forward(self.root / JOURNAL)
         return touched
+
+    def _partition_folder(self, table: str, value: Any) -> Path:
+        """A partition folder (made when missing), refused when a symlink leads elsewhere."""
+        folder = self._table_dir(table) / f"{TABLES[table].partition}={_quote(value)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder.resolve() != folder:
+            raise CorruptStoreError(
+                f"partition folder {folder} is a symbolic link to {folder.resolve()}; the "
+                f"store's folders must be real folders (`prevad verify {self.root}`)")
+        return folder
 
     # ------------------------------------------------------------------ compaction
     def compact(self, table: str | None = None, *, full: bool = True) -> CompactionResult:
@@ -932,41 +1162,87 @@ class Store:
                 with self._locked():
                     self._compact_partition(spec, folder, full=False)
 
-    def _compact_partition(self, spec: TableSpec, folder: Path, *, full: bool
+    def _tiered(self, parts: list[Path]) -> list[Path]:
+        """The part files automatic compaction merges: the smallest size tiers (a tier is a
+        factor of 8 in rows) until at least a quarter of the threshold is gathered, so each
+        row is rewritten about once per tier (n log n) instead of with every compaction."""
+        small = sorted((part_rows(p), p) for p in parts if part_rows(p) < BIG_PART_ROWS)
+        want = max(2, self.compact_threshold // 4)
+        merge: list[Path] = []
+        for i, (rows, p) in enumerate(small):
+            merge.append(p)
+            tier = int(np.log(max(rows, 1)) / np.log(8))
+            nxt = int(np.log(max(small[i + 1][0], 1)) / np.log(8)) if i + 1 < len(small) else None
+            if len(merge) >= want and nxt != tier:
+                break
+        return merge
+
+    def _compact_partition(self, spec: TableSpec, folder: Path, *, full: bool,
+                           select: Callable[[pa.Table], pa.Table] | None = None
                            ) -> tuple[int, int] | None:
-        """Compact one partition folder (under the lock); returns (files before, after)."""
-        parts = sorted(p for p in folder.glob("part-*.parquet"))
-        merge = parts if full else [p for p in parts if part_rows(p) < BIG_PART_ROWS]
-        if len(merge) < 2:
+        """Compact one partition folder (under the lock); returns (files before, after).
+
+        Rows repeating an earlier row exactly (same key and content; timestamps aside) are
+        dropped. ``select`` (repair) filters the merged rows further; with it, every part file
+        is rewritten even when there is just one.
+        """
+        parts = sorted(p for p in folder.glob("part-*.parquet") if not p.is_symlink())
+        merge = parts if full or select else self._tiered(parts)
+        if len(merge) < (1 if select else 2):
             return None
         keep = [p for p in parts if p not in merge]
         table = pa.concat_tables([_read_part(p, spec, spec.schema.names) for p in merge])
+        hashes = np.sort(np.concatenate([self._file_hashes(spec, p) for p in merge]))
+        if len(hashes) > 1 and (hashes[1:] == hashes[:-1]).any():
+            table = self._drop_exact_duplicates(spec, table)
+        if select is not None:
+            table = select(table)
+        if table.num_rows != len(hashes):
+            hashes = np.sort(key_hashes(spec, table))
         table = table.sort_by([(k, "ascending") for k in spec.key])
         self._begin_write()
         try:
             staging = self.root / STAGING / f"{folder.name}.{uuid.uuid4().hex[:12]}"
             staging.mkdir(parents=True)
-            name = f"part-{_stamp()}-n{table.num_rows}.parquet"
-            hashes = np.sort(np.concatenate([self._file_hashes(spec, p) for p in merge]))
-            _save_sidecar(sidecar_path(staging / name), hashes)
-            _write_parquet(staging / name, table)
-            self._hash_cache[str(folder / name)] = hashes
+            new = list(keep)
+            if table.num_rows:
+                name = f"part-{_stamp()}-n{table.num_rows}.parquet"
+                _save_npy(sidecar_path(staging / name), hashes)
+                _write_parquet(staging / name, table)
+                self._hash_cache[str(folder / name)] = hashes
+                new.insert(0, folder / name)
+            else:  # nothing left: an empty marker part keeps the swap idempotent
+                name = f"part-{_stamp()}-n0.parquet"
+                _save_npy(sidecar_path(staging / name), hashes)
+                _write_parquet(staging / name, spec.schema.empty_table())
+                new.insert(0, folder / name)
             for p in keep:  # kept files travel by hard link: no copy, same inode
                 os.link(p, staging / p.name)
                 if sidecar_path(p).exists():
                     os.link(sidecar_path(p), sidecar_path(staging / p.name))
             fsync_dir(staging)
-            rel = str(folder.relative_to(self.root))
-            atomic_write_json(self.root / JOURNAL, {"swaps": [{
-                "staging": str(staging.relative_to(self.root)), "partition": rel,
-                "marker": name,
-                "new": [x for p in [staging / name, *keep] for x in _with_sidecar(p)],
-                "old": [x for p in parts for x in _with_sidecar(p)],
+            swap = Swap(staging, folder, name,
+                        tuple(x for p in new for x in _with_sidecar(p)),
+                        tuple(x for p in parts for x in _with_sidecar(p)))
+            self._publish(Journal(self.root / JOURNAL, (), (swap,), ()), {"swaps": [{
+                "staging": str(staging.relative_to(self.root)),
+                "partition": str(folder.relative_to(self.root)),
+                "marker": name, "new": list(swap.new), "old": list(swap.old),
             }]})  # the commit point
-            self._roll_forward(self.root / JOURNAL)
         finally:
             self._end_write()
-        return len(parts), len(keep) + 1
+        return len(parts), len(new)
+
+    def _drop_exact_duplicates(self, spec: TableSpec, table: pa.Table) -> pa.Table:
+        """Rows whose key and content both repeat an earlier row are dropped (first kept)."""
+        indexed = table.append_column("__i", pa.array(np.arange(table.num_rows), pa.int64()))
+        rows = self._run_lookup(queries.exact_repeats(spec.content_columns), None, indexed)
+        drop = rows.column("__i").to_numpy()
+        if not len(drop):
+            return table
+        mask = np.ones(table.num_rows, dtype=bool)
+        mask[drop] = False
+        return table.filter(pa.array(mask))
 
     # ------------------------------------------------------------------ features
     def feature_path(self, video_id: str, model_id: str) -> str:
@@ -1075,17 +1351,23 @@ class Store:
             location, count, dim = row.location, row.count, row.dim
         else:
             location, count, dim = row["location"], row.get("count"), row.get("dim")
-        path = self.root / location
-        if not path.is_file():
+        vid = row.video_id if isinstance(row, rec.Feature) else row.get("video_id")
+        try:
+            path = self.inside(location)
+        except ValidationError as exc:
+            raise CorruptStoreError(
+                f"the feature row of video {vid!r} is refused: {exc}; run `prevad verify "
+                f"{self.root}`") from None
+        if path.is_symlink() or not path.is_file():
             raise FeatureFileMissingError(
-                f"feature file {path} is missing (Feature.location={location!r})"
+                f"feature file {path} is missing or not a regular file "
+                f"(Feature.location={location!r})"
             )
         arr = np.load(path, allow_pickle=False)
         if count is not None and arr.shape != (count, dim):
             raise ValidationError(
                 f"feature file {path} has shape {arr.shape}, its row says ({count}, {dim})"
             )
-        vid = row.video_id if isinstance(row, rec.Feature) else row.get("video_id")
         _check_finite(arr, path, vid)
         return arr.astype(np.float32, copy=False)
 
@@ -1107,32 +1389,72 @@ class Store:
 
 # ---------------------------------------------------------------------- helpers
 def orphan_files(root: Path) -> list[Path]:
-    """Temp files and staging folders of ``root`` left by interrupted writes."""
+    """Temp files and staging folders of ``root`` left by interrupted writes.
+
+    A key index (``part-….keys.npy``) without its part file is not an orphan: key indexes are
+    renamed in after their part file, so one left alone means its part file was lost
+    (:func:`lost_parts`).
+    """
     found: list[Path] = []
     for d in LOCKED_WRITE_DIRS:
         base = root / d
-        if base.is_dir():
+        if base.is_dir() and not base.is_symlink():
             found += [p for p in base.rglob("*.tmp") if p.name.startswith(".")]
     found += list(root.glob(".*.tmp"))
     found += list(root.glob(".catalog.*.duckdb*"))
     staging = root / STAGING
-    if staging.is_dir():
+    if staging.is_dir() and not staging.is_symlink():
         found += list(staging.iterdir())
-    tables = root / "tables"
-    if tables.is_dir():  # key indexes whose part file never got committed
-        found += [p for p in tables.glob("*/*=*/part-*.keys.npy")
-                  if not p.with_name(p.name.removesuffix(".keys.npy") + ".parquet").exists()]
     return sorted(set(found))
 
 
+def lost_parts(root: Path) -> list[Path]:
+    """Key indexes whose part file is gone: the part was committed, then lost (deleted, or moved
+    away by hand). The index still says how many rows and which key hashes were lost."""
+    tables = root / "tables"
+    if not tables.is_dir():
+        return []
+    return sorted(p for p in tables.glob("*/*=*/part-*.keys.npy")
+                  if p.is_file() and not p.is_symlink()
+                  and not p.with_name(p.name.removesuffix(".keys.npy") + ".parquet").exists())
+
+
+def _check_threshold(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(f"{what} must be a whole number >= 0 (0 turns automatic "
+                              f"compaction off), got {value!r}")
+    return value
+
+
+def _marker_problem(meta: Any) -> str | None:
+    """What is wrong with a parsed ``store.json`` (None when it is a valid marker)."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT \
+            or meta.get("version") != FORMAT_VERSION:
+        return f"not a {FORMAT} v{FORMAT_VERSION} marker, got {str(meta)[:80]!r}"
+    if "root" in meta and not isinstance(meta["root"], str):
+        return f"field 'root' must be a string (the folder), got {meta['root']!r}"
+    threshold = meta.get("compact_threshold")
+    if "compact_threshold" in meta and (
+            isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0):
+        return (f"field 'compact_threshold' must be a whole number >= 0, got "
+                f"{str(threshold)[:40]!r}")
+    catalog = meta.get("catalog")
+    if "catalog" in meta and (isinstance(catalog, bool) or not isinstance(catalog, int)):
+        return f"field 'catalog' must be a whole number, got {str(catalog)[:40]!r}"
+    return None
+
+
 def read_marker(root: Path, shown: str | None = None) -> dict[str, Any]:
-    """Read and check ``store.json``.
+    """Read and check ``store.json`` (format, version, and the type of every known field).
 
     Raises:
         StoreNotFoundError: no marker.
-        CorruptStoreError: unreadable or not a store marker.
+        CorruptStoreError: unreadable, not a store marker, or a field of the wrong type.
     """
     marker = root / "store.json"
+    if marker.is_symlink() or (marker.exists() and not marker.is_file()):
+        raise CorruptStoreError(f"{marker} is not a regular file; `prevad repair {root}` "
+                                f"moves it to quarantine and writes a new one")
     if not marker.is_file():
         raise StoreNotFoundError(
             f"{root} is not a PreVAD store (no store.json); create it with "
@@ -1140,38 +1462,102 @@ def read_marker(root: Path, shown: str | None = None) -> dict[str, Any]:
         )
     try:
         meta = json.loads(marker.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptStoreError(
-            f"{marker} is not valid JSON ({exc}); `prevad repair {root}` rewrites it"
+            f"{marker} is not valid JSON ({str(exc)[:80]}); `prevad repair {root}` rewrites it"
         ) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT \
-            or meta.get("version") != FORMAT_VERSION:
-        raise CorruptStoreError(
-            f"{marker} is not a {FORMAT} v{FORMAT_VERSION} marker, got {str(meta)[:80]!r}; "
-            f"`prevad repair {root}` rewrites it"
-        )
+    problem = _marker_problem(meta)
+    if problem:
+        raise CorruptStoreError(f"{marker}: {problem}; `prevad repair {root}` rewrites it")
     return meta
 
 
-def read_journal(path: Path) -> dict[str, Any]:
-    """Read a commit journal.
+#: table -> its partition column (what a journal's partition folders must be named after).
+PARTITION_COLUMNS: dict[str, str] = {t: s.partition for t, s in TABLES.items()}
+#: A read retries when a compaction removed a listed file in between (each retry lists again).
+_READ_ATTEMPTS = 3
 
-    Raises:
-        CorruptStoreError: the journal is not a JSON object of renames/swaps/unlinks.
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Part files of every table at one point between commits (see :meth:`Store.snapshot`).
+
+    Attributes:
+        files: table -> absolute paths of its part files, in write order.
     """
+
+    files: Mapping[str, tuple[str, ...]]
+
+
+def _write_order(path: str) -> tuple[str, str]:
+    return os.path.basename(path), path
+
+
+def _as_if_applied(listing: dict[str, list[str]], journal: Journal) -> None:
+    """Change a file listing to what it is once ``journal`` is applied (for readers while a
+    crashed writer's journal waits for the next writer)."""
+    def table_of(path: Path) -> str | None:
+        parts = path.parts
+        i = len(parts) - 4  # .../tables/<table>/<col>=<value>/<file>
+        return parts[i + 1] if i >= 0 and parts[i] == "tables" and parts[i + 1] in TABLES \
+            else None
+
+    for src, dst in journal.renames:
+        t = table_of(dst)
+        if t and dst.name.endswith(".parquet") and src.exists() and str(dst) not in listing[t]:
+            listing[t].append(str(src))  # not renamed yet: the complete temp file is the part
+    for swap in journal.swaps:
+        t = table_of(swap.partition / swap.marker)
+        if t is None:
+            continue
+        if (swap.partition / swap.marker).exists():  # swapped in; old files may linger
+            stale = {str(swap.partition / n) for n in swap.old if n not in swap.new}
+            listing[t] = [f for f in listing[t] if f not in stale]
+        elif swap.staging.is_dir():  # not swapped yet: the staging folder is the partition
+            with contextlib.suppress(FileNotFoundError):
+                staged = [e.path for e in os.scandir(swap.staging)
+                          if e.name in swap.new and e.name.endswith(".parquet")]
+                listing[t] = [f for f in listing[t]
+                              if Path(f).parent != swap.partition] + staged
+    gone = {str(p) for p in journal.unlinks}
+    for t in listing:
+        listing[t] = [f for f in listing[t] if f not in gone]
+
+
+def _open_lock(path: Path, *, create: bool) -> int | None:
+    """Open a lock file without following a symlink; None when absent and not created."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     try:
-        ops = json.loads(path.read_text(encoding="utf-8"))
-        ok = isinstance(ops, dict) and all(
-            isinstance(ops.get(k, []), list) for k in ("renames", "swaps", "unlinks")
-        )
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        ok = False
-    if not ok:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    except OSError as exc:
         raise CorruptStoreError(
-            f"journal {path} is unreadable; `prevad repair {path.parent}` sets it aside and "
-            f"rolls the interrupted commit back"
-        )
-    return ops
+            f"lock file {path} cannot be opened ({exc.strerror}); it must be a regular file: "
+            f"remove it (no writer may be running)"
+        ) from None
+
+
+def _guarded_connection(root: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that may read files under ``<root>/tables/`` and nothing else.
+
+    External access is off (no other file, no URL, no ATTACH outside), extensions are never
+    installed or loaded, nothing spills to disk, and the configuration is locked so no later
+    statement can undo this.
+    """
+    con = duckdb.connect(":memory:", config={
+        "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+    })
+    allowed = str(root / "tables") + os.sep
+    for stmt in (f"SET allowed_directories = ['{_sql_str(allowed)}']",
+                 "SET temp_directory = ''",
+                 "SET enable_external_access = false",
+                 "SET parquet_metadata_cache = true",  # part files never change once named
+                 "SET lock_configuration = true"):
+        con.execute(stmt)
+    return con
 
 
 def _read_part(path: Path, spec: TableSpec, columns: Sequence[str]) -> pa.Table:
@@ -1212,6 +1598,27 @@ def sidecar_path(part: Path) -> Path:
 
 def _with_sidecar(part: Path) -> list[str]:
     return [part.name, sidecar_path(part).name]
+
+
+def _replace_quickly(path: Path, data: bytes) -> None:
+    """Temp file + rename without fsync: readers see old or new bytes, a crash may keep old."""
+    refuse_special(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    refuse_special(tmp)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_npy(path: Path, hashes: np.ndarray) -> None:
+    """Write a key-hash array to ``path`` (no fsync: a torn index fails its length check)."""
+    with open(path, "wb") as fh:
+        np.save(fh, hashes, allow_pickle=False)
 
 
 def _save_sidecar(path: Path, hashes: np.ndarray) -> None:
@@ -1288,25 +1695,80 @@ def _parser() -> duckdb.DuckDBPyConnection:
 
 
 def check_read_only(sql: str) -> None:
-    """Raise ReadOnlyQueryError unless every statement of ``sql`` is a SELECT or EXPLAIN.
+    """Raise ReadOnlyQueryError unless every statement of ``sql`` is a read-only SELECT.
 
-    DuckDB's own parser classifies the statements (not a regex); the connection that runs the
-    query is additionally opened read-only.
+    DuckDB's own parser classifies the statements (not a regex). ``EXPLAIN`` is judged by the
+    statement it explains (``EXPLAIN ANALYZE`` runs it): only ``EXPLAIN [ANALYZE] SELECT ...``
+    passes. The connection that runs the query is guarded as well (see :meth:`Store.query`).
     """
     try:
         with _PARSER_LOCK:
             statements = _parser().extract_statements(sql)
     except duckdb.Error as exc:
         raise QueryError(f"query does not parse: {str(exc).splitlines()[0]}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        # a NUL character, or a statement type the Python API does not know (UPDATE
+        # EXTENSIONS): not something this check can call read-only
+        raise ReadOnlyQueryError(f"store queries are read-only: statement refused ({exc}); "
+                                 f"only SELECT (and EXPLAIN [ANALYZE] SELECT) is allowed"
+                                 ) from None
     if not statements:
         raise QueryError("query is empty")
     for st in statements:
-        if st.type not in READ_ONLY_STATEMENTS:
-            kind = str(st.type).rsplit(".", 1)[-1]
+        kind = _statement_kind(st)
+        if kind != "SELECT":
             raise ReadOnlyQueryError(
                 f"store queries are read-only: {kind} statement refused "
-                f"({st.query.strip()[:60]!r}); only SELECT / EXPLAIN are allowed"
+                f"({st.query.strip()[:60]!r}); only SELECT (and EXPLAIN [ANALYZE] SELECT) "
+                f"is allowed"
             )
+
+
+def _kind(st: Any) -> str:
+    try:
+        return str(st.type).rsplit(".", 1)[-1]
+    except ValueError:  # a statement type the Python API has no name for (UPDATE EXTENSIONS)
+        return "UNKNOWN"
+
+
+def _statement_kind(st: Any) -> str:
+    """The kind of a parsed statement; for EXPLAIN, ``EXPLAIN <kind of what it explains>``
+    (``SELECT`` when that is a SELECT), or ``EXPLAIN (unclear)`` when it cannot be told."""
+    kind = _kind(st)
+    if kind != "EXPLAIN":
+        return kind
+    inner = _explained_text(st.query)
+    try:
+        with _PARSER_LOCK:
+            parsed = _parser().extract_statements(inner) if inner is not None else []
+    except (duckdb.Error, ValueError, TypeError, RuntimeError):  # a statement type unknown
+        parsed = []  # to the Python API raises ValueError: unclear, so refused
+    if len(parsed) != 1 or _kind(parsed[0]) == "EXPLAIN":
+        return "EXPLAIN (unclear)"
+    inner_kind = _kind(parsed[0])
+    return "SELECT" if inner_kind == "SELECT" else f"EXPLAIN {inner_kind}"
+
+
+def _explained_text(text: str) -> str | None:
+    """The statement text after ``EXPLAIN``, an optional ``ANALYZE`` and an optional
+    parenthesised option list (DuckDB's tokenizer; comments skipped)."""
+    tokens = duckdb.tokenize(text)
+    ends = [pos for pos, _ in tokens[1:]] + [len(text)]
+    words = [(pos, text[pos:end].strip()) for (pos, kind), end in zip(tokens, ends, strict=True)
+             if kind != duckdb.token_type.comment]
+    if not words or words[0][1].upper() != "EXPLAIN":
+        return None
+    i = 1
+    if i < len(words) and words[i][1].upper() == "ANALYZE":
+        i += 1
+    if i < len(words) and words[i][1].startswith("("):
+        depth = 0
+        while i < len(words):
+            depth += words[i][1].count("(") - words[i][1].count(")")
+            i += 1
+            if depth <= 0:
+                break
+    return text[words[i][0]:] if i < len(words) else None
 
 
 def _check_finite(arr: np.ndarray, path: Path, video_id: str | None) -> None:
