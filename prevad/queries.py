@@ -352,7 +352,7 @@ ORDER BY a.dataset, a.split, a.source_index NULLS LAST, a.video_id
 
 #: Feature rows of one model (``lagovad extract`` resume check). Parameter: $model_id.
 FEATURES_OF_MODEL = """
-SELECT video_id, frame_stride, frame_offset, frame_size FROM features
+SELECT video_id, frame_stride, frame_offset, frame_size, location, count, dim FROM features
 WHERE model_id = $model_id::VARCHAR
 """
 
@@ -491,3 +491,92 @@ ORDER BY stage_version
 def ok_versions(store: Store, stage: str) -> list[str]:
     """Versions of ``stage`` with at least one ok result, sorted."""
     return store.query(OK_VERSIONS_OF_STAGE, {"stage": stage}).column("stage_version").to_pylist()
+
+
+# ------------------------------------------------------------------ clips and duplicates
+# (clean / dedup / lagovad extract; D1 in docs/DECISIONS.md)
+
+#: The newest version of a stage that has ok results (by its latest ok row). Parameter: $stage.
+NEWEST_OK_STAGE_VERSION = """
+SELECT stage_version FROM stage_results
+WHERE stage = $stage::VARCHAR AND status = 'ok'
+GROUP BY stage_version
+ORDER BY max(time) DESC, stage_version DESC
+LIMIT 1
+"""
+
+#: Items that one dedup version rejected as copies, among $ids. Parameters: $stage ('dedup'),
+#: $stage_version, $ids (VARCHAR[]). ``output_json`` holds duplicate_of, distance, kind.
+DUPLICATES_OF_IDS = """
+SELECT id, any_value(output_json) AS output_json FROM stage_results
+WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+  AND status = 'rejected' AND list_contains($ids::VARCHAR[], id)
+GROUP BY id
+"""
+
+#: Every result of one dedup version, oldest first (the duplicate index is rebuilt from it).
+#: Parameters: $stage ('dedup'), $stage_version.
+DEDUP_DECISIONS = """
+SELECT id, status, output_json FROM stage_results
+WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+  AND status IN ('ok', 'rejected')
+ORDER BY time, id
+"""
+
+#: Videos with a file, oldest acquisition first (dedup keeps the first-acquired copy).
+VIDEOS_BY_ACQUISITION = """
+SELECT video_id, uri, created_at FROM videos
+WHERE uri IS NOT NULL AND uri <> ''
+ORDER BY created_at, video_id
+"""
+
+#: Every clip (D1) with its parent video, file, span and size, until the catalog's ``clips``
+#: view exists: the clips of each video's latest clean decision (ok: its ``segment_ids``;
+#: rejected: none), or, for a video clean never decided on, the whole video as a clip of itself
+#: (clip_id = video_id). Videos whose latest dedup decision is "duplicate" (rejected) have no
+#: clips. Parameter: $clean_version (NULL = each video's latest decision of any version).
+#: ``clip_index`` numbers a video's clips by start (NULL for a whole video).
+CLIPS_OF_VIDEOS = """
+WITH clean_decisions AS (
+    SELECT id AS video_id, status, output_json FROM (
+        SELECT id, status, output_json, row_number() OVER (
+            PARTITION BY id ORDER BY time DESC, attempt DESC, stage_version DESC) AS rn
+        FROM stage_results
+        WHERE stage = 'clean' AND status IN ('ok', 'rejected')
+          AND ($clean_version::VARCHAR IS NULL OR stage_version = $clean_version::VARCHAR)
+    ) WHERE rn = 1
+),
+ever_cleaned AS (
+    SELECT DISTINCT id AS video_id FROM stage_results
+    WHERE stage = 'clean' AND status IN ('ok', 'rejected')
+),
+dups AS (
+    SELECT id AS video_id FROM (
+        SELECT id, status, row_number() OVER (
+            PARTITION BY id ORDER BY time DESC, attempt DESC, stage_version DESC) AS rn
+        FROM stage_results WHERE stage = 'dedup' AND status IN ('ok', 'rejected')
+    ) WHERE rn = 1 AND status = 'rejected'
+),
+kept AS (
+    SELECT DISTINCT unnest(CAST(json_extract(output_json, '$.segment_ids') AS VARCHAR[]))
+        AS segment_id
+    FROM clean_decisions WHERE status = 'ok'
+)
+SELECT s.segment_id AS clip_id, s.video_id, v.source, v.source_video_id, v.uri,
+       s.start_s, s.end_s, s.end_s - s.start_s AS duration_s, v.fps, v.width, v.height,
+       s.method,
+       CAST(row_number() OVER (PARTITION BY s.video_id ORDER BY s.start_s) - 1 AS INTEGER)
+           AS clip_index
+FROM segments AS s
+JOIN kept USING (segment_id)
+JOIN videos AS v ON v.video_id = s.video_id
+WHERE s.video_id NOT IN (SELECT video_id FROM dups)
+UNION ALL
+SELECT v.video_id AS clip_id, v.video_id, v.source, v.source_video_id, v.uri,
+       0.0 AS start_s, v.duration_s AS end_s, v.duration_s, v.fps, v.width, v.height,
+       NULL AS method, CAST(NULL AS INTEGER) AS clip_index
+FROM videos AS v
+WHERE v.video_id NOT IN (SELECT video_id FROM ever_cleaned)
+  AND v.video_id NOT IN (SELECT video_id FROM dups)
+ORDER BY video_id, start_s, clip_id
+"""
