@@ -25,7 +25,8 @@ app = typer.Typer(help="Curation stages (retrieve, acquire, record, clean, descr
 
 #: Modules (under ``curation``) whose ``register(app)`` adds a stage command.
 STAGE_MODULES: tuple[str, ...] = (
-    "retrieve", "acquire", "record", "clean", "describe", "verify", "judge", "describe_anomaly",
+    "retrieve", "acquire", "record", "dedup", "clean", "describe", "verify", "judge",
+    "describe_anomaly",
 )
 
 

@@ -312,3 +312,44 @@ def random_video(seed: int, *, fps: int = 25, n_shots: tuple[int, int] = (2, 5),
             else:
                 transitions.append(Transition("cut"))
     return shots, transitions
+
+
+def copy_video(src: str | Path, dst: str | Path, *, scale: float = 1.0,
+               trim: tuple[float, float] = (0.0, 0.0), crf: int = 30,
+               fps: float | None = None) -> Path:
+    """A near-duplicate of ``src``: re-encoded (H.264 at ``crf``), resized by ``scale``, with
+    ``trim`` seconds cut from the start and the end, optionally at another frame rate (frames
+    are repeated or dropped to keep the timing).
+
+    Returns:
+        ``dst``.
+    """
+    import av
+
+    dst = Path(dst)
+    with av.open(str(src)) as inp:
+        stream = inp.streams.video[0]
+        rate = float(stream.average_rate or 25)
+        frames = [f.to_ndarray(format="rgb24") for f in inp.decode(stream)]
+    n = len(frames)
+    first, last = round(trim[0] * rate), n - round(trim[1] * rate)
+    frames = frames[first:last]
+    out_rate = fps or rate
+    if fps:  # resample in time: frame at or before each output time
+        count = int(len(frames) / rate * fps)
+        frames = [frames[min(len(frames) - 1, int(i * rate / fps))] for i in range(count)]
+    h, w = frames[0].shape[:2]
+    nh, nw = max(2, round(h * scale / 2) * 2), max(2, round(w * scale / 2) * 2)
+    with av.open(str(dst), "w") as out:
+        s = out.add_stream("libx264", rate=round(out_rate),
+                           options={"crf": str(crf), "preset": "veryfast"})
+        s.width, s.height, s.pix_fmt = nw, nh, "yuv420p"
+        for img in frames:
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if (nh, nw) != (h, w):
+                f = f.reformat(nw, nh, interpolation="AREA")
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return dst

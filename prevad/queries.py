@@ -505,19 +505,20 @@ ORDER BY max(time) DESC, stage_version DESC
 LIMIT 1
 """
 
-#: Items that one dedup version rejected as copies, among $ids. Parameters: $stage ('dedup'),
-#: $stage_version, $ids (VARCHAR[]). ``output_json`` holds duplicate_of, distance, kind.
+#: Items that one dedup version rejected as copies (exact or near), among $ids. Parameters:
+#: $stage ('dedup'), $stage_version, $ids (VARCHAR[]). ``output_json``: duplicate_of, distance.
 DUPLICATES_OF_IDS = """
 SELECT id, any_value(output_json) AS output_json FROM stage_results
 WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
-  AND status = 'rejected' AND list_contains($ids::VARCHAR[], id)
+  AND status = 'rejected' AND reason IN ('exact_duplicate', 'near_duplicate')
+  AND list_contains($ids::VARCHAR[], id)
 GROUP BY id
 """
 
 #: Every result of one dedup version, oldest first (the duplicate index is rebuilt from it).
 #: Parameters: $stage ('dedup'), $stage_version.
 DEDUP_DECISIONS = """
-SELECT id, status, output_json FROM stage_results
+SELECT id, status, reason, output_json FROM stage_results
 WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
   AND status IN ('ok', 'rejected')
 ORDER BY time, id
@@ -552,10 +553,10 @@ ever_cleaned AS (
 ),
 dups AS (
     SELECT id AS video_id FROM (
-        SELECT id, status, row_number() OVER (
+        SELECT id, status, reason, row_number() OVER (
             PARTITION BY id ORDER BY time DESC, attempt DESC, stage_version DESC) AS rn
         FROM stage_results WHERE stage = 'dedup' AND status IN ('ok', 'rejected')
-    ) WHERE rn = 1 AND status = 'rejected'
+    ) WHERE rn = 1 AND reason IN ('exact_duplicate', 'near_duplicate')
 ),
 kept AS (
     SELECT DISTINCT unnest(CAST(json_extract(output_json, '$.segment_ids') AS VARCHAR[]))
