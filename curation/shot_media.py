@@ -78,7 +78,7 @@ class Truth:
         fps: frame rate.
         cuts: first frame of the new shot at each hard cut.
         dissolves: ``[start, end)`` of each dissolve (blended frames).
-        fades: ``[start, end)`` of each fade half (to or from black).
+        fades: ``[start, end)`` of each fade through black (out and in together).
         shots: ``[start, end)`` of each shot's own frames (transition frames excluded).
     """
 
@@ -240,10 +240,8 @@ def compose(shots: Sequence[Shot], transitions: Sequence[Transition], fps: float
             n = max(1, tr.frames)
             s0 = len(plan)
             plan += [("fade", k, shot.frames + j, 1 - (j + 1) / (n + 1)) for j in range(n)]
-            truth.fades.append((s0, len(plan)))
-            s1 = len(plan)
             plan += [("fade", k + 1, -n + j, (j + 1) / (n + 1)) for j in range(n)]
-            truth.fades.append((s1, len(plan)))
+            truth.fades.append((s0, len(plan)))  # out and in: one transition
         else:
             raise ValueError(f"unknown transition kind {tr.kind!r}: cut, dissolve or fade")
     truth.n_frames = len(plan)
