@@ -106,7 +106,7 @@ class CleanPolicy:
     """Shot detection, clip and intro/outro knobs (see the module docstring and
     :class:`curation.shots.ShotConfig`). Every field is part of the stage version."""
 
-    detector: str = "content"
+    detector: str = "adaptive"
     threshold: float = 27.0
     adaptive_threshold: float = 3.0
     min_shot_s: float = 0.3
@@ -117,6 +117,7 @@ class CleanPolicy:
     dissolve_min_score: float = 12.0
     dissolve_max_residual: float = 0.25
     dissolve_min_contrast: float = 1.8
+    dissolve_linear_residual: float = 0.1
     dissolve_max_s: float = 3.0
     max_edge_s: float = 15.0
     black_luma: float = 20.0
@@ -145,7 +146,7 @@ class CleanPolicy:
 
 
 _FRACTIONS = ("black_fraction", "unrelated_similarity", "unrelated_max_share", "flash_ratio",
-              "dissolve_max_residual")
+              "dissolve_max_residual", "dissolve_linear_residual")
 _POSITIVE = ("threshold", "adaptive_threshold", "dissolve_max_s", "flash_s")
 
 

@@ -21,10 +21,11 @@ thumbnails only:
   and it is kept as a dissolve when its score (span difference minus twice the residual) is at
   least ``dissolve_min_score``, the residual of that linear model at most
   ``dissolve_max_residual`` of the jump, no single step exceeds half the jump (that would be a
-  cut), it lasts 3 frames to ``dissolve_max_s``, and its colour-histogram change is at least
-  ``dissolve_min_contrast`` times the change within the shots on either side over as many frames
-  (motion keeps a scene's colours; a new scene changes them). A transition that touches black
-  frames is a **fade**.
+  cut), it lasts 3 frames to ``dissolve_max_s``, and either it is almost exactly linear
+  (residual at most ``dissolve_linear_residual``, score at least twice the minimum) or its
+  colour-histogram change is at least ``dissolve_min_contrast`` times the change within the
+  shots on either side over as many frames (motion keeps a scene's colours; a new scene changes
+  them). A transition that touches black frames is a **fade**.
 
 Frame positions are indices into the decoded frames; :attr:`Scan.times` gives each frame's
 presentation time (seconds, from its pts), so variable frame rate files keep exact spans.
@@ -80,10 +81,13 @@ class ShotConfig:
         dissolve_max_residual: largest residual of the linear blend, share of the jump.
         dissolve_min_contrast: least ratio of the colour change across the transition to the
             change within the neighbouring shots.
+        dissolve_linear_residual: a blend whose residual is at most this (and whose score is
+            at least twice ``dissolve_min_score``) needs no colour contrast: motion is never
+            that linear, while a dissolve between two scenes of similar colours is.
         dissolve_max_s: longest dissolve or fade half.
     """
 
-    detector: str = "content"
+    detector: str = "adaptive"
     threshold: float = 27.0
     adaptive_threshold: float = 3.0
     min_shot_s: float = 0.3
@@ -95,6 +99,7 @@ class ShotConfig:
     dissolve_min_score: float = 12.0
     dissolve_max_residual: float = 0.25
     dissolve_min_contrast: float = 1.8
+    dissolve_linear_residual: float = 0.1
     dissolve_max_s: float = 3.0
 
 
@@ -396,7 +401,9 @@ def _transitions(y: np.ndarray, hist: np.ndarray, black: np.ndarray, fps: float,
                 or step > MAX_DISSOLVE_STEP):
             continue
         fade = bool(black[s - 1:e + 1].any())
-        if not fade and contrast < cfg.dissolve_min_contrast:
+        linear = (residual <= cfg.dissolve_linear_residual
+                  and score >= 2 * cfg.dissolve_min_score)
+        if not fade and not linear and contrast < cfg.dissolve_min_contrast:
             continue
         found.append(Transition("fade" if fade else "dissolve", s, e, score, residual, contrast))
     kept: list[Transition] = []

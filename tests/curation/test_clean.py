@@ -22,7 +22,7 @@ from prevad.records import StageResult, Video
 
 FPS = 25
 H, W = 72, 128
-METHOD = method_of("content")
+METHOD = method_of("adaptive")
 
 
 def _texture(seed: int, palette: list[tuple[int, int, int]]) -> np.ndarray:
@@ -224,14 +224,14 @@ def test_policy_values_are_checked_before_anything_runs(store, tmp_path):
     assert store.read("stage_results").num_rows == 0  # nothing was touched
 
 
-def test_cli_shows_clips_and_adaptive_detector(store, tmp_path):
+def test_cli_shows_clips_and_content_detector(store, tmp_path):
     _add(store, _video(tmp_path / "v.mp4", [("a", 50), ("ad", 50)]), "v")
-    res = CliRunner().invoke(app, ["curate", "clean", str(store.root), "--detector", "adaptive",
+    res = CliRunner().invoke(app, ["curate", "clean", str(store.root), "--detector", "content",
                                    "--show", "--unrelated-similarity", "0"])
     assert res.exit_code == 0, res.output
     shown = json.loads(res.output.strip().splitlines()[-1])
     assert shown["status"] == "ok" and len(shown["clips_s"]) == 2
-    assert {s.method for s in store.records("segments")} == {method_of("adaptive")}
+    assert {s.method for s in store.records("segments")} == {method_of("content")}
 
 
 # ----------------------------------------------------------------- duplicates are skipped
