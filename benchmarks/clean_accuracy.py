@@ -32,9 +32,9 @@ from curation.shot_media import random_video, render  # noqa: E402
 from curation.shots import ShotConfig, find_boundaries, scan  # noqa: E402
 
 
-def evaluate(videos: list[tuple[Path, object]], detector: str) -> dict:
+def evaluate(videos: list[tuple[Path, object]], detector: str, detect_width: int = 256) -> dict:
     """Scores of one detector over rendered videos (path, truth)."""
-    cfg = ShotConfig(detector=detector)
+    cfg = ShotConfig(detector=detector, detect_width=detect_width)
     cuts = dissolves = fades = EMPTY
     frames, t0 = 0, time.perf_counter()
     for path, truth in videos:
@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--detectors", nargs="+", default=["content", "adaptive"])
+    ap.add_argument("--detect-width", type=int, default=ShotConfig().detect_width)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if args.videos < 1:
@@ -74,7 +75,7 @@ def main() -> None:
         n_fades = sum(len(t.fades) for _, t in videos)
         print(f"{args.videos} videos (seeds {args.seed}..{args.seed + args.videos - 1}): "
               f"{n_cuts} hard cuts, {n_dis} dissolves, {n_fades} fades")
-        report = [evaluate(videos, d) for d in args.detectors]
+        report = [evaluate(videos, d, args.detect_width) for d in args.detectors]
     print("| detector | hard cuts F1 (P / R), +-1 frame | dissolves F1 (P / R), +-0.5 s | "
           "fades F1 | frames/s |")
     print("|---|---|---|---|---|")

@@ -91,7 +91,7 @@ class ShotConfig:
     threshold: float = 27.0
     adaptive_threshold: float = 3.0
     min_shot_s: float = 0.3
-    detect_width: int = 256
+    detect_width: int = 128
     black_luma: float = 20.0
     flash_s: float = 0.6
     flash_ratio: float = 0.35
