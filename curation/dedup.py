@@ -72,6 +72,9 @@ BANDS = 4
 #: like stop words: they would make every video a candidate).
 MAX_BUCKET = 4096
 REASONS = ("exact_duplicate", "near_duplicate")
+#: A kept video is aligned in full only when this share of the shorter fingerprint's samples
+#: collide with it in the band index (random 16-bit collisions stay far below; copies far above).
+VOTE_SHARE = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,8 @@ class DedupConfig:
         min_match: least share of the overlapping samples that match at the best offset.
         min_cover: least overlap, as a share of the shorter video's informative samples.
         min_overlap_s: least overlap in seconds.
-        min_votes: least band collisions for a kept video to be aligned with a new one.
+        min_votes: least band collisions for a kept video to be aligned with a new one (and
+            at least ``VOTE_SHARE`` of the shorter video's samples).
     """
 
     near: bool = True
@@ -313,12 +317,18 @@ class Deduper:
         out["fingerprint"] = fp.to_dict()
         return Decision(Ok(output=out))
 
+    def candidates(self, fp: Fingerprint) -> list[int]:
+        """Kept videos (index owners) worth aligning with ``fp``: enough band collisions."""
+        votes = self.index.votes(fp.hashes[fp.informative])
+        return sorted(o for o, v in votes.items()
+                      if v >= max(self.config.min_votes,
+                                  VOTE_SHARE * min(fp.useful, self.prints[o].useful)))
+
     def _best_match(self, fp: Fingerprint) -> tuple[int, Match] | None:
         """The earliest-kept video this fingerprint copies, with the match (None: none)."""
         cfg = self.config
-        votes = self.index.votes(fp.hashes[fp.informative])
         hits: list[tuple[int, Match]] = []
-        for owner in sorted(o for o, v in votes.items() if v >= cfg.min_votes):
+        for owner in self.candidates(fp):
             m = match(fp, self.prints[owner], cfg.frame_bits)
             if (m is not None and m.share >= cfg.min_match and m.cover >= cfg.min_cover
                     and m.overlap / fp.rate >= cfg.min_overlap_s):
