@@ -137,7 +137,7 @@ class BandIndex:
     ``BANDS`` ``searchsorted`` calls plus a scan of the tail.
     """
 
-    def __init__(self, tail_limit: int = 50_000) -> None:
+    def __init__(self, tail_limit: int = 4096) -> None:
         """An empty index."""
         self.tail_limit = tail_limit
         self.keys = [np.zeros(0, np.uint16) for _ in range(BANDS)]
@@ -176,28 +176,45 @@ class BandIndex:
 
     def votes(self, hashes: np.ndarray) -> dict[int, int]:
         """For each owner: how many of ``hashes`` share a band value with one of its hashes."""
-        if not len(hashes):
-            return {}
+        owners, counts = self.collisions(hashes)
+        return {int(o): int(c) for o, c in zip(owners, counts, strict=True)}
+
+    def collisions(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`votes` as arrays: (owners, colliding samples of ``hashes`` per owner)."""
+        nq = len(hashes)
+        if not nq:
+            return self.vote_arrays([], 1)
         q = self._bands(hashes)
-        pairs: list[np.ndarray] = []  # (query sample, owner) codes
+        codes: list[np.ndarray] = []  # owner * nq + query sample, one per collision
         for b in range(BANDS):
             keys, owners = self.keys[b], self.owners[b]
-            if len(keys):
-                lo = np.searchsorted(keys, q[b], "left")
-                hi = np.searchsorted(keys, q[b], "right")
-                for i in np.flatnonzero((hi > lo) & (hi - lo <= MAX_BUCKET)):
-                    pairs.append(owners[lo[i]:hi[i]] * len(hashes) + i)
+            if not len(keys):
+                continue
+            lo = np.searchsorted(keys, q[b], "left")
+            hi = np.searchsorted(keys, q[b], "right")
+            n = np.where(hi - lo <= MAX_BUCKET, hi - lo, 0)
+            total = int(n.sum())
+            if not total:
+                continue
+            # every entry of every range [lo, hi) at once, without a Python loop
+            starts = np.repeat(lo - (np.cumsum(n) - n), n)
+            entries = np.arange(total) + starts
+            codes.append(owners[entries] * nq + np.repeat(np.arange(nq), n))
         if self._tail_n:
             tb = self._bands(np.concatenate(self._tail_h))
             to = np.concatenate(self._tail_o)
             for b in range(BANDS):
                 hit_q, hit_t = np.nonzero(q[b][:, None] == tb[b][None, :])
-                pairs.append(to[hit_t] * len(hashes) + hit_q)
-        if not pairs:
-            return {}
-        codes = np.unique(np.concatenate(pairs))
-        owners_hit, counts = np.unique(codes // len(hashes), return_counts=True)
-        return {int(o): int(c) for o, c in zip(owners_hit, counts, strict=True)}
+                codes.append(to[hit_t] * nq + hit_q)
+        return self.vote_arrays(codes, nq)
+
+    @staticmethod
+    def vote_arrays(codes: list[np.ndarray], nq: int) -> tuple[np.ndarray, np.ndarray]:
+        """(owners, distinct query samples colliding with each) from collision codes."""
+        if not codes:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        unique = np.unique(np.concatenate(codes))
+        return np.unique(unique // nq, return_counts=True)
 
 
 @dataclass(slots=True)
@@ -223,6 +240,7 @@ class Deduper:
     prints: dict[int, Fingerprint] = field(default_factory=dict)
     by_sha: dict[str, str] = field(default_factory=dict)
     rank: dict[str, int] = field(default_factory=dict)
+    useful: list[int] = field(default_factory=list)  # informative samples per owner
     _pos: int = 0
     _loaded: bool = False
 
@@ -249,6 +267,7 @@ class Deduper:
     def _keep(self, video_id: str, sha: str | None, fp: Fingerprint | None) -> None:
         owner = len(self.kept)
         self.kept.append(video_id)
+        self.useful.append(fp.useful if fp is not None else 0)
         if sha:
             self.by_sha.setdefault(sha, video_id)
         if fp is not None:
@@ -319,10 +338,12 @@ class Deduper:
 
     def candidates(self, fp: Fingerprint) -> list[int]:
         """Kept videos (index owners) worth aligning with ``fp``: enough band collisions."""
-        votes = self.index.votes(fp.hashes[fp.informative])
-        return sorted(o for o, v in votes.items()
-                      if v >= max(self.config.min_votes,
-                                  VOTE_SHARE * min(fp.useful, self.prints[o].useful)))
+        owners, counts = self.index.collisions(fp.hashes[fp.informative])
+        if not len(owners):
+            return []
+        useful = np.asarray(self.useful)[owners]
+        need = np.maximum(self.config.min_votes, VOTE_SHARE * np.minimum(fp.useful, useful))
+        return sorted(int(o) for o in owners[counts >= need])
 
     def _best_match(self, fp: Fingerprint) -> tuple[int, Match] | None:
         """The earliest-kept video this fingerprint copies, with the match (None: none)."""

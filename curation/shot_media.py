@@ -332,6 +332,8 @@ def copy_video(src: str | Path, dst: str | Path, *, scale: float = 1.0,
     n = len(frames)
     first, last = round(trim[0] * rate), n - round(trim[1] * rate)
     frames = frames[first:last]
+    if not frames:
+        raise ValueError(f"trimming {trim} s off a {n / rate:.2f} s video leaves no frame")
     out_rate = fps or rate
     if fps:  # resample in time: frame at or before each output time
         count = int(len(frames) / rate * fps)

@@ -173,6 +173,7 @@ def test_band_index_finds_a_noisy_copy_among_thousands_without_pairwise_work(tmp
     stored = {o: rng.integers(0, 2**63, size=60, dtype=np.uint64) for o in range(3000)}
     for o, h in stored.items():
         deduper.kept.append(f"v{o}")
+        deduper.useful.append(60)
         deduper.prints[o] = Fingerprint(4.0, np.arange(60) / 4.0, h, np.ones(60, bool))
         deduper.index.add(o, h)
     # owner 1777's hashes with 4 random bits flipped each (a re-encoded copy)
