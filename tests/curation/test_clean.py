@@ -290,3 +290,17 @@ def test_robbery102_real_cctv_video_is_one_shot(store, robbery102_mp4):
     [(s0, e0), (s1, e1)] = _spans(store)
     assert s0 == 0.0 and e0 == s1 and e1 == pytest.approx(1827 / 30, abs=1 / 30)
     assert e0 - s0 == pytest.approx(e1 - s1, abs=1.5 / 30)  # 913 and 914 frames
+
+
+def test_clips_of_a_video_marked_duplicate_after_clean_are_left_out(store, tmp_path):
+    keep = _add(store, _video(tmp_path / "k.mp4", [("a", 50), ("ad", 40)]), "kept")
+    late = _add(store, _video(tmp_path / "k2.mp4", [("a", 50), ("ad", 40)]), "copy")
+    assert clean(store, CleanPolicy(unrelated_similarity=0.0)).ok == 2  # before dedup ran
+    clips = store.query(queries.CLIPS_OF_VIDEOS, {"clean_version": None}).to_pylist()
+    assert sorted(c["video_id"] for c in clips) == sorted([keep.video_id] * 2 + [late.video_id] * 2)
+    assert [c["clip_index"] for c in clips if c["video_id"] == keep.video_id] == [0, 1]
+    store.append("stage_results", [StageResult(
+        late.video_id, "dedup", "v1-test", "rejected", reason="exact_duplicate",
+        output_json=json.dumps({"duplicate_of": keep.video_id, "distance": 0.0}))])
+    clips = store.query(queries.CLIPS_OF_VIDEOS, {"clean_version": None}).to_pylist()
+    assert {c["video_id"] for c in clips} == {keep.video_id}

@@ -87,3 +87,16 @@ def test_detector_and_dissolves_can_be_switched(tmp_path):
     with_d = find_boundaries(scan(path, ShotConfig()), ShotConfig())
     without = find_boundaries(scan(path, ShotConfig(dissolves=False)), ShotConfig(dissolves=False))
     assert len(with_d.dissolves) == 1 and without.transitions == []
+
+
+def test_a_detector_cut_inside_a_short_dissolve_is_the_dissolve(tmp_path):
+    """ContentDetector fires inside a 4-frame blend; the blend is one transition, not a cut."""
+    path = tmp_path / "dissolve_4_frames.mp4"
+    truth = render(path, [Shot(40, seed=11, palette=0), Shot(40, seed=12, palette=1)],
+                   [Transition("dissolve", 4)])
+    cfg = ShotConfig(detector="content")
+    sc = scan(path, cfg)
+    b = find_boundaries(sc, cfg)
+    assert sc.detector_cuts and b.cuts == []
+    assert [r for _, r in b.dropped_cuts] == ["in_transition"]
+    assert [(t.start, t.end) for t in b.dissolves] == truth.dissolves
