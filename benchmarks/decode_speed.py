@@ -130,16 +130,26 @@ def scaling_as_on_main():
         video_mod.VideoReformatter, ref.VideoReformatter = saved_video, saved_ref
 
 
-def best_fps(fn: Callable[[], int], repeats: int) -> float:
-    """Frames per second of the fastest of ``repeats`` runs."""
-    best = None
-    frames = 0
+def _timed(fn: Callable[[], int]) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    frames = fn()
+    return frames, time.perf_counter() - t0
+
+
+def round_robin(runs: dict[str, Callable[[], int]], before: dict[str, Callable[[], int]],
+                repeats: int) -> dict[str, float]:
+    """Frames per second of the fastest run of each measure; the measures take turns in every
+    round (the machine is shared: a load change then hits all of them, not one)."""
+    best: dict[str, tuple[int, float]] = {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        frames = fn()
-        dt = time.perf_counter() - t0
-        best = dt if best is None else min(best, dt)
-    return frames / best
+        for name, fn in runs.items():
+            frames, dt = _timed(fn)
+            best[name] = (frames, min(dt, best.get(name, (0, dt))[1]))
+        with scaling_as_on_main():
+            for name, fn in before.items():
+                frames, dt = _timed(fn)
+                best[name] = (frames, min(dt, best.get(name, (0, dt))[1]))
+    return {name: frames / dt for name, (frames, dt) in best.items()}
 
 
 def main() -> None:
@@ -160,21 +170,16 @@ def main() -> None:
         render(small, shots, transitions, fps=30, size=(240, 320))
         videos = {"robbery102_1200x800": args.real_video, "compilation_320x240": small}
         for name, path in videos.items():
-            r = args.repeats
-            fps = {
-                "raw": best_fps(lambda p=path: raw_decode(p), r),
-                "scenedetect": best_fps(lambda p=path: scenedetect_alone(p, args.detector,
-                                                                          "AUTO"), r),
-                "scenedetect_default": best_fps(lambda p=path: scenedetect_alone(
-                    p, args.detector, None), r),
-                "clean": best_fps(lambda p=path: clean_one(p, store, args.detector), r),
-                "extract": best_fps(lambda p=path: extract_one(p, encoder), r),
-                "encode_only": best_fps(encode_only(path, encoder), r),
+            runs = {
+                "raw": lambda p=path: raw_decode(p),
+                "scenedetect": lambda p=path: scenedetect_alone(p, args.detector, "AUTO"),
+                "scenedetect_default": lambda p=path: scenedetect_alone(p, args.detector, None),
+                "clean": lambda p=path: clean_one(p, store, args.detector),
+                "extract": lambda p=path: extract_one(p, encoder),
+                "encode_only": encode_only(path, encoder),
             }
-            with scaling_as_on_main():
-                fps["clean_before"] = best_fps(lambda p=path: clean_one(p, store,
-                                                                        args.detector), r)
-                fps["extract_before"] = best_fps(lambda p=path: extract_one(p, encoder), r)
+            before = {"clean_before": runs["clean"], "extract_before": runs["extract"]}
+            fps = round_robin(runs, before, args.repeats)
             ratios = {
                 "clean_vs_scenedetect": fps["clean"] / fps["scenedetect"],
                 "clean_before_vs_scenedetect": fps["clean_before"] / fps["scenedetect"],
