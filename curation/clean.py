@@ -353,11 +353,13 @@ class Cleaner:
     store: Store
     policy: CleanPolicy
     dedup_version: str | None = None
+    _dups: dict[str, dict[str, Any]] | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[ItemResult]:
         """Clean each video of the batch (duplicates first, without decoding)."""
-        dups = duplicates(self.store, self.dedup_version, [r["video_id"] for r in rows])
-        return [self.one(r, dups.get(r["video_id"])) for r in rows]
+        if self._dups is None:  # one query per run, not per video
+            self._dups = duplicates(self.store, self.dedup_version)
+        return [self.one(r, self._dups.get(r["video_id"])) for r in rows]
 
     def one(self, row: dict[str, Any], duplicate: dict[str, Any] | None = None) -> ItemResult:
         """Split one video into clips."""
@@ -396,14 +398,14 @@ class Cleaner:
 
 
 def duplicates(store: Store, dedup_version: str | None,
-               ids: list[str]) -> dict[str, dict[str, Any]]:
-    """``{video_id: {"duplicate_of", "distance", "kind"}}`` for the ids that dedup (at
-    ``dedup_version``) found to be copies; empty when no version is read."""
+               ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """``{video_id: {"duplicate_of", "distance", "kind"}}`` for the videos (all, or ``ids``)
+    that dedup (at ``dedup_version``) found to be copies; empty when no version is read."""
     if not dedup_version:
         return {}
-    rows = store.query(queries.DUPLICATES_OF_IDS, {"stage": DEDUP_STAGE,
-                                                   "stage_version": dedup_version,
-                                                   "ids": ids}).to_pylist()
+    params = {"stage": DEDUP_STAGE, "stage_version": dedup_version}
+    rows = (store.query(queries.DUPLICATES_OF_VERSION, params) if ids is None else
+            store.query(queries.DUPLICATES_OF_IDS, {**params, "ids": ids})).to_pylist()
     out = {}
     for r in rows:
         o = json.loads(r["output_json"] or "{}")

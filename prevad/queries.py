@@ -515,6 +515,14 @@ WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
 GROUP BY id
 """
 
+#: Every item that one dedup version rejected as a copy. Parameters: $stage, $stage_version.
+DUPLICATES_OF_VERSION = """
+SELECT id, any_value(output_json) AS output_json FROM stage_results
+WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+  AND status = 'rejected' AND reason IN ('exact_duplicate', 'near_duplicate')
+GROUP BY id
+"""
+
 #: Every result of one dedup version, oldest first (the duplicate index is rebuilt from it).
 #: Parameters: $stage ('dedup'), $stage_version.
 DEDUP_DECISIONS = """
