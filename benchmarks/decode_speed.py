@@ -130,26 +130,33 @@ def scaling_as_on_main():
         video_mod.VideoReformatter, ref.VideoReformatter = saved_video, saved_ref
 
 
-def _timed(fn: Callable[[], int]) -> tuple[int, float]:
-    t0 = time.perf_counter()
+def _timed(fn: Callable[[], int]) -> tuple[int, float, float]:
+    """(frames, wall seconds, CPU seconds of the whole process: FFmpeg's threads included)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     frames = fn()
-    return frames, time.perf_counter() - t0
+    return frames, time.perf_counter() - t0, time.process_time() - c0
 
 
 def round_robin(runs: dict[str, Callable[[], int]], before: dict[str, Callable[[], int]],
-                repeats: int) -> dict[str, float]:
-    """Frames per second of the fastest run of each measure; the measures take turns in every
-    round (the machine is shared: a load change then hits all of them, not one)."""
-    best: dict[str, tuple[int, float]] = {}
+                repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Frames per second of the fastest run of each measure, and its CPU milliseconds per
+    frame; the measures take turns in every round (the machine is shared: a load change then
+    hits all of them, not one)."""
+    best: dict[str, tuple[int, float, float]] = {}
+
+    def keep(name: str, fn: Callable[[], int]) -> None:
+        r = _timed(fn)
+        if name not in best or r[1] < best[name][1]:
+            best[name] = r
+
     for _ in range(repeats):
         for name, fn in runs.items():
-            frames, dt = _timed(fn)
-            best[name] = (frames, min(dt, best.get(name, (0, dt))[1]))
+            keep(name, fn)
         with scaling_as_on_main():
             for name, fn in before.items():
-                frames, dt = _timed(fn)
-                best[name] = (frames, min(dt, best.get(name, (0, dt))[1]))
-    return {name: frames / dt for name, (frames, dt) in best.items()}
+                keep(name, fn)
+    return ({n: f / dt for n, (f, dt, _) in best.items()},
+            {n: 1000 * cpu / f for n, (f, _, cpu) in best.items()})
 
 
 def main() -> None:
@@ -179,7 +186,7 @@ def main() -> None:
                 "encode_only": encode_only(path, encoder),
             }
             before = {"clean_before": runs["clean"], "extract_before": runs["extract"]}
-            fps = round_robin(runs, before, args.repeats)
+            fps, cpu_ms = round_robin(runs, before, args.repeats)
             ratios = {
                 "clean_vs_scenedetect": fps["clean"] / fps["scenedetect"],
                 "clean_before_vs_scenedetect": fps["clean_before"] / fps["scenedetect"],
@@ -189,6 +196,8 @@ def main() -> None:
                 "extract_before_vs_raw": fps["extract_before"] / fps["raw"],
             }
             report["videos"][name] = {"fps": {k: round(v, 1) for k, v in fps.items()},
+                                      "cpu_ms_per_frame": {k: round(v, 3)
+                                                           for k, v in cpu_ms.items()},
                                       "ratios": {k: round(v, 3) for k, v in ratios.items()}}
             print(name, json.dumps(report["videos"][name]), flush=True)
     _ = shots_mod  # imported so the patch target is loaded before measuring
@@ -203,6 +212,11 @@ def main() -> None:
               f"{q['clean_vs_scenedetect']:.2f} ({q['clean_before_vs_scenedetect']:.2f}) | "
               f"{q['clean_vs_raw']:.2f} ({q['clean_before_vs_raw']:.2f}) | "
               f"{q['extract_vs_raw']:.2f} ({q['extract_before_vs_raw']:.2f}) |")
+    print("\nCPU ms per frame (all threads): | video | " + " | ".join(
+        next(iter(report["videos"].values()))["cpu_ms_per_frame"]) + " |")
+    for name, v in report["videos"].items():
+        print(f"| {name} | " + " | ".join(f"{x:.3f}" for x in v["cpu_ms_per_frame"].values())
+              + " |")
     report["load_avg_end"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
