@@ -190,6 +190,7 @@ class Shot:
 
     start: int
     end: int
+    seconds: float = 0.0
     black: float = 0.0
     change: float = 0.0
     similarity: float = 1.0
@@ -208,14 +209,17 @@ def _hist(thumbs: np.ndarray) -> np.ndarray:
 
 
 def measure_shots(spans: list[tuple[int, int]], thumbs: np.ndarray, lum: np.ndarray,
-                  black: np.ndarray, policy: CleanPolicy) -> list[Shot]:
-    """Shots over ``spans`` with their black share, change and similarity to the main shot."""
+                  black: np.ndarray, policy: CleanPolicy,
+                  durations: list[float] | None = None) -> list[Shot]:
+    """Shots over ``spans`` (lasting ``durations`` seconds) with their black share, change and
+    similarity to the main shot."""
     shots = []
-    for a, b in spans:
+    for k, (a, b) in enumerate(spans):
         # how far the shot ever gets from its first frame (95th percentile): ~0 for a title card
         # or a frozen frame, clearly above for a fixed CCTV view in which people move
         change = np.abs(lum[a:b] - lum[a]).mean(1)
-        shots.append(Shot(a, b, black=float(black[a:b].mean()),
+        shots.append(Shot(a, b, seconds=durations[k] if durations else float(b - a),
+                          black=float(black[a:b].mean()),
                           change=float(np.percentile(change, 95))))
     if shots:
         main = main_shot(shots, policy)
@@ -229,11 +233,11 @@ def main_shot(shots: list[Shot], policy: CleanPolicy) -> int:
     """Index of the main shot: the longest that is neither black nor static (else the longest)."""
     live = [i for i, s in enumerate(shots)
             if s.black < policy.black_fraction and s.change >= policy.static_diff]
-    return max(live or range(len(shots)), key=lambda i: shots[i].frames)
+    return max(live or range(len(shots)), key=lambda i: (shots[i].seconds, shots[i].frames))
 
 
-def _edge_reason(s: Shot, policy: CleanPolicy, frame_s: float, kept_s: float) -> str | None:
-    secs = s.frames * frame_s
+def _edge_reason(s: Shot, policy: CleanPolicy, kept_s: float) -> str | None:
+    secs = s.seconds
     if secs > policy.max_edge_s:
         return None
     if s.black >= policy.black_fraction:
@@ -248,7 +252,7 @@ def _edge_reason(s: Shot, policy: CleanPolicy, frame_s: float, kept_s: float) ->
     return None
 
 
-def drop_edges(shots: list[Shot], policy: CleanPolicy, frame_s: float) -> None:
+def drop_edges(shots: list[Shot], policy: CleanPolicy) -> None:
     """Mark edge shots (first/last still kept, repeatedly) that the edge rules drop."""
     main = main_shot(shots, policy)
     lo, hi = 0, len(shots) - 1
@@ -258,8 +262,8 @@ def drop_edges(shots: list[Shot], policy: CleanPolicy, frame_s: float) -> None:
         for side in (lo, hi):
             if side == main or lo > hi:
                 continue
-            kept_s = (shots[hi].end - shots[lo].start) * frame_s
-            reason = _edge_reason(shots[side], policy, frame_s, kept_s)
+            kept_s = sum(x.seconds for x in shots[lo:hi + 1])
+            reason = _edge_reason(shots[side], policy, kept_s)
             if reason:
                 shots[side].dropped = reason
                 if side == lo:
@@ -269,7 +273,7 @@ def drop_edges(shots: list[Shot], policy: CleanPolicy, frame_s: float) -> None:
                 changed = True
     for i in range(lo, hi + 1):  # inside: black shots and title cards go too
         s = shots[i]
-        if i == main or s.frames * frame_s > policy.max_edge_s:
+        if i == main or s.seconds > policy.max_edge_s:
             continue
         if s.black >= policy.black_fraction:
             s.dropped = "black"
@@ -300,10 +304,12 @@ def plan_clips(sc: Scan, b: Boundaries, policy: CleanPolicy) -> ClipPlan:
     """Shots, dropped shots and kept clips (frames and seconds) of a scanned video."""
     spans = shot_spans(sc.n, b)
     lum = luma(sc.thumbs)
-    shots = measure_shots(spans, sc.thumbs, lum, b.black, policy)
+    # durations in presentation time: exact for variable frame rate files
+    durations = [sc.end_time(e) - float(sc.times[a]) for a, e in spans]
+    shots = measure_shots(spans, sc.thumbs, lum, b.black, policy, durations)
     if not shots or bool(b.black.all()):
         return ClipPlan(shots, [], True)
-    drop_edges(shots, policy, sc.frame_s)
+    drop_edges(shots, policy)
     clips: list[dict[str, Any]] = []
     max_frames = round(policy.max_clip_s / sc.frame_s) if policy.max_clip_s else 0
     for i, s in enumerate(shots):

@@ -234,6 +234,42 @@ def test_cli_shows_clips_and_content_detector(store, tmp_path):
     assert {s.method for s in store.records("segments")} == {method_of("content")}
 
 
+def _vfr_video(path: Path) -> Path:
+    """50 frames: 30 at 25 fps, then 20 at 12.5 fps (2.8 s); a hard cut at frame 40 (2.0 s)."""
+    import fractions
+
+    import av
+
+    from curation.shot_media import _shot_fn
+
+    a, b = _shot_fn(Shot(60, seed=1, palette=0), H, W), _shot_fn(Shot(60, seed=2, palette=1), H, W)
+    ms = fractions.Fraction(1, 1000)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.time_base = ms
+        t = 0
+        for i in range(50):
+            f = av.VideoFrame.from_ndarray((a(i) if i < 40 else b(i)).clip(0, 255).astype(
+                np.uint8), format="rgb24")
+            f.pts, f.time_base = t, ms
+            for p in s.encode(f):
+                c.mux(p)
+            t += 40 if i < 30 else 80
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_variable_frame_rate_spans_are_presentation_times(store, tmp_path):
+    v = _add(store, _vfr_video(tmp_path / "vfr_25_then_12fps.mp4"), "vfr")
+    clean(store, CleanPolicy(min_clip_s=0.5))
+    out = _result(store, v.video_id).output
+    assert out["cuts_s"] == [2.0]  # frame 40 is at 2.0 s, not 40 / average fps (2.14 s)
+    [(s0, e0), (s1, e1)] = _spans(store)
+    assert (s0, e0, s1) == (0.0, 2.0, 2.0) and 2.72 < e1 <= 2.8
+
+
 # ----------------------------------------------------------------- duplicates are skipped
 def test_duplicates_found_by_dedup_are_rejected_before_decoding(store, tmp_path):
     keep = _add(store, _video(tmp_path / "k.mp4", [("a", 50)]), "kept")
