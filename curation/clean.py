@@ -119,6 +119,8 @@ class CleanPolicy:
     dissolve_min_contrast: float = 1.8
     dissolve_linear_residual: float = 0.1
     dissolve_max_s: float = 3.0
+    return_s: float = 10.0
+    return_ratio: float = 0.5
     max_edge_s: float = 15.0
     black_luma: float = 20.0
     black_fraction: float = 0.9
@@ -146,7 +148,7 @@ class CleanPolicy:
 
 
 _FRACTIONS = ("black_fraction", "unrelated_similarity", "unrelated_max_share", "flash_ratio",
-              "dissolve_max_residual", "dissolve_linear_residual")
+              "dissolve_max_residual", "dissolve_linear_residual", "return_ratio")
 _POSITIVE = ("threshold", "adaptive_threshold", "dissolve_max_s", "flash_s")
 
 

@@ -42,6 +42,9 @@ class Shot:
         flash: (start frame, length) of a colour burst inside the shot, or None.
         fast: (start frame, length) of a large object crossing the frame fast, or None.
         palette: colour scheme index (shots of one palette look alike).
+        overlay: (start frame, length, ramp frames) of a large pattern that fades in over
+            ``ramp`` frames, stays, and fades out (an event or caption inside the shot: a
+            linear blend that is not a transition), or None.
     """
 
     frames: int
@@ -55,6 +58,7 @@ class Shot:
     flash: tuple[int, int] | None = None
     fast: tuple[int, int] | None = None
     palette: int | None = None
+    overlay: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +178,14 @@ class _Scene:
             img[h // 4:h // 4 + size, max(0, x):max(0, x + size)] = (240, 240, 240)
         if s.flash and s.flash[0] <= i < s.flash[0] + s.flash[1]:
             img = 0.35 * img + 0.65 * self.flash_colour
+        if s.overlay and s.overlay[0] <= i < s.overlay[0] + s.overlay[1]:
+            start, length, ramp = s.overlay
+            k = i - start
+            a = min(1.0, (k + 1) / (ramp + 1), (length - k) / (ramp + 1))
+            pattern = np.zeros_like(img)
+            pattern[:, ::8] = self.flash_colour  # bright stripes over the whole frame
+            pattern[::6, :] = 255 - self.flash_colour
+            img = (1 - 0.8 * a) * img + 0.8 * a * pattern
         if s.drift:
             img = img + s.drift * i
         if s.noise:

@@ -85,6 +85,11 @@ class ShotConfig:
             at least twice ``dissolve_min_score``) needs no colour contrast: motion is never
             that linear, while a dissolve between two scenes of similar colours is.
         dissolve_max_s: longest dissolve or fade half.
+        return_s: a blend after which the picture before it comes back within this many seconds
+            (or before which the picture after it was already there) is an overlay fading in
+            or out inside a shot (an event, a caption, a tint), not a transition.
+        return_ratio: "comes back" means closer than this share of the blend's jump, in both
+            the thumbnails and the colour histograms.
     """
 
     detector: str = "adaptive"
@@ -101,6 +106,8 @@ class ShotConfig:
     dissolve_min_contrast: float = 1.8
     dissolve_linear_residual: float = 0.1
     dissolve_max_s: float = 3.0
+    return_s: float = 10.0
+    return_ratio: float = 0.5
 
 
 @dataclass(slots=True)
@@ -300,6 +307,18 @@ def _comes_back(x: np.ndarray, c: int, span: int, ratio: float) -> bool:
     return closest < ratio * jump
 
 
+def _return_share(x: np.ndarray, s: int, e: int, span: int) -> float:
+    """How close, around the blend ``[s, e)``, the picture before it comes back after it
+    within ``span`` frames (or the picture after it was there before it), as a share of the
+    blend's own jump (1.0: nothing comes back)."""
+    jump = _mad(x[s - 1], x[e])
+    later = x[e + 1:min(len(x), e + 1 + span)]
+    earlier = x[max(0, s - 1 - span):s - 1]
+    near = [float(np.abs(later - x[s - 1]).mean(1).min())] if len(later) else []
+    near += [float(np.abs(earlier - x[e]).mean(1).min())] if len(earlier) else []
+    return min(near) / jump if near and jump > 0 else 1.0
+
+
 def _check_cuts(cuts: list[int], y: np.ndarray, hist: np.ndarray, black: np.ndarray,
                 fps: float, cfg: ShotConfig) -> tuple[list[int], list[tuple[int, str]]]:
     span = max(2, round(cfg.flash_s * fps))
@@ -404,6 +423,12 @@ def _transitions(y: np.ndarray, hist: np.ndarray, black: np.ndarray, fps: float,
         linear = (residual <= cfg.dissolve_linear_residual
                   and score >= 2 * cfg.dissolve_min_score)
         if not fade and not linear and contrast < cfg.dissolve_min_contrast:
+            continue
+        # an overlay fading in or out comes back to the same picture: in its layout and in its
+        # colours (a new scene of the same palette only matches the colours)
+        back = max(2, round(cfg.return_s * fps))
+        if (not fade and _return_share(y, s, e, back) < cfg.return_ratio
+                and _return_share(hist, s, e, back) < cfg.return_ratio):
             continue
         found.append(Transition("fade" if fade else "dissolve", s, e, score, residual, contrast))
     kept: list[Transition] = []

@@ -100,3 +100,15 @@ def test_a_detector_cut_inside_a_short_dissolve_is_the_dissolve(tmp_path):
     assert sc.detector_cuts and b.cuts == []
     assert [r for _, r in b.dropped_cuts] == ["in_transition"]
     assert [(t.start, t.end) for t in b.dissolves] == truth.dissolves
+
+
+def test_an_overlay_fading_in_and_out_inside_a_shot_is_not_a_dissolve(tmp_path):
+    """A large pattern fades in over 0.5 s, stays 2 s and fades out: each ramp is a linear
+    blend, but the picture comes back, so the shot is one shot."""
+    path = tmp_path / "overlay_event.mp4"
+    truth = render(path, [Shot(150, seed=41, palette=2, objects=2, overlay=(40, 75, 12))], [])
+    b = find_boundaries(scan(path, ShotConfig()), ShotConfig())
+    assert b.transitions == [] and b.cuts == []
+    assert shot_spans(truth.n_frames, b) == [(0, 150)]
+    loose = ShotConfig(return_s=0.1)  # without the return check both ramps look like blends
+    assert len(find_boundaries(scan(path, loose), loose).dissolves) >= 1
