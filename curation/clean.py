@@ -16,8 +16,8 @@ For each stored video (input table ``videos``) the stage
 5. applies the edge rules below to the first and last shots (repeatedly), drops black and
    static (title card) shots inside the video too, trims black frames at both ends of every
    shot, drops shots shorter than ``min_clip_s``, and splits shots longer than ``max_clip_s``
-   into equal windows (each at most ``max_clip_s`` and more than half of it, so no remainder
-   is left shorter than the others; Panda-70M cuts the first 5 s off any clip longer than 7 s
+   into windows of equal duration (each at most ``max_clip_s`` and more than half of it, so
+   no remainder is left shorter than the others; Panda-70M cuts the first 5 s off any clip longer than 7 s
    for the same purpose);
 6. stores every kept clip as a ``segments`` row (D1 in ``docs/DECISIONS.md``): ``segment_id`` =
    uuid5 of (parent video id, span, method), ``video_id`` = the parent video, ``start_s`` /
@@ -210,9 +210,8 @@ def _hist(thumbs: np.ndarray) -> np.ndarray:
     return h / max(h.sum(), 1.0)
 
 
-def measure_shots(spans: list[tuple[int, int]], thumbs: np.ndarray, lum: np.ndarray,
-                  black: np.ndarray, policy: CleanPolicy,
-                  durations: list[float] | None = None) -> list[Shot]:
+def measure_shots(spans: list[tuple[int, int]], durations: list[float], thumbs: np.ndarray,
+                  lum: np.ndarray, black: np.ndarray, policy: CleanPolicy) -> list[Shot]:
     """Shots over ``spans`` (lasting ``durations`` seconds) with their black share, change and
     similarity to the main shot."""
     shots = []
@@ -220,7 +219,7 @@ def measure_shots(spans: list[tuple[int, int]], thumbs: np.ndarray, lum: np.ndar
         # how far the shot ever gets from its first frame (95th percentile): ~0 for a title card
         # or a frozen frame, clearly above for a fixed CCTV view in which people move
         change = np.abs(lum[a:b] - lum[a]).mean(1)
-        shots.append(Shot(a, b, seconds=durations[k] if durations else float(b - a),
+        shots.append(Shot(a, b, seconds=durations[k],
                           black=float(black[a:b].mean()),
                           change=float(np.percentile(change, 95))))
     if shots:
@@ -283,14 +282,17 @@ def drop_edges(shots: list[Shot], policy: CleanPolicy) -> None:
             s.dropped = "static"
 
 
-def windows(start: int, end: int, max_frames: int) -> list[tuple[int, int]]:
-    """``[start, end)`` as ``ceil(len / max_frames)`` equal windows (frame-aligned)."""
-    n = end - start
-    if max_frames <= 0 or n <= max_frames:
+def windows(times: np.ndarray, start: int, end: int, end_s: float,
+            max_s: float) -> list[tuple[int, int]]:
+    """Frames ``[start, end)`` (ending at ``end_s`` seconds) as ``ceil(duration / max_s)``
+    windows of equal duration in presentation time, cut at the first frame of each."""
+    duration = end_s - float(times[start])
+    if max_s <= 0 or duration <= max_s + 1e-9:
         return [(start, end)]
-    k = -(-n // max_frames)
-    edges = [start + round(i * n / k) for i in range(k + 1)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    k = math.ceil(duration / max_s - 1e-9)
+    edges = [start] + [int(np.searchsorted(times, times[start] + i * duration / k - 1e-9))
+                       for i in range(1, k)] + [end]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
 @dataclass(slots=True)
@@ -308,12 +310,11 @@ def plan_clips(sc: Scan, b: Boundaries, policy: CleanPolicy) -> ClipPlan:
     lum = luma(sc.thumbs)
     # durations in presentation time: exact for variable frame rate files
     durations = [sc.end_time(e) - float(sc.times[a]) for a, e in spans]
-    shots = measure_shots(spans, sc.thumbs, lum, b.black, policy, durations)
+    shots = measure_shots(spans, durations, sc.thumbs, lum, b.black, policy)
     if not shots or bool(b.black.all()):
         return ClipPlan(shots, [], True)
     drop_edges(shots, policy)
     clips: list[dict[str, Any]] = []
-    max_frames = round(policy.max_clip_s / sc.frame_s) if policy.max_clip_s else 0
     for i, s in enumerate(shots):
         if s.dropped:
             continue
@@ -325,7 +326,8 @@ def plan_clips(sc: Scan, b: Boundaries, policy: CleanPolicy) -> ClipPlan:
         if sc.end_time(e) - float(sc.times[a]) < policy.min_clip_s:
             s.dropped = "too_short"
             continue
-        for w, (wa, we) in enumerate(windows(a, e, max_frames)):
+        for w, (wa, we) in enumerate(windows(sc.times, a, e, sc.end_time(e),
+                                             policy.max_clip_s)):
             clips.append({"shot": i, "window": w, "start_frame": wa, "end_frame": we,
                           "start_s": round(float(sc.times[wa]), 6),
                           "end_s": round(sc.end_time(we), 6)})

@@ -203,10 +203,14 @@ def test_long_shots_are_split_into_equal_windows_and_short_shots_dropped(store, 
     assert [s["dropped"] for s in out["shots"]] == [None, "too_short", None]
 
 
-def test_windows_are_equal_and_cover_the_shot():
-    assert windows(0, 100, 0) == [(0, 100)]
-    assert windows(0, 100, 100) == [(0, 100)]
-    assert windows(10, 111, 50) == [(10, 44), (44, 77), (77, 111)]
+def test_windows_are_equal_in_time_and_cover_the_shot():
+    t = np.arange(200) / 25.0
+    assert windows(t, 0, 100, 4.0, 0.0) == [(0, 100)]
+    assert windows(t, 0, 100, 4.0, 4.0) == [(0, 100)]
+    assert windows(t, 10, 111, 4.44, 2.0) == [(10, 44), (44, 78), (78, 111)]
+    # variable frame rate: 25 fps, then 12.5 fps from 2 s; 4 s in two windows of 2 s
+    vfr = np.concatenate([np.arange(50) / 25.0, 2.0 + np.arange(25) / 12.5])
+    assert windows(vfr, 0, 75, 4.0, 2.5) == [(0, 50), (50, 75)]
 
 
 def test_policy_values_are_checked_before_anything_runs(store, tmp_path):
