@@ -17,8 +17,8 @@ For each stored video (input table ``videos``) the stage
    static (title card) shots inside the video too, trims black frames at both ends of every
    shot, drops shots shorter than ``min_clip_s``, and splits shots longer than ``max_clip_s``
    into windows of equal duration (each at most ``max_clip_s`` and more than half of it, so
-   no remainder is left shorter than the others; Panda-70M cuts the first 5 s off any clip longer than 7 s
-   for the same purpose);
+   no remainder is left shorter than the others; Panda-70M cuts the first 5 s off any clip
+   longer than 7 s for the same purpose);
 6. stores every kept clip as a ``segments`` row (D1 in ``docs/DECISIONS.md``): ``segment_id`` =
    uuid5 of (parent video id, span, method), ``video_id`` = the parent video, ``start_s`` /
    ``end_s`` = presentation times in the parent file (the first frame's time and the time at
@@ -121,6 +121,7 @@ class CleanPolicy:
     dissolve_max_s: float = 3.0
     return_s: float = 10.0
     return_ratio: float = 0.5
+    return_pair_corr: float = 0.7
     max_edge_s: float = 15.0
     black_luma: float = 20.0
     black_fraction: float = 0.9
@@ -148,7 +149,8 @@ class CleanPolicy:
 
 
 _FRACTIONS = ("black_fraction", "unrelated_similarity", "unrelated_max_share", "flash_ratio",
-              "dissolve_max_residual", "dissolve_linear_residual", "return_ratio")
+              "dissolve_max_residual", "dissolve_linear_residual", "return_ratio",
+              "return_pair_corr")
 _POSITIVE = ("threshold", "adaptive_threshold", "dissolve_max_s", "flash_s")
 
 

@@ -182,9 +182,10 @@ class _Scene:
             start, length, ramp = s.overlay
             k = i - start
             a = min(1.0, (k + 1) / (ramp + 1), (length - k) / (ramp + 1))
-            pattern = np.zeros_like(img)
-            pattern[:, ::8] = self.flash_colour  # bright stripes over the whole frame
-            pattern[::6, :] = 255 - self.flash_colour
+            pattern = np.zeros_like(img)  # broad bars and a block, fixed in the frame
+            for x0 in range(0, w, w // 4):
+                pattern[:, x0:x0 + w // 10] = self.flash_colour
+            pattern[h // 3:2 * h // 3, w // 3:2 * w // 3] = 255 - self.flash_colour
             img = (1 - 0.8 * a) * img + 0.8 * a * pattern
         if s.drift:
             img = img + s.drift * i

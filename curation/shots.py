@@ -25,7 +25,11 @@ thumbnails only:
   (residual at most ``dissolve_linear_residual``, score at least twice the minimum) or its
   colour-histogram change is at least ``dissolve_min_contrast`` times the change within the
   shots on either side over as many frames (motion keeps a scene's colours; a new scene changes
-  them). A transition that touches black frames is a **fade**.
+  them). A transition that touches black frames is a **fade**. A blend is *not* a transition
+  when the picture around it comes back within ``return_s`` (before it, after it: in both the
+  thumbnails and the colours), or when a second blend within ``return_s`` undoes it (their
+  changes correlate once one is reversed): an overlay fading in and out inside a shot, such as
+  an event, a caption or a tint.
 
 Frame positions are indices into the decoded frames; :attr:`Scan.times` gives each frame's
 presentation time (seconds, from its pts), so variable frame rate files keep exact spans.
@@ -90,6 +94,9 @@ class ShotConfig:
             or out inside a shot (an event, a caption, a tint), not a transition.
         return_ratio: "comes back" means closer than this share of the blend's jump, in both
             the thumbnails and the colour histograms.
+        return_pair_corr: two blends within ``return_s`` whose changes correlate above this
+            once one is reversed undo each other (a pattern laid over a moving scene and
+            taken off): neither is a transition.
     """
 
     detector: str = "adaptive"
@@ -108,6 +115,7 @@ class ShotConfig:
     dissolve_max_s: float = 3.0
     return_s: float = 10.0
     return_ratio: float = 0.5
+    return_pair_corr: float = 0.7
 
 
 @dataclass(slots=True)
@@ -435,7 +443,30 @@ def _transitions(y: np.ndarray, hist: np.ndarray, black: np.ndarray, fps: float,
     for t in sorted(found, key=lambda t: -t.score):  # strongest first; no overlaps
         if all(t.end <= o.start or t.start >= o.end for o in kept):
             kept.append(t)
-    return sorted(kept, key=lambda t: t.start)
+    return _drop_inverse_pairs(sorted(kept, key=lambda t: t.start), y, fps, cfg)
+
+
+def _drop_inverse_pairs(ts: list[Transition], y: np.ndarray, fps: float,
+                        cfg: ShotConfig) -> list[Transition]:
+    """Drop two blends within ``return_s`` of each other that undo each other (the change of
+    the second is the first's, reversed: correlation above ``return_pair_corr``): a pattern
+    laid over a moving scene and taken off again."""
+    def change(t: Transition) -> np.ndarray:
+        return y[t.end] - y[t.start - 1]
+
+    dropped: set[int] = set()
+    for i, a in enumerate(ts):
+        for j in range(i + 1, len(ts)):
+            b = ts[j]
+            if a.kind == "fade" or b.kind == "fade":
+                continue
+            if (b.start - a.end) > cfg.return_s * fps:
+                break
+            va, vb = change(a), change(b)
+            if va.std() > 0 and vb.std() > 0 and \
+                    float(np.corrcoef(va, -vb)[0, 1]) > cfg.return_pair_corr:
+                dropped |= {i, j}
+    return [t for k, t in enumerate(ts) if k not in dropped]
 
 
 def find_boundaries(sc: Scan, cfg: ShotConfig) -> Boundaries:

@@ -112,3 +112,16 @@ def test_an_overlay_fading_in_and_out_inside_a_shot_is_not_a_dissolve(tmp_path):
     assert shot_spans(truth.n_frames, b) == [(0, 150)]
     loose = ShotConfig(return_s=0.1)  # without the return check both ramps look like blends
     assert len(find_boundaries(scan(path, loose), loose).dissolves) >= 1
+
+
+def test_an_overlay_on_a_moving_scene_that_is_taken_off_again_is_not_a_dissolve(tmp_path):
+    """The scene pans under the overlay, so the picture never comes back exactly; the second
+    blend undoes the first (their changes are opposite), so neither is a transition."""
+    path = tmp_path / "overlay_on_pan.mp4"
+    truth = render(path, [Shot(150, seed=43, palette=4, pan=(0.5, 0.0), objects=1,
+                               overlay=(40, 70, 10))], [])
+    cfg = ShotConfig(return_ratio=0.0)  # the picture-comes-back test alone would not see it
+    b = find_boundaries(scan(path, cfg), cfg)
+    assert b.transitions == [] and shot_spans(truth.n_frames, b) == [(0, 150)]
+    loose = ShotConfig(return_ratio=0.0, return_pair_corr=1.0)
+    assert len(find_boundaries(scan(path, loose), loose).dissolves) >= 1
