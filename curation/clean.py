@@ -1,20 +1,38 @@
-"""Stage ``clean``: find shot boundaries with PySceneDetect and drop intros and outros.
+"""Stage ``clean``: split each video into single-shot clips and drop intros, outros and filler.
 
-For each stored video (input table ``videos``), the stage
+For each stored video (input table ``videos``) the stage
 
-1. decodes the file once (at ``detect_width`` pixels wide) and detects shot boundaries with
-   PySceneDetect's ``ContentDetector`` (``threshold``, ``min_shot_s``) on those frames;
-2. measures each shot on small decoded thumbnails: share of **black** frames, **static** content
-   (median frame-to-frame change), and **colour similarity** to the main shot (histogram
-   intersection);
-3. applies the policy below to the first and last shots, repeatedly, and keeps the span from the
-   first kept shot to the last one as a ``segments`` row (seconds in the video file,
-   ``method = "scenedetect-content"``); the detected cuts, per-shot measures and what was dropped
-   and why are the item's stage output.
+1. skips a video that the ``dedup`` stage found to be a copy of an earlier one (rejected
+   ``duplicate``, before any decoding; see "Duplicates" below);
+2. decodes the file once and finds its shot boundaries (:mod:`curation.shots`): hard cuts from
+   PySceneDetect (``ContentDetector`` by default, ``AdaptiveDetector`` with
+   ``detector="adaptive"``), checked against flashes and black frames, and dissolves and fades
+   found by a linear-blend test on small thumbnails;
+3. cuts the video into shots. **A transition belongs to neither shot**: the frames of a dissolve
+   or fade (blends of two shots) are left out of both clips, so every clip is a single shot; a
+   hard cut ends one shot on the frame before it;
+4. measures each shot on its thumbnails: share of **black** frames, **static** content, and
+   **colour similarity** to the main shot (histogram intersection);
+5. applies the edge rules below to the first and last shots (repeatedly), drops black and
+   static (title card) shots inside the video too, trims black frames at both ends of every
+   shot, drops shots shorter than ``min_clip_s``, and splits shots longer than ``max_clip_s``
+   into windows of equal duration (each at most ``max_clip_s`` and more than half of it, so
+   no remainder is left shorter than the others; Panda-70M cuts the first 5 s off any clip
+   longer than 7 s for the same purpose);
+6. stores every kept clip as a ``segments`` row (D1 in ``docs/DECISIONS.md``): ``segment_id`` =
+   uuid5 of (parent video id, span, method), ``video_id`` = the parent video, ``start_s`` /
+   ``end_s`` = presentation times in the parent file (the first frame's time and the time at
+   which the frame after the clip starts), ``method`` naming the detector.
 
-Policy (:class:`CleanPolicy`, every knob is part of the stage version). The **main shot** (the
-longest shot that is neither black nor static; the longest shot if all are) is never dropped.
-An edge shot (first or last remaining) no longer than ``max_edge_s`` is dropped when it is
+The item's output (``stage_results.output_json``) holds the clips, the hard cuts, dissolves and
+fades, the detector cuts that were dropped and why, per-shot measures, and the reason for every
+dropped shot: ``black``, ``static``, ``short`` (edge shot shorter than ``min_edge_shot_s``),
+``unrelated`` and ``too_short`` (shorter than ``min_clip_s``).
+
+Edge rules (:class:`CleanPolicy`, every knob is part of the stage version). The **main shot**
+(the longest shot that is neither black nor static; the longest shot if all are) is never
+dropped. An edge shot (first or last remaining) no longer than ``max_edge_s`` is dropped when it
+is
 
 - ``black``: at least ``black_fraction`` of its frames are black (mean luma < ``black_luma`` and
   95th percentile < 2 x ``black_luma``, 0-255);
@@ -26,23 +44,39 @@ An edge shot (first or last remaining) no longer than ``max_edge_s`` is dropped 
   still kept, and its colour histogram intersects the main shot's by less than
   ``unrelated_similarity`` (a hard cut to unrelated content such as an ad or a channel promo).
 
-Then black frames at the two ends of the kept span are trimmed frame by frame (fades without a
-cut). A video whose kept span is shorter than ``min_keep_s`` is rejected (``too_short``); a video
-with no non-black frame is rejected (``all_black``); a file that cannot be decoded fails.
+A video with no non-black frame is rejected (``all_black``); one whose every shot is dropped
+as shorter than ``min_clip_s`` is rejected (``too_short``); a file that cannot be decoded fails.
+
+**Duplicates.** The stage reads the ``dedup`` results of one dedup version: ``dedup_version``
+if given, else the newest version with ok results (none: nothing is skipped; ``"none"``: dedup
+is ignored). That version is part of clean's own version, so a new dedup configuration cleans
+again. Run ``dedup`` before ``clean``: a video cleaned before dedup marked it keeps its clips.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import typer
 
 from curation.common import CurationError, clean_errors, print_summary, resolve_uri
+from curation.shots import (
+    DETECTORS,
+    Boundaries,
+    Scan,
+    ShotConfig,
+    find_boundaries,
+    luma,
+    scan,
+    shot_spans,
+)
+from prevad import queries
+from prevad.errors import ValidationError
 from prevad.records import Segment, make_id
 from prevad.stage import (
     Failed,
@@ -57,18 +91,37 @@ from prevad.stage import (
 from prevad.store import Store
 
 STAGE = "clean"
-CODE_VERSION = 1
-METHOD = "scenedetect-content"
-THUMB = 16
+#: 2: single-shot clips, dissolves and fades, flash check, pts times, duplicates skipped.
+CODE_VERSION = 2
+DEDUP_STAGE = "dedup"
+
+
+def method_of(detector: str) -> str:
+    """``segments.method`` of clips cut with ``detector`` (e.g. "scenedetect-content+dissolve")."""
+    return f"scenedetect-{detector}+dissolve"
 
 
 @dataclass(frozen=True, slots=True)
 class CleanPolicy:
-    """Shot detection and intro/outro removal knobs (see the module docstring)."""
+    """Shot detection, clip and intro/outro knobs (see the module docstring and
+    :class:`curation.shots.ShotConfig`). Every field is part of the stage version."""
 
+    detector: str = "adaptive"
     threshold: float = 27.0
+    adaptive_threshold: float = 3.0
     min_shot_s: float = 0.3
-    detect_width: int = 256
+    detect_width: int = 128
+    flash_s: float = 0.6
+    flash_ratio: float = 0.35
+    dissolves: bool = True
+    dissolve_min_score: float = 12.0
+    dissolve_max_residual: float = 0.25
+    dissolve_min_contrast: float = 1.8
+    dissolve_linear_residual: float = 0.1
+    dissolve_max_s: float = 3.0
+    return_s: float = 10.0
+    return_ratio: float = 0.5
+    return_pair_corr: float = 0.7
     max_edge_s: float = 15.0
     black_luma: float = 20.0
     black_fraction: float = 0.9
@@ -77,11 +130,62 @@ class CleanPolicy:
     unrelated_max_s: float = 3.0
     unrelated_similarity: float = 0.2
     unrelated_max_share: float = 0.25
-    min_keep_s: float = 1.0
+    min_clip_s: float = 1.0
+    max_clip_s: float = 60.0
+    dedup_version: str = ""
 
-    def version(self) -> str:
-        """Stage version of this policy."""
-        return stage_version(STAGE, asdict(self), code_version=CODE_VERSION)
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def shot_config(self) -> ShotConfig:
+        """The boundary-detection part."""
+        names = {f.name for f in fields(ShotConfig)}
+        return ShotConfig(**{k: v for k, v in asdict(self).items() if k in names})
+
+    def version(self, dedup_version: str | None = None) -> str:
+        """Stage version of this policy reading ``dedup_version`` (resolved, or None)."""
+        params = {**asdict(self), "dedup_version": dedup_version}
+        return stage_version(STAGE, params, code_version=CODE_VERSION)
+
+
+_FRACTIONS = ("black_fraction", "unrelated_similarity", "unrelated_max_share", "flash_ratio",
+              "dissolve_max_residual", "dissolve_linear_residual", "return_ratio",
+              "return_pair_corr")
+_POSITIVE = ("threshold", "adaptive_threshold", "dissolve_max_s", "flash_s")
+
+
+def _validate(p: CleanPolicy) -> None:
+    """Every option checked before any item is touched (a bad option is never a rejection)."""
+    for f in fields(p):
+        v = getattr(p, f.name)
+        if f.name in ("detector", "dissolves", "dedup_version"):
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValidationError(f"clean: {f.name} must be a number, got {v!r}")
+        if not math.isfinite(v) or v < 0:
+            raise ValidationError(f"clean: {f.name} must be a finite number >= 0, got {v!r}")
+    if not isinstance(p.dissolves, bool):
+        raise ValidationError(f"clean: dissolves must be true or false, got {p.dissolves!r}")
+    if not isinstance(p.dedup_version, str):
+        raise ValidationError(f"clean: dedup_version must be a string, got {p.dedup_version!r}")
+    if p.detector not in DETECTORS:
+        raise ValidationError(f"clean: detector must be one of {list(DETECTORS)}, "
+                              f"got {p.detector!r}")
+    for name in _FRACTIONS:
+        if getattr(p, name) > 1:
+            raise ValidationError(f"clean: {name} must be in [0, 1], got {getattr(p, name)!r}")
+    for name in _POSITIVE:
+        if getattr(p, name) <= 0:
+            raise ValidationError(f"clean: {name} must be > 0, got {getattr(p, name)!r}")
+    if not isinstance(p.detect_width, int) or p.detect_width < 16:
+        raise ValidationError(f"clean: detect_width must be an integer >= 16, "
+                              f"got {p.detect_width!r}")
+    if p.max_clip_s and p.max_clip_s < 2 * p.min_clip_s:
+        raise ValidationError(
+            f"clean: max_clip_s must be 0 (no splitting) or at least twice min_clip_s "
+            f"({2 * p.min_clip_s:g}), got {p.max_clip_s!r}: a long shot is split into equal "
+            f"windows longer than max_clip_s / 2, which must not fall under min_clip_s"
+        )
 
 
 @dataclass(slots=True)
@@ -90,6 +194,7 @@ class Shot:
 
     start: int
     end: int
+    seconds: float = 0.0
     black: float = 0.0
     change: float = 0.0
     similarity: float = 1.0
@@ -101,104 +206,41 @@ class Shot:
         return self.end - self.start
 
 
-def scan(path: str | Path, policy: CleanPolicy) -> tuple[list[int], np.ndarray, np.ndarray,
-                                                         float]:
-    """One decoding pass: shot boundaries (PySceneDetect ContentDetector) and frame thumbnails.
-
-    Frames are decoded at ``policy.detect_width`` pixels wide (PySceneDetect itself downscales to
-    about 256 px before detecting) and handed to the detector in order; the same frames give the
-    small RGB thumbnails the policy measures.
-
-    Returns:
-        (cut frames ascending: where a new shot starts, thumbnails uint8 [N, THUMB, THUMB, 3],
-        luma float32 [N, THUMB*THUMB], fps).
-
-    Raises:
-        CurationError: the file cannot be opened or decoded, or has no frames.
-    """
-    import cv2
-    from scenedetect import ContentDetector, FrameTimecode
-
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as exc:
-        raise CurationError(f"cannot open {path} as a video: {exc}") from exc
-    thumbs, cuts = [], []
-    try:
-        if not container.streams.video:
-            raise CurationError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else 25.0
-        w0, h0 = stream.codec_context.width, stream.codec_context.height
-        width = min(w0, policy.detect_width)
-        height = max(2, round(h0 * width / w0 / 2) * 2)
-        detector = ContentDetector(threshold=policy.threshold,
-                                   min_scene_len=max(1, round(policy.min_shot_s * fps)))
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                img = frame.to_ndarray(width=width, height=height, format="bgr24")
-                tc = FrameTimecode(i, fps)
-                cuts += [int(c.frame_num) for c in detector.process_frame(tc, img)]
-                small = cv2.resize(img, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
-                thumbs.append(small[..., ::-1])
-        except (av.error.FFmpegError, OSError) as exc:
-            raise CurationError(f"{path}: decoding failed after {len(thumbs)} frames: {exc}") \
-                from exc
-        if thumbs:
-            cuts += [int(c.frame_num) for c in detector.post_process(FrameTimecode(
-                len(thumbs) - 1, fps))]
-    finally:
-        container.close()
-    if not thumbs:
-        raise CurationError(f"{path}: no frame could be decoded")
-    t = np.ascontiguousarray(np.stack(thumbs))
-    luma = (t.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).reshape(
-        len(t), -1)
-    return sorted({c for c in cuts if 0 < c < len(t)}), t, luma, fps
-
-
 def _hist(thumbs: np.ndarray) -> np.ndarray:
     q = (thumbs // 64).reshape(-1, 3).astype(np.int64)  # 4 levels per channel: 64 bins
     h = np.bincount(q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2], minlength=64).astype(np.float64)
     return h / max(h.sum(), 1.0)
 
 
-def measure_shots(cuts: list[int], thumbs: np.ndarray, luma: np.ndarray,
-                  policy: CleanPolicy) -> tuple[list[Shot], np.ndarray]:
-    """Shots between the cuts with their black share, change and similarity to the main shot.
-
-    Returns:
-        (shots, per-frame black flags).
-    """
-    n = len(thumbs)
-    bounds = [0, *[c for c in cuts if 0 < c < n], n]
-    is_black = (luma.mean(1) < policy.black_luma) & (
-        np.percentile(luma, 95, axis=1) < 2 * policy.black_luma)
+def measure_shots(spans: list[tuple[int, int]], durations: list[float], thumbs: np.ndarray,
+                  lum: np.ndarray, black: np.ndarray, policy: CleanPolicy) -> list[Shot]:
+    """Shots over ``spans`` (lasting ``durations`` seconds) with their black share, change and
+    similarity to the main shot."""
     shots = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for k, (a, b) in enumerate(spans):
         # how far the shot ever gets from its first frame (95th percentile): ~0 for a title card
         # or a frozen frame, clearly above for a fixed CCTV view in which people move
-        change = np.abs(luma[a:b] - luma[a]).mean(1)
-        shots.append(Shot(a, b, black=float(is_black[a:b].mean()),
+        change = np.abs(lum[a:b] - lum[a]).mean(1)
+        shots.append(Shot(a, b, seconds=durations[k],
+                          black=float(black[a:b].mean()),
                           change=float(np.percentile(change, 95))))
-    main = main_shot(shots, policy)
-    ref = _hist(thumbs[shots[main].start : shots[main].end])
-    for s in shots:
-        s.similarity = float(np.minimum(_hist(thumbs[s.start : s.end]), ref).sum())
-    return shots, is_black
+    if shots:
+        main = main_shot(shots, policy)
+        ref = _hist(thumbs[shots[main].start : shots[main].end])
+        for s in shots:
+            s.similarity = float(np.minimum(_hist(thumbs[s.start : s.end]), ref).sum())
+    return shots
 
 
 def main_shot(shots: list[Shot], policy: CleanPolicy) -> int:
     """Index of the main shot: the longest that is neither black nor static (else the longest)."""
     live = [i for i, s in enumerate(shots)
             if s.black < policy.black_fraction and s.change >= policy.static_diff]
-    return max(live or range(len(shots)), key=lambda i: shots[i].frames)
+    return max(live or range(len(shots)), key=lambda i: (shots[i].seconds, shots[i].frames))
 
 
-def _edge_reason(s: Shot, policy: CleanPolicy, fps: float, kept_s: float) -> str | None:
-    secs = s.frames / fps
+def _edge_reason(s: Shot, policy: CleanPolicy, kept_s: float) -> str | None:
+    secs = s.seconds
     if secs > policy.max_edge_s:
         return None
     if s.black >= policy.black_fraction:
@@ -213,9 +255,8 @@ def _edge_reason(s: Shot, policy: CleanPolicy, fps: float, kept_s: float) -> str
     return None
 
 
-def main_span(shots: list[Shot], is_black: np.ndarray, policy: CleanPolicy,
-              fps: float) -> tuple[int, int] | None:
-    """Apply the policy; marks dropped shots and returns the kept frames [start, end) or None."""
+def drop_edges(shots: list[Shot], policy: CleanPolicy) -> None:
+    """Mark edge shots (first/last still kept, repeatedly) that the edge rules drop."""
     main = main_shot(shots, policy)
     lo, hi = 0, len(shots) - 1
     changed = True
@@ -224,8 +265,8 @@ def main_span(shots: list[Shot], is_black: np.ndarray, policy: CleanPolicy,
         for side in (lo, hi):
             if side == main or lo > hi:
                 continue
-            kept_s = (shots[hi].end - shots[lo].start) / fps
-            reason = _edge_reason(shots[side], policy, fps, kept_s)
+            kept_s = sum(x.seconds for x in shots[lo:hi + 1])
+            reason = _edge_reason(shots[side], policy, kept_s)
             if reason:
                 shots[side].dropped = reason
                 if side == lo:
@@ -233,11 +274,88 @@ def main_span(shots: list[Shot], is_black: np.ndarray, policy: CleanPolicy,
                 else:
                     hi -= 1
                 changed = True
-    start, end = shots[lo].start, shots[hi].end
-    keep = np.flatnonzero(~is_black[start:end])
-    if not len(keep):
-        return None
-    return start + int(keep[0]), start + int(keep[-1]) + 1
+    for i in range(lo, hi + 1):  # inside: black shots and title cards go too
+        s = shots[i]
+        if i == main or s.seconds > policy.max_edge_s:
+            continue
+        if s.black >= policy.black_fraction:
+            s.dropped = "black"
+        elif s.change < policy.static_diff:
+            s.dropped = "static"
+
+
+def windows(times: np.ndarray, start: int, end: int, end_s: float,
+            max_s: float) -> list[tuple[int, int]]:
+    """Frames ``[start, end)`` (ending at ``end_s`` seconds) as ``ceil(duration / max_s)``
+    windows of equal duration in presentation time, cut at the first frame of each."""
+    duration = end_s - float(times[start])
+    if max_s <= 0 or duration <= max_s + 1e-9:
+        return [(start, end)]
+    k = math.ceil(duration / max_s - 1e-9)
+    edges = [start] + [int(np.searchsorted(times, times[start] + i * duration / k - 1e-9))
+                       for i in range(1, k)] + [end]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+@dataclass(slots=True)
+class ClipPlan:
+    """What clean decided for one video."""
+
+    shots: list[Shot]
+    clips: list[dict[str, Any]]
+    all_black: bool
+
+
+def plan_clips(sc: Scan, b: Boundaries, policy: CleanPolicy) -> ClipPlan:
+    """Shots, dropped shots and kept clips (frames and seconds) of a scanned video."""
+    spans = shot_spans(sc.n, b)
+    lum = luma(sc.thumbs)
+    # durations in presentation time: exact for variable frame rate files
+    durations = [sc.end_time(e) - float(sc.times[a]) for a, e in spans]
+    shots = measure_shots(spans, durations, sc.thumbs, lum, b.black, policy)
+    if not shots or bool(b.black.all()):
+        return ClipPlan(shots, [], True)
+    drop_edges(shots, policy)
+    clips: list[dict[str, Any]] = []
+    for i, s in enumerate(shots):
+        if s.dropped:
+            continue
+        keep = np.flatnonzero(~b.black[s.start:s.end])
+        if not len(keep):
+            s.dropped = "black"
+            continue
+        a, e = s.start + int(keep[0]), s.start + int(keep[-1]) + 1  # black frames trimmed
+        if sc.end_time(e) - float(sc.times[a]) < policy.min_clip_s:
+            s.dropped = "too_short"
+            continue
+        for w, (wa, we) in enumerate(windows(sc.times, a, e, sc.end_time(e),
+                                             policy.max_clip_s)):
+            clips.append({"shot": i, "window": w, "start_frame": wa, "end_frame": we,
+                          "start_s": round(float(sc.times[wa]), 6),
+                          "end_s": round(sc.end_time(we), 6)})
+    return ClipPlan(shots, clips, False)
+
+
+def _seconds(sc: Scan, frames: list[int]) -> list[float]:
+    return [round(float(sc.times[c]), 6) for c in frames]
+
+
+def describe_result(sc: Scan, b: Boundaries, plan: ClipPlan, method: str) -> dict[str, Any]:
+    """The item's output: boundaries, per-shot measures, clips and every drop with its reason."""
+    return {
+        "method": method, "fps": sc.fps, "n_frames": sc.n,
+        "duration_s": round(sc.end_time(sc.n) - float(sc.times[0]), 6),
+        "cut_frames": b.cuts, "cuts_s": _seconds(sc, b.cuts),
+        "dissolves": [t.to_dict(sc) for t in b.dissolves],
+        "fades": [t.to_dict(sc) for t in b.fades],
+        "dropped_cuts": [{"frame": c, "s": round(float(sc.times[c]), 6), "reason": r}
+                         for c, r in b.dropped_cuts],
+        "shots": [{"start_frame": s.start, "end_frame": s.end,
+                   "start_s": round(float(sc.times[s.start]), 6),
+                   "end_s": round(sc.end_time(s.end), 6), "black": round(s.black, 3),
+                   "change": round(s.change, 3), "similarity": round(s.similarity, 3),
+                   "dropped": s.dropped} for s in plan.shots],
+    }
 
 
 @dataclass(slots=True)
@@ -246,13 +364,20 @@ class Cleaner:
 
     store: Store
     policy: CleanPolicy
+    dedup_version: str | None = None
+    _dups: dict[str, dict[str, Any]] | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[ItemResult]:
-        """Clean each video of the batch."""
-        return [self.one(r) for r in rows]
+        """Clean each video of the batch (duplicates first, without decoding)."""
+        if self._dups is None:  # one query per run, not per video
+            self._dups = duplicates(self.store, self.dedup_version)
+        return [self.one(r, self._dups.get(r["video_id"])) for r in rows]
 
-    def one(self, row: dict[str, Any]) -> ItemResult:
-        """Detect shots in one video and keep its main span."""
+    def one(self, row: dict[str, Any], duplicate: dict[str, Any] | None = None) -> ItemResult:
+        """Split one video into clips."""
+        if duplicate is not None:
+            return Rejected("duplicate", output={**duplicate,
+                                                 "dedup_version": self.dedup_version})
         try:
             path = resolve_uri(self.store, row.get("uri"))
         except CurationError as exc:
@@ -260,35 +385,64 @@ class Cleaner:
         if not path.is_file():
             return Failed(f"video file missing: {path}")
         try:
-            cuts, thumbs, luma, fps = scan(path, self.policy)
+            sc = scan(path, self.policy.shot_config())
         except CurationError as exc:
             return Failed(str(exc))
-        shots, is_black = measure_shots(cuts, thumbs, luma, self.policy)
-        span = main_span(shots, is_black, self.policy, fps)
-        out: dict[str, Any] = {
-            "method": METHOD, "fps": fps, "n_frames": len(thumbs),
-            "cut_frames": cuts, "cuts_s": [round(c / fps, 4) for c in cuts],
-            "shots": [{"start_s": round(s.start / fps, 4), "end_s": round(s.end / fps, 4),
-                       "black": round(s.black, 3), "change": round(s.change, 3),
-                       "similarity": round(s.similarity, 3), "dropped": s.dropped}
-                      for s in shots],
-        }
-        if span is None:
+        b = find_boundaries(sc, self.policy.shot_config())
+        plan = plan_clips(sc, b, self.policy)
+        method = method_of(self.policy.detector)
+        out = describe_result(sc, b, plan, method)
+        if plan.all_black:
             return Rejected("all_black", output=out)
-        start_s, end_s = round(span[0] / fps, 6), round(span[1] / fps, 6)
-        out["kept_s"], out["kept_frames"] = [start_s, end_s], list(span)
-        if end_s - start_s < self.policy.min_keep_s:
+        if not plan.clips:
             return Rejected("too_short", output=out)
-        seg = Segment(make_id("segment", row["video_id"], start_s, end_s, METHOD),
-                      row["video_id"], row["source"], start_s, end_s, method=METHOD)
-        out["segment_id"] = seg.segment_id
-        return Ok({"segments": [seg]}, output=out)
+        segments = []
+        for c in plan.clips:
+            seg = Segment(make_id("segment", row["video_id"], c["start_s"], c["end_s"], method),
+                          row["video_id"], row["source"], c["start_s"], c["end_s"],
+                          method=method)
+            c["segment_id"] = seg.segment_id
+            segments.append(seg)
+        out["clips"] = plan.clips
+        out["segment_ids"] = [s.segment_id for s in segments]
+        out["kept_s"] = [plan.clips[0]["start_s"], plan.clips[-1]["end_s"]]
+        return Ok({"segments": segments}, output=out)
+
+
+def duplicates(store: Store, dedup_version: str | None,
+               ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """``{video_id: {"duplicate_of", "distance", "kind"}}`` for the videos (all, or ``ids``)
+    that dedup (at ``dedup_version``) found to be copies; empty when no version is read."""
+    if not dedup_version:
+        return {}
+    params = {"stage": DEDUP_STAGE, "stage_version": dedup_version}
+    rows = (store.query(queries.DUPLICATES_OF_VERSION, params) if ids is None else
+            store.query(queries.DUPLICATES_OF_IDS, {**params, "ids": ids})).to_pylist()
+    out = {}
+    for r in rows:
+        o = json.loads(r["output_json"] or "{}")
+        out[r["id"]] = {"duplicate_of": o.get("duplicate_of"), "distance": o.get("distance"),
+                        "kind": o.get("kind")}
+    return out
+
+
+def resolve_dedup_version(store: Store, wanted: str) -> str | None:
+    """The dedup version clean reads: ``wanted``; "" = the newest with ok results (None when
+    dedup never ran); "none" = none."""
+    if wanted == "none":
+        return None
+    if wanted:
+        return wanted
+    rows = store.query(queries.NEWEST_OK_STAGE_VERSION, {"stage": DEDUP_STAGE}).to_pylist()
+    return rows[0]["stage_version"] if rows else None
 
 
 def make_stage(store: Store, policy: CleanPolicy | None = None) -> Stage:
     """The clean stage over ``videos``."""
     policy = policy or CleanPolicy()
-    return Stage(STAGE, policy.version(), "videos", Cleaner(store, policy), batch_size=1)
+    dedup = resolve_dedup_version(store, policy.dedup_version)
+    return Stage(STAGE, policy.version(dedup), "videos", Cleaner(store, policy, dedup),
+                 batch_size=1)
 
 
 def clean(store: Store, policy: CleanPolicy | None = None, *, limit: int | None = None,
@@ -300,28 +454,55 @@ def clean(store: Store, policy: CleanPolicy | None = None, *, limit: int | None 
 
 def register(app: typer.Typer) -> None:
     """Add ``prevad curate clean``."""
-    defaults = CleanPolicy()
+    d = CleanPolicy()
 
     @app.command("clean")
     @clean_errors
     def clean_cmd(
         root: Path = typer.Argument(..., help="the store"),
-        threshold: float = typer.Option(defaults.threshold, help="ContentDetector threshold"),
-        min_shot: float = typer.Option(defaults.min_shot_s, help="shortest shot (s)"),
-        max_edge: float = typer.Option(defaults.max_edge_s, help="longest droppable edge shot"),
-        min_edge_shot: float = typer.Option(defaults.min_edge_shot_s,
+        detector: str = typer.Option(d.detector, help="hard-cut detector: content | adaptive"),
+        threshold: float = typer.Option(d.threshold, help="ContentDetector threshold"),
+        adaptive_threshold: float = typer.Option(d.adaptive_threshold,
+                                                 help="AdaptiveDetector threshold"),
+        min_shot: float = typer.Option(d.min_shot_s, help="shortest shot the detector reports "
+                                       "(s)"),
+        dissolves: bool = typer.Option(d.dissolves, help="detect dissolves and fades"),
+        dissolve_min_score: float = typer.Option(d.dissolve_min_score,
+                                                 help="least dissolve score (0-255)"),
+        dissolve_max_residual: float = typer.Option(d.dissolve_max_residual,
+                                                    help="largest linear-blend residual"),
+        dissolve_min_contrast: float = typer.Option(d.dissolve_min_contrast,
+                                                    help="least colour contrast of a dissolve"),
+        dissolve_max: float = typer.Option(d.dissolve_max_s, help="longest dissolve (s)"),
+        flash: float = typer.Option(d.flash_s, help="a cut whose picture comes back within "
+                                    "this many seconds is a flash, not a cut"),
+        max_edge: float = typer.Option(d.max_edge_s, help="longest droppable edge shot (s)"),
+        min_edge_shot: float = typer.Option(d.min_edge_shot_s,
                                             help="edge shots shorter than this are dropped"),
-        static_diff: float = typer.Option(defaults.static_diff, help="static below this change"),
-        unrelated_similarity: float = typer.Option(defaults.unrelated_similarity,
+        static_diff: float = typer.Option(d.static_diff, help="static below this change"),
+        black_luma: float = typer.Option(d.black_luma, help="black below this mean luma"),
+        unrelated_similarity: float = typer.Option(d.unrelated_similarity,
                                                    help="unrelated below this similarity"),
-        min_keep: float = typer.Option(defaults.min_keep_s, help="reject shorter kept spans"),
+        min_clip: float = typer.Option(d.min_clip_s, help="drop clips shorter than this (s)"),
+        max_clip: float = typer.Option(d.max_clip_s, help="split longer shots into equal "
+                                       "windows (s); 0 = never split"),
+        dedup_version: str = typer.Option(d.dedup_version, help="dedup results to read "
+                                          "(default: the newest; 'none' = skip no duplicate)"),
         limit: int | None = typer.Option(None, help="at most this many videos"),
-        show: bool = typer.Option(False, help="print each video's kept span and cuts"),
+        show: bool = typer.Option(False, help="print each video's clips, cuts and dissolves"),
     ) -> None:
-        """Detect shot boundaries and keep each video's main span (drop intros/outros)."""
-        policy = CleanPolicy(threshold=threshold, min_shot_s=min_shot, max_edge_s=max_edge,
-                             min_edge_shot_s=min_edge_shot, static_diff=static_diff,
-                             unrelated_similarity=unrelated_similarity, min_keep_s=min_keep)
+        """Split videos into single-shot clips (cuts, dissolves), drop intros/outros/filler."""
+        if limit is not None and limit < 1:
+            raise ValidationError(f"--limit must be >= 1, got {limit}")
+        policy = CleanPolicy(
+            detector=detector, threshold=threshold, adaptive_threshold=adaptive_threshold,
+            min_shot_s=min_shot, dissolves=dissolves, dissolve_min_score=dissolve_min_score,
+            dissolve_max_residual=dissolve_max_residual,
+            dissolve_min_contrast=dissolve_min_contrast, dissolve_max_s=dissolve_max,
+            flash_s=flash, max_edge_s=max_edge, min_edge_shot_s=min_edge_shot,
+            static_diff=static_diff, black_luma=black_luma,
+            unrelated_similarity=unrelated_similarity, min_clip_s=min_clip,
+            max_clip_s=max_clip, dedup_version=dedup_version)
         store = Store(root)
         summary = clean(store, policy, limit=limit, progress=True)
         print_summary(summary)
@@ -329,6 +510,9 @@ def register(app: typer.Typer) -> None:
             for r in store.records("stage_results"):
                 if r.stage == STAGE and r.run_id == summary.run_id:
                     out = r.output or {}
-                    typer.echo(json.dumps({"video_id": r.id, "status": r.status,
-                                           "kept_s": out.get("kept_s"),
-                                           "cuts_s": out.get("cuts_s")}))
+                    typer.echo(json.dumps({
+                        "video_id": r.id, "status": r.status, "reason": r.reason,
+                        "clips_s": [[c["start_s"], c["end_s"]] for c in out.get("clips", [])],
+                        "cuts_s": out.get("cuts_s"),
+                        "dissolves_s": [[t["start_s"], t["end_s"]]
+                                        for t in out.get("dissolves", [])]}))

@@ -30,6 +30,7 @@ STAGE_COMMANDS: dict[str, str] = {
     "retrieve": "curation.retrieve",
     "acquire": "curation.acquire",
     "record": "curation.record",
+    "dedup": "curation.dedup",
     "clean": "curation.clean",
     "describe": "curation.describe",
     "verify": "curation.verify",

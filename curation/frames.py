@@ -16,6 +16,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from prevad.errors import PrevadError
 from prevad.io import atomic_write
@@ -42,8 +43,8 @@ def _targets(start: float, end: float, n: int) -> np.ndarray:
     return start + (np.arange(n) + 0.5) * step
 
 
-def _rgb(frame: av.VideoFrame, size: int) -> np.ndarray:
-    return frame.to_ndarray(format="rgb24", width=size, height=size)
+def _rgb(frame: av.VideoFrame, size: int, scaler: VideoReformatter) -> np.ndarray:
+    return scaler.reformat(frame, size, size, "rgb24", threads=1).to_ndarray()
 
 
 def sample_frames(path: str | Path, start_s: float | None, end_s: float | None,
@@ -81,6 +82,7 @@ def sample_frames(path: str | Path, start_s: float | None, end_s: float | None,
             end = start + 1e-3
         picked: list[np.ndarray | None] = [None] * cfg.n
         last: av.VideoFrame | None = None
+        scaler = VideoReformatter()  # one scaling context for the item, not one per frame
         try:
             if start > 0 and stream.time_base is not None:
                 container.seek(int(start / stream.time_base), stream=stream, backward=True)
@@ -96,7 +98,7 @@ def sample_frames(path: str | Path, start_s: float | None, end_s: float | None,
                 if targets is None:
                     continue
                 if k < cfg.n and t + 1e-6 >= targets[k]:
-                    rgb = _rgb(frame, cfg.size)
+                    rgb = _rgb(frame, cfg.size, scaler)
                     while k < cfg.n and t + 1e-6 >= targets[k]:
                         picked[k] = rgb
                         k += 1
@@ -112,11 +114,11 @@ def sample_frames(path: str | Path, start_s: float | None, end_s: float | None,
             )
         if targets is None:
             # Unknown duration: only the last frame is known; repeat it (rare, e.g. raw streams).
-            picked = [_rgb(last, cfg.size)] * cfg.n
+            picked = [_rgb(last, cfg.size, scaler)] * cfg.n
         tail = None
         for i in range(cfg.n):
             if picked[i] is None:  # targets after the last decodable frame
-                tail = _rgb(last, cfg.size) if tail is None else tail
+                tail = _rgb(last, cfg.size, scaler) if tail is None else tail
                 picked[i] = tail
     return np.stack(picked)  # type: ignore[arg-type]
 

@@ -24,6 +24,7 @@ from prevad.stage import Stage
 STAGES: dict[str, str] = {
     "acquire": "curation.stages:acquire",
     "record": "curation.stages:record",
+    "dedup": "curation.stages:dedup",
     "clean": "curation.stages:clean",
     "describe": "curation.stages:describe",
     "verify": "curation.stages:verify",

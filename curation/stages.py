@@ -21,7 +21,7 @@ from prevad.errors import ValidationError
 from prevad.stage import Stage
 from prevad.store import Store
 
-__all__ = ["acquire", "clean", "describe", "describe_anomaly", "engine_config", "judge",
+__all__ = ["acquire", "clean", "dedup", "describe", "describe_anomaly", "engine_config", "judge",
            "record", "retrieve_settings", "verify"]
 
 
@@ -60,6 +60,13 @@ def record(store: str, **settings: Any) -> Stage:
     from curation.record import RecordSettings, make_stage
 
     return make_stage(_store(store), _config(RecordSettings, "record", settings))
+
+
+def dedup(store: str, **config: Any) -> Stage:
+    """The ``dedup`` stage; keywords are :class:`curation.dedup.DedupConfig` fields."""
+    from curation.dedup import DedupConfig, make_stage
+
+    return make_stage(_store(store), _config(DedupConfig, "dedup", config))
 
 
 def clean(store: str, **policy: Any) -> Stage:

@@ -5,8 +5,8 @@
 1. ``retrieve`` - captions of a corpus file -> ``candidates`` (:func:`curation.retrieve.retrieve`);
    ``video_urls`` (direct downloads) and ``streams`` (to record) given to the flow are registered
    as candidates first, whatever the steps;
-2. the work-list stages ``acquire``, ``record``, ``clean``, ``describe``, ``verify``, ``judge``
-   (:func:`flows.stage_flow.submit_stage`, each over its store work list);
+2. the work-list stages ``acquire``, ``record``, ``dedup``, ``clean``, ``describe``, ``verify``,
+   ``judge`` (:func:`flows.stage_flow.submit_stage`, each over its store work list);
 3. ``review`` - Label Studio JSON file round trip: export the pre-labels
    (``prevad review export``) and import a completed export (``prevad review import``); with
    ``auto_accept`` set, that name accepts every pre-label as its reviewer (runs without a person);
@@ -51,6 +51,7 @@ FEATURE_OPTIONS = frozenset({"model", "pretrained", "stride", "offset", "size", 
 # one flow per work-list stage (prefect.yaml entrypoints flows/curate.py:<name>)
 acquire = make_stage_flow("acquire", "acquire")
 record = make_stage_flow("record", "record")
+dedup = make_stage_flow("dedup", "dedup")
 clean = make_stage_flow("clean", "clean")
 describe = make_stage_flow("describe", "describe")
 verify = make_stage_flow("verify", "verify")

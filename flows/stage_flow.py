@@ -40,13 +40,15 @@ __all__ = ["CURATION_CHAIN", "STAGES", "STAGE_TAGS", "chain", "make_stage_flow",
 
 #: The work-list stages of the curation chain, in order (names registered in ``STAGES``); run
 #: by :func:`chain`. ``flows.curate.curate`` adds retrieval before and review + features after.
-CURATION_CHAIN: tuple[str, ...] = ("acquire", "record", "clean", "describe", "verify", "judge")
+CURATION_CHAIN: tuple[str, ...] = ("acquire", "record", "dedup", "clean", "describe", "verify",
+                                   "judge")
 
 #: Concurrency tags per stage name (stages not listed get none).
 STAGE_TAGS: dict[str, tuple[str, ...]] = {
     "retrieve": (),
     "acquire": ("download",),
     "record": ("download",),
+    "dedup": (),
     "clean": (),
     "describe": ("gpu",),
     "verify": ("gpu",),

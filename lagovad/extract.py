@@ -13,9 +13,16 @@ Outputs:
   are read (named queries in `prevad.queries`), never whole tables.
 - a plain folder: `<out>/<video stem>.npy` (the authors' layout), `<out>/failures.jsonl` (this
   run's failures) and `<out>/extract_protocol.json` (model and sampling, checked on rerun).
-`export_dir` additionally writes `<export_dir>/<video stem>.npy` in store mode.
+`export_dir` additionally writes, in store mode, `<export_dir>/<source name>.npy` for every
+requested clip: extracted in this run or before (read back from the store). Names are the
+video's `source_video_id` (made file-system safe), plus `__clip<index>_<start>-<end>` for a clip
+of a split video; colliding names get `__<source>`, then the clip id.
 
-Resume: a video whose features exist for this model is skipped before any decoding.
+Store mode without inputs works per clip (D1 in `docs/DECISIONS.md`): one feature array per clip
+that `clean` cut (`features.video_id` = the clip's segment id), decoded from the parent file over
+the clip's span; a video that was never split is a clip of itself (its video id, the whole file).
+
+Resume: a clip whose features exist for this model is skipped before any decoding.
 """
 
 from __future__ import annotations
@@ -110,6 +117,9 @@ def extract(
     """
     if (out_dir is None) == (store is None):
         raise ExtractError("give exactly one output: out_dir (a folder) or store (a prevad store)")
+    if export_dir is not None and store is None:
+        raise ExtractError("export_dir (--export) needs a store (--store); with a folder "
+                           "output the .npy files are already in the authors' layout")
     protocol = make_protocol(encoder, stride, offset, size)
     model_id = model_id or encoder.model_id
     if store is not None:

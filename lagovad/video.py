@@ -8,6 +8,12 @@ the authors' loader) and CLIP's own preprocessing use.
 
 The frame count is the number of frames actually decoded, not the container's metadata: the
 sampled indices follow `arange(offset, n_frames, stride)` over the decoded frames.
+
+A *span* ``[start_s, end_s)`` (a clip of a longer file, D1 in ``docs/DECISIONS.md``) is decoded
+after one seek to the keyframe before ``start_s``: frames whose presentation time lies in the
+span count, numbered from 0 at the span's first frame, so a clip is sampled exactly as if it
+were a file of its own. One `VideoReformatter` is reused for a whole pass: `to_ndarray(width=...)`
+builds a new scaling context for every frame, which cost about a third of the decoding thread.
 """
 
 from __future__ import annotations
@@ -18,8 +24,13 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from lagovad.errors import LagovadError
+
+#: Slack (seconds) when comparing frame times with span bounds (spans are stored rounded to
+#: microseconds; frames are at least a millisecond apart).
+SPAN_EPS = 1e-4
 
 #: Decoded-vs-indexed frame shortfall tolerated before a file is called truncated: MP4 edit lists
 #: can legitimately hide a couple of priming frames that the sample table still counts.
@@ -185,8 +196,10 @@ def iter_sampled_frames(
     chunk_size: int = 64,
     threads: int = 0,
     stats: DecodeStats | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
 ) -> Iterator[FrameChunk]:
-    """Decode a video and yield its sampled frames, resized to `size`, in chunks.
+    """Decode a video (or a span of it) and yield its sampled frames, resized to `size`, in chunks.
 
     Args:
         path: Video file.
@@ -197,34 +210,38 @@ def iter_sampled_frames(
         chunk_size: Frames per yielded chunk (the last one may be shorter).
         threads: Decoder threads (0 lets FFmpeg choose).
         stats: Filled in while decoding; `stats.n_frames` is the true frame count at the end.
+        start_s: Span start, seconds of presentation time (None: the file's start).
+        end_s: Span end, exclusive (None: the file's end).
 
     Yields:
-        FrameChunk objects in frame order.
+        FrameChunk objects in frame order (indices relative to the span's first frame).
 
     Raises:
         VideoOpenFailure: If the file cannot be opened as a video.
-        VideoDecodeError: If decoding fails, yields no frame, or stops well short of the frame
-            count in the container index (truncated file).
+        VideoDecodeError: If decoding fails, yields no frame, or (whole file) stops well short
+            of the frame count in the container index (truncated file).
     """
     path = Path(path)
     offset = resolve_offset(stride, offset)
     out_size = _as_size(size)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    spanned = _check_span(start_s, end_s)
     stats = stats if stats is not None else DecodeStats()
     container, stream = _open(path)
     # Frame + slice threading: the decoder runs in FFmpeg's own threads, without the GIL.
     stream.thread_type = "AUTO"
     stream.thread_count = threads
+    scaler = VideoReformatter()
     indices: list[int] = []
     frames: list[np.ndarray] = []
     index = -1
     try:
         try:
-            for index, frame in enumerate(container.decode(stream)):
+            for index, frame in enumerate(_frames(container, stream, start_s, end_s)):
                 if index < offset or (index - offset) % stride:
                     continue  # never converted: the decoded frame is simply dropped
-                frames.append(_to_rgb(frame, out_size))
+                frames.append(_to_rgb(scaler, frame, out_size))
                 indices.append(index)
                 stats.n_sampled += 1
                 stats.sampled_indices.append(index)
@@ -237,7 +254,12 @@ def iter_sampled_frames(
                 f"decoding {path} failed after {index + 1} frames: {exc}"
             ) from exc
         stats.n_frames = index + 1
-        _check_complete(path, stream, stats.n_frames)
+        if spanned:
+            if not stats.n_frames:
+                raise VideoDecodeError(f"{path} has no frame between {start_s or 0:.3f} s and "
+                                       f"{'the end' if end_s is None else f'{end_s:.3f} s'}")
+        else:
+            _check_complete(path, stream, stats.n_frames)
         if frames:
             yield FrameChunk(np.asarray(indices, dtype=np.int64), np.stack(frames))
         stats.finished = True
@@ -245,11 +267,41 @@ def iter_sampled_frames(
         container.close()
 
 
-def _to_rgb(frame: av.VideoFrame, out_size: tuple[int, int] | None) -> np.ndarray:
+def _check_span(start_s: float | None, end_s: float | None) -> bool:
+    """Whether a span was given; refuses NaN, infinite, negative or empty spans."""
+    for name, v in (("start_s", start_s), ("end_s", end_s)):
+        if v is not None and (not np.isfinite(v) or v < 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if start_s is not None and end_s is not None and end_s <= start_s:
+        raise ValueError(f"end_s must be > start_s, got [{start_s}, {end_s})")
+    return start_s is not None or end_s is not None
+
+
+def _frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+            start_s: float | None, end_s: float | None) -> Iterator[av.VideoFrame]:
+    """Decoded frames whose time lies in ``[start_s, end_s)`` (all frames without a span)."""
+    if start_s and stream.time_base is not None:
+        # to the keyframe at or before the span (a seek lands on keyframes only)
+        container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
+    for n, frame in enumerate(container.decode(stream)):
+        if start_s is None and end_s is None:
+            yield frame
+            continue
+        t = frame.time if frame.time is not None else n / float(stream.average_rate or 25)
+        if start_s is not None and t < start_s - SPAN_EPS:
+            continue
+        if end_s is not None and t >= end_s - SPAN_EPS:
+            return
+        yield frame
+
+
+def _to_rgb(scaler: VideoReformatter, frame: av.VideoFrame,
+            out_size: tuple[int, int] | None) -> np.ndarray:
     if out_size is None:
-        return frame.to_ndarray(format="rgb24")
+        return scaler.reformat(frame, format="rgb24", threads=1).to_ndarray()
     width, height = out_size
-    return frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BICUBIC")
+    return scaler.reformat(frame, width, height, "rgb24", interpolation="BICUBIC",
+                           threads=1).to_ndarray()
 
 
 def _check_complete(path: Path, stream: av.video.stream.VideoStream, n_decoded: int) -> None:

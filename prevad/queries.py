@@ -364,7 +364,7 @@ ORDER BY a.dataset, a.split, a.source_index NULLS LAST, a.video_id
 
 #: Feature rows of one model (``lagovad extract`` resume check). Parameter: $model_id.
 FEATURES_OF_MODEL = """
-SELECT video_id, frame_stride, frame_offset, frame_size FROM features
+SELECT video_id, frame_stride, frame_offset, frame_size, location, count, dim FROM features
 WHERE model_id = $model_id::VARCHAR
 """
 
@@ -440,24 +440,70 @@ QUALIFY row_number() OVER (
     PARTITION BY id, stage, stage_version ORDER BY time DESC, attempt DESC) = 1
 """
 
-#: The dataset's unit (docs/DECISIONS.md, D1): every ``segments`` row, plus every video that
-#: was never split (no segment and no finished ``clean`` result: a benchmark import, a store
-#: without ``clean``), which is a clip of itself spanning the whole file. ``video_id`` is the
-#: parent video; ``uri`` its file; ``start_s``/``end_s`` the span in that file's seconds.
-CLIPS_VIEW = """
-SELECT s.segment_id AS clip_id, s.video_id, coalesce(v.source, s.source) AS source, v.uri,
-       s.start_s, s.end_s, s.end_s - s.start_s AS duration_s, v.fps, v.width, v.height,
-       TRUE AS is_segment, s.method, s.uri AS clip_uri, v.duration_s AS video_duration_s
+def clips_sql(clean_version: str = "NULL") -> str:
+    """The clip rule of D1 as SQL (``clean_version``: a SQL expression, NULL = any version).
+
+    A clip is a ``segments`` row kept by its video's latest ``clean`` decision (ok: the
+    decision's ``segment_ids``; rejected: none) or a segment of a video clean never decided on
+    (imported, or written by older code whose output has no ``segment_ids``); a video with no
+    segments and no clean decision is a clip of itself (``clip_id = video_id``). Videos whose
+    latest ``dedup`` decision calls them a copy have no clips (downstream skips duplicates).
+    ``clip_index`` numbers a video's clips by start (NULL for a whole video).
+    """
+    return f"""
+WITH clean_decisions AS (
+    SELECT id AS video_id, status, output_json FROM (
+        SELECT id, status, output_json, row_number() OVER (
+            PARTITION BY id ORDER BY time DESC, attempt DESC, stage_version DESC) AS rn
+        FROM stage_results
+        WHERE stage = 'clean' AND status IN ('ok', 'rejected')
+          AND ({clean_version} IS NULL OR stage_version = {clean_version})
+    ) WHERE rn = 1
+),
+decided AS (  -- videos whose clips the clean decision lists (or, rejected, says are none)
+    SELECT video_id FROM clean_decisions
+    WHERE status = 'rejected' OR json_extract(output_json, '$.segment_ids') IS NOT NULL
+),
+ever_cleaned AS (
+    SELECT DISTINCT id AS video_id FROM stage_results
+    WHERE stage = 'clean' AND status IN ('ok', 'rejected')
+),
+dups AS (
+    SELECT id AS video_id FROM (
+        SELECT id, status, reason, row_number() OVER (
+            PARTITION BY id ORDER BY time DESC, attempt DESC, stage_version DESC) AS rn
+        FROM stage_results WHERE stage = 'dedup' AND status IN ('ok', 'rejected')
+    ) WHERE rn = 1 AND reason IN ('exact_duplicate', 'near_duplicate')
+),
+kept AS (
+    SELECT DISTINCT unnest(CAST(json_extract(output_json, '$.segment_ids') AS VARCHAR[]))
+        AS segment_id
+    FROM clean_decisions WHERE status = 'ok'
+)
+SELECT s.segment_id AS clip_id, s.video_id, coalesce(v.source, s.source) AS source,
+       v.source_video_id, v.uri, s.start_s, s.end_s, s.end_s - s.start_s AS duration_s,
+       v.fps, v.width, v.height, TRUE AS is_segment, s.method, s.uri AS clip_uri,
+       v.duration_s AS video_duration_s,
+       CAST(row_number() OVER (PARTITION BY s.video_id ORDER BY s.start_s, s.segment_id) - 1
+            AS INTEGER) AS clip_index
 FROM segments AS s LEFT JOIN videos AS v ON v.video_id = s.video_id
+WHERE (s.segment_id IN (SELECT segment_id FROM kept)
+       OR s.video_id NOT IN (SELECT video_id FROM decided))
+  AND s.video_id NOT IN (SELECT video_id FROM dups)
 UNION ALL
-SELECT v.video_id AS clip_id, v.video_id, v.source, v.uri,
+SELECT v.video_id AS clip_id, v.video_id, v.source, v.source_video_id, v.uri,
        0.0 AS start_s, v.duration_s AS end_s, v.duration_s, v.fps, v.width, v.height,
-       FALSE AS is_segment, NULL AS method, NULL AS clip_uri, v.duration_s AS video_duration_s
+       FALSE AS is_segment, NULL AS method, NULL AS clip_uri, v.duration_s AS video_duration_s,
+       CAST(NULL AS INTEGER) AS clip_index
 FROM videos AS v
 WHERE v.video_id NOT IN (SELECT video_id FROM segments)
-  AND v.video_id NOT IN (SELECT id FROM stage_results
-                         WHERE stage = 'clean' AND status IN ('ok', 'rejected'))
+  AND v.video_id NOT IN (SELECT video_id FROM ever_cleaned)
+  AND v.video_id NOT IN (SELECT video_id FROM dups)
 """
+
+
+#: The catalog's ``clips`` view (D1): see :func:`clips_sql`.
+CLIPS_VIEW = clips_sql()
 
 
 def _model_results(stage: str, columns: str) -> str:
@@ -663,3 +709,49 @@ def newest_ok_version(store: Store, stage: str) -> str | None:
     """
     rows = store.query(NEWEST_OK_VERSION, {"stage": stage}).column("stage_version").to_pylist()
     return rows[0] if rows else None
+
+
+# ------------------------------------------------------------------ clips and duplicates
+# (clean / dedup / lagovad extract; D1 in docs/DECISIONS.md)
+
+#: Alias kept for the clips code: the newest version of a stage with ok results.
+NEWEST_OK_STAGE_VERSION = NEWEST_OK_VERSION
+
+#: Items that one dedup version rejected as copies (exact or near), among $ids. Parameters:
+#: $stage ('dedup'), $stage_version, $ids (VARCHAR[]). ``output_json``: duplicate_of, distance.
+DUPLICATES_OF_IDS = """
+SELECT id, any_value(output_json) AS output_json FROM stage_results
+WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+  AND status = 'rejected' AND reason IN ('exact_duplicate', 'near_duplicate')
+  AND list_contains($ids::VARCHAR[], id)
+GROUP BY id
+"""
+
+#: Every item that one dedup version rejected as a copy. Parameters: $stage, $stage_version.
+DUPLICATES_OF_VERSION = """
+SELECT id, any_value(output_json) AS output_json FROM stage_results
+WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+  AND status = 'rejected' AND reason IN ('exact_duplicate', 'near_duplicate')
+GROUP BY id
+"""
+
+#: Every result of one dedup version, oldest first (the duplicate index is rebuilt from it).
+#: Parameters: $stage ('dedup'), $stage_version.
+DEDUP_DECISIONS = """
+SELECT id, status, reason, output_json FROM stage_results
+WHERE stage = $stage::VARCHAR AND stage_version = $stage_version::VARCHAR
+  AND status IN ('ok', 'rejected')
+ORDER BY time, id
+"""
+
+#: Videos with a file, oldest acquisition first (dedup keeps the first-acquired copy).
+VIDEOS_BY_ACQUISITION = """
+SELECT video_id, uri, created_at FROM videos
+WHERE uri IS NOT NULL AND uri <> ''
+ORDER BY created_at, video_id
+"""
+
+#: Every clip (D1), optionally of one pinned clean version. Parameter: $clean_version (NULL =
+#: each video's latest clean decision of any version). Same rule and columns as the catalog's
+#: ``clips`` view (:data:`CLIPS_VIEW`), ordered by video and start.
+CLIPS_OF_VIDEOS = clips_sql("$clean_version::VARCHAR") + "ORDER BY video_id, start_s, clip_id\n"

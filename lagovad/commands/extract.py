@@ -35,9 +35,12 @@ def extract_cmd(
     inputs: list[Path] = typer.Argument(None, help="Video files and/or folders (recursive)."),
     out: Path = typer.Option(None, "--out", "-o", help="Plain folder output: <out>/<stem>.npy."),
     store: Path = typer.Option(None, "--store", help="prevad store root to write features into "
-                               "(without INPUTS: every stored video)."),
-    export: Path = typer.Option(None, "--export", help="With --store, also write "
-                                "<export>/<stem>.npy (the authors' layout)."),
+                               "(without INPUTS: every clip of the store: one array per clip "
+                               "that clean cut, the whole video for one never split)."),
+    export: Path = typer.Option(None, "--export", help="With --store, also write every "
+                                "requested clip's array, extracted now or before, as "
+                                "<export>/<source name>.npy (the authors' layout; clips of a "
+                                "split video add __clip<index>_<start>-<end>)."),
     model: str = typer.Option("ViT-B-16", help="open_clip model name."),
     pretrained: str = typer.Option("openai", help="open_clip pretrained tag or local checkpoint "
                                    "file; 'none' for random weights."),
@@ -70,6 +73,8 @@ def extract_cmd(
         f"{summary.total} videos; {summary.frames_decoded} frames in {summary.seconds:.1f} s "
         f"({summary.frames_per_s:.0f} frames/s)"
     )
+    if export is not None and store is not None:
+        typer.echo(f"exported {summary.exported} feature arrays to {export}")
     for f in summary.failures:
         typer.echo(f"  failed: {f['path']}: {f['reason']}")
     if summary.failed and summary.failed == summary.total:

@@ -67,19 +67,24 @@ def make_protocol(
 
 @dataclass
 class VideoJob:
-    """One video to extract.
+    """One video, or one clip of a video, to extract.
 
     Attributes:
-        key: Output key: the video id (store) or the file stem (folder).
-        path: The video file.
-        name: Stem used for exported .npy files.
-        video: The store's Video record (store mode), else None.
+        key: Output key: the clip id (store: a clip's segment id, or the video id of a video
+            that was never split) or the file stem (folder).
+        path: The video file (a clip's parent file).
+        name: Stem used for exported .npy files (the source name, see ``sinks.export_names``).
+        video: The store's clip row (store mode), else None.
+        start_s: Clip start in the file, seconds (None: the file's start).
+        end_s: Clip end, exclusive (None: the file's end).
     """
 
     key: str
     path: Path
     name: str
     video: Any = None
+    start_s: float | None = None
+    end_s: float | None = None
 
 
 @dataclass
@@ -98,6 +103,8 @@ class ExtractSummary:
         failures: One dict per failed video: key, path, error (type), reason.
         counts: Feature count per extracted video key.
         n_frames: Decoded frame count per extracted video key.
+        exported: Arrays written to the export folder (store mode with an export folder:
+            every requested clip, extracted in this run or before).
     """
 
     total: int = 0
@@ -111,6 +118,7 @@ class ExtractSummary:
     failures: list[dict[str, str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     n_frames: dict[str, int] = field(default_factory=dict)
+    exported: int = 0
 
     @property
     def frames_per_s(self) -> float:

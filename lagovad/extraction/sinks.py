@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,8 @@ class FolderSink:
 
 
 class StoreSink:
-    """Features into a prevad store; failures and successes as StageResult rows."""
+    """Features into a prevad store, one array per clip (D1); failures and successes as
+    StageResult rows; optionally every requested clip's array also as ``<export>/<name>.npy``."""
 
     def __init__(self, store: Any, model_id: str, protocol: Protocol,
                  export_dir: Path | None = None):
@@ -86,14 +88,17 @@ class StoreSink:
         self.model_id = model_id
         self.protocol = protocol
         self.export_dir = Path(export_dir) if export_dir else None
+        if self.export_dir is not None:
+            self.export_dir.mkdir(parents=True, exist_ok=True)
         self._done = self._stored_features()
         self._attempts: dict[str, int] = {}
+        self.exported = 0
 
-    def _stored_features(self) -> set[str]:
+    def _stored_features(self) -> dict[str, dict[str, Any]]:
         from prevad import queries
 
         rows = self.store.query(queries.FEATURES_OF_MODEL, {"model_id": self.model_id}).to_pylist()
-        done = set()
+        done = {}
         for row in rows:
             stored = (row["frame_stride"], row["frame_offset"], row["frame_size"])
             wanted = (self.protocol.stride, self.protocol.offset, self.protocol.size)
@@ -103,7 +108,7 @@ class StoreSink:
                     f"stride/offset/size {stored}, not {wanted}; pass another --model-id "
                     f"to keep both"
                 )
-            done.add(row["video_id"])
+            done[row["video_id"]] = row
         return done
 
     def _stored_attempts(self, ids: Sequence[str]) -> None:
@@ -116,7 +121,7 @@ class StoreSink:
         self._attempts.update({r["id"]: r["attempts"] for r in rows})
 
     def jobs(self, paths: Sequence[Path] | None) -> list[VideoJob]:
-        """Jobs for local files (registered as store videos) or for all stored videos."""
+        """Jobs for local files (registered as store videos) or for every clip of the store."""
         if paths is None:
             jobs = self._store_jobs()
             self._stored_attempts([j.key for j in jobs])
@@ -142,20 +147,37 @@ class StoreSink:
         return jobs
 
     def _store_jobs(self) -> list[VideoJob]:
+        """One job per clip (``queries.CLIPS_OF_VIDEOS``): a split video's clips decode their
+        parent file over their span; a video never split is one clip of itself."""
         from prevad import queries
 
+        rows = [r for r in self.store.query(queries.CLIPS_OF_VIDEOS,
+                                            {"clean_version": None}).to_pylist() if r["uri"]]
+        if not rows:
+            raise ExtractError(f"the store at {self.store.root} has no video with a uri")
+        names = export_names(rows)
         jobs = []
-        for row in self.store.query(queries.VIDEOS_WITH_URI).to_pylist():
+        for row in rows:
             path = Path(row["uri"])
             if not path.is_absolute():
                 path = Path(self.store.root) / path
-            jobs.append(VideoJob(key=row["video_id"], path=path, name=path.stem, video=row))
-        if not jobs:
-            raise ExtractError(f"the store at {self.store.root} has no video with a uri")
+            whole = row["clip_id"] == row["video_id"]
+            jobs.append(VideoJob(key=row["clip_id"], path=path, name=names[row["clip_id"]],
+                                 video=row, start_s=None if whole else row["start_s"],
+                                 end_s=None if whole else row["end_s"]))
         return jobs
 
+    def export_done(self, job: VideoJob) -> None:
+        """Export the stored array of a clip extracted before (``--export`` writes every
+        requested clip, not only those extracted in this run)."""
+        if self.export_dir is None:
+            return
+        row = self._done[job.key]
+        save_npy(self.export_dir / f"{job.name}.npy", self.store.load_features(row))
+        self.exported += 1
+
     def is_done(self, job: VideoJob) -> bool:
-        """Whether the store has features of this model for the video."""
+        """Whether the store has features of this model for the clip."""
         return job.key in self._done
 
     def write(self, job: VideoJob, features: np.ndarray, n_frames: int) -> None:
@@ -167,9 +189,10 @@ class StoreSink:
             frame_size=p.size, frames=n_frames, extra_rows={"stage_results": [row]},
         )
         self._attempts[job.key] = row.attempt
-        self._done.add(job.key)
+        self._done[job.key] = {"video_id": job.key}
         if self.export_dir is not None:
             save_npy(self.export_dir / f"{job.name}.npy", features)
+            self.exported += 1
 
     def fail(self, job: VideoJob, exc: BaseException) -> None:
         """A "failed" StageResult with the reason."""
@@ -202,6 +225,44 @@ def _local_video(video_cls: Any, path: Path) -> Any:
     except VideoError:
         pass  # recorded as a failure when extraction tries to decode it
     return video_cls.create(LOCAL_SOURCE, path.stem, uri=str(path.resolve()), **meta)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: Longest exported file stem (file systems allow 255 bytes; room for suffixes).
+MAX_NAME = 150
+
+
+def source_name(source_video_id: str | None, fallback: str) -> str:
+    """A file-system-safe stem from a source id (characters outside ``[A-Za-z0-9._-]`` become
+    ``_``; never empty, never hidden, at most :data:`MAX_NAME` characters)."""
+    name = _UNSAFE.sub("_", source_video_id or "").strip("._")[:MAX_NAME]
+    return name or fallback
+
+
+def export_names(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Exported file stem per clip id: the video's ``source_video_id``, plus
+    ``__clip<index>_<start>-<end>`` for a clip of a split video; names that collide (two
+    sources with one id, or ids equal once made safe) get ``__<source>``, then the clip id."""
+    names: dict[str, str] = {}
+    for r in rows:
+        base = source_name(r.get("source_video_id"), r["clip_id"])
+        if r["clip_id"] != r["video_id"]:
+            base += (f"__clip{int(r.get('clip_index') or 0):03d}_{float(r['start_s']):.2f}-"
+                     f"{float(r['end_s']):.2f}")
+        names[r["clip_id"]] = base
+    for step in ("source", "id"):
+        seen: dict[str, list[str]] = {}
+        for cid, n in names.items():
+            seen.setdefault(n, []).append(cid)
+        clashes = {cid for ids in seen.values() if len(ids) > 1 for cid in ids}
+        if not clashes:
+            break
+        by_id = {r["clip_id"]: r for r in rows}
+        for cid in clashes:
+            extra = (source_name(by_id[cid].get("source"), "src") if step == "source"
+                     else cid)
+            names[cid] = f"{names[cid]}__{extra}"
+    return names
 
 
 def failure_dict(job: VideoJob, exc: BaseException) -> dict[str, str]:

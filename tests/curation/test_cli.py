@@ -34,7 +34,9 @@ def test_retrieve_acquire_clean_from_the_command_line(store, tmp_path, media_ser
     assert res.exit_code == 0, res.output
     assert "acquire v1-" in res.output and "ok 1" in res.output and "items/s" in res.output
     res = _run("curate", "clean", store.root, "--show")
-    assert res.exit_code == 0 and "ok 1" in res.output and '"kept_s": [0.0, 4.0]' in res.output
+    # the 4 s video has two shots (red, then green): two single-shot clips
+    assert res.exit_code == 0 and "ok 1" in res.output
+    assert '"clips_s": [[0.0, 2.0], [2.0, 4.0]]' in res.output
     status = _run("curate", "status", store.root)
     assert status.exit_code == 0
     for stage in ("retrieve", "acquire", "clean"):

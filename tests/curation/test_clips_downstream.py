@@ -1,0 +1,94 @@
+"""The model stages after clean work per clip (D1): several clips per video, each its own item
+with its own span of the parent file; a duplicate's clips never reach them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from curation import describe, judge
+from curation.clean import clean
+from curation.engines import Sampling
+from curation.frames import FrameConfig, sample_frames
+from curation.mllm import EngineConfig, FrameSource, items_of
+from curation.shot_media import Shot, Transition, render
+from prevad import Store, queries
+from prevad.records import StageResult, Video
+from prevad.stage import run_stage
+
+FRAMES = FrameConfig(n=4, size=56)
+
+
+def _ecfg(model: Path) -> EngineConfig:
+    return EngineConfig("transformers", str(model), device="cpu", batch_size=4,
+                        sampling=Sampling(max_tokens=120))
+
+
+def _compilations(tmp_path: Path) -> tuple[Store, dict[str, Video]]:
+    """Two compilations (3 and 2 shots, hard cuts and a dissolve), cleaned into 5 clips; a copy
+    of the second that dedup marked before clean ran."""
+    store = Store.init(tmp_path / "store")
+    a, b = tmp_path / "three_shots.mp4", tmp_path / "two_shots_dissolve.mp4"
+    render(a, [Shot(30, seed=1, palette=0), Shot(30, seed=2, palette=1),
+               Shot(30, seed=3, palette=2)], [Transition("cut"), Transition("cut")],
+           fps=25, size=(64, 96))
+    render(b, [Shot(35, seed=4, palette=3), Shot(35, seed=5, palette=4)],
+           [Transition("dissolve", 20)], fps=25, size=(64, 96))
+    videos = {"three": Video.create("web", "three", uri=str(a)),
+              "two": Video.create("web", "two", uri=str(b)),
+              "copy": Video.create("mirror", "two", uri=str(b))}
+    store.append("videos", list(videos.values()))
+    store.append("stage_results", [
+        StageResult(videos["two"].video_id, "dedup", "v1-t", "ok", output_json="{}"),
+        StageResult(videos["copy"].video_id, "dedup", "v1-t", "rejected",
+                    reason="exact_duplicate",
+                    output_json=json.dumps({"duplicate_of": videos["two"].video_id}))])
+    s = clean(store)
+    assert (s.ok, s.rejected) == (2, {"duplicate": 1})
+    return store, videos
+
+
+def test_each_clip_is_an_item_with_its_own_span_and_frames(tmp_path):
+    store, videos = _compilations(tmp_path)
+    segs = store.records("segments")
+    per_video = {v: sorted((s.start_s, s.end_s) for s in segs if s.video_id == v)
+                 for v in {s.video_id for s in segs}}
+    assert {k: len(v) for k, v in per_video.items()} == {videos["three"].video_id: 3,
+                                                        videos["two"].video_id: 2}
+    rows = [{"segment_id": s.segment_id, "video_id": s.video_id, "start_s": s.start_s,
+             "end_s": s.end_s, "uri": None} for s in segs]
+    items = items_of(store, "segments", rows)
+    assert [i.item_id for i in items] == [s.segment_id for s in segs]
+    source = FrameSource(store, FRAMES)
+    frames = {}
+    for item, seg in zip(items, segs, strict=True):
+        assert (item.video_id, item.start_s, item.end_s) == (seg.video_id, seg.start_s,
+                                                             seg.end_s)
+        frames[item.item_id] = source.frames(item)
+        # the clip's frames come from inside its span of the parent file
+        np.testing.assert_array_equal(frames[item.item_id], sample_frames(
+            item.path, seg.start_s, seg.end_s, FRAMES))
+    means = [f.mean(axis=(0, 1, 2)) for f in frames.values()]
+    assert min(np.abs(a - b).max() for i, a in enumerate(means) for b in means[i + 1:]) > 5
+
+
+def test_describe_and_judge_give_one_result_per_clip(tmp_path, tiny_vlm, tiny_llm):
+    store, videos = _compilations(tmp_path)
+    s = describe.run(store, _ecfg(tiny_vlm), describe.DescribeConfig(FRAMES, min_chars=4,
+                                                                     max_chars=12))
+    clips = {c.segment_id: c for c in store.records("segments")}
+    assert s.items == 5 and s.failed == 0
+    described = queries.stage_results(store, "describe").to_pylist()
+    assert {d["id"] for d in described} == set(clips)
+    for d in described:
+        assert d["segment_id"] == d["id"] and d["video_id"] == clips[d["id"]].video_id
+    assert videos["copy"].video_id not in {d["video_id"] for d in described}
+    run_stage(store, judge.make_stage(store, _ecfg(tiny_llm),
+                                      judge.JudgeConfig(require_verified=False,
+                                                                         max_reason_chars=10)))
+    judged = queries.judge_results(store).to_pylist()
+    assert {j["id"] for j in judged} == set(clips)
+    assert {j["video_id"] for j in judged if j["status"] != "failed"} <= {
+        videos["three"].video_id, videos["two"].video_id}
