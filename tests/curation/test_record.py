@@ -30,7 +30,7 @@ def _status(store, cand_id):
 def test_records_a_set_duration_of_an_hls_stream(store, media_server, small_mp4):
     _hls(small_mp4, media_server.root / "live")
     [cand] = add_streams(store, [media_server.url("live/index.m3u8")], 2.0)
-    summary = record(store, RecordSettings(io_timeout_s=5))
+    summary = record(store, RecordSettings(socket_timeout_s=5, allow_private_network=True))
     assert (summary.ok, summary.failed) == (1, 0)
     [video] = store.records("videos")
     assert video.source == "stream" and (video.start_s, video.end_s) == (0.0, 2.0)
@@ -42,7 +42,7 @@ def test_records_a_set_duration_of_an_hls_stream(store, media_server, small_mp4)
     assert out["short"] is False and out["codec"] == "h264"
     # rerun: nothing to do, nothing duplicated; registering the stream again adds nothing
     add_streams(store, [media_server.url("live/index.m3u8")], 2.0)
-    assert record(store, RecordSettings(io_timeout_s=5)).items == 0
+    assert record(store, RecordSettings(socket_timeout_s=5, allow_private_network=True)).items == 0
     assert store.read("videos").num_rows == 1 and store.read("candidates").num_rows == 1
 
 
@@ -53,7 +53,7 @@ def test_zero_length_stream_fails_with_reason_and_others_still_record(
         "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-ENDLIST\n")
     [empty] = add_streams(store, [media_server.url("empty.m3u8")], 2.0)
     add_streams(store, [media_server.url("live/index.m3u8")], 1.0)
-    summary = record(store, RecordSettings(io_timeout_s=5))
+    summary = record(store, RecordSettings(socket_timeout_s=5, allow_private_network=True))
     assert (summary.ok, summary.failed) == (1, 1)
     res = _status(store, empty.candidate_id)
     assert res.status == "failed" and res.error.startswith("zero-length stream")
@@ -64,9 +64,9 @@ def test_streams_and_downloads_stay_in_their_own_stage(store, media_server, smal
     _hls(small_mp4, media_server.root / "live")
     add_streams(store, [media_server.url("live/index.m3u8")], 1.0)
     store.append("candidates", [SourceCandidate("c1", "web", "v1", url="ftp://x/y.mp4")])
-    rec = record(store, RecordSettings(io_timeout_s=5))
+    rec = record(store, RecordSettings(socket_timeout_s=5, allow_private_network=True))
     assert rec.ok == 1 and rec.rejected == {"not_a_stream": 1}
-    acq = acquire(store, AcquireSettings(retries=0, backoff_s=0))
+    acq = acquire(store, AcquireSettings(retries=0, backoff_s=0, allow_private_network=True))
     assert acq.rejected == {"stream": 1, "scheme_not_allowed": 1}
 
 
