@@ -260,6 +260,9 @@ def load_cookies(path: str) -> http.cookiejar.MozillaCookieJar:
     except (OSError, http.cookiejar.LoadError, UnicodeDecodeError) as exc:
         raise CurationError(f"--cookies {path!r} is not a readable Netscape cookies file "
                             f"(the format yt-dlp and browser exporters write): {exc}") from None
+    for cookie in jar:
+        if cookie.expires == 0:  # the format's session cookie, not one that expired in 1970
+            cookie.expires, cookie.discard = None, True
     return jar
 
 
