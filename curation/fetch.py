@@ -164,9 +164,11 @@ class Budget:
         self._close_all()
 
     def refuse(self, error: UrlRefused) -> None:
-        """Remember a policy refusal (the item is rejected with its reason)."""
+        """Remember a policy refusal and end the item: it is rejected with the refusal's reason,
+        so nothing it still does (ffmpeg retrying a playlist, ...) can change that."""
         with self._lock:
             self.refusals.append(error)
+        self.abort(FetchError(str(error), error.reason))
 
     def _expire(self) -> None:
         self.abort(DeadlineExceeded(f"item did not finish within --timeout {self.timeout_s:g} s"))
@@ -374,6 +376,8 @@ class Response:
         if data:
             self._budget.count(len(data))
             self._limiter.consume(self._host, len(data), self._budget)
+        else:
+            self._budget.check()  # an "end" caused by the budget closing the socket is no end
         return data
 
     def iter_body(self) -> Iterator[bytes]:

@@ -91,7 +91,8 @@ class WebServer:
         self.port = self._httpd.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
         self.address = f"127.0.0.1:{self.port}"
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
 
     def add(self, path: str, route: Route) -> str:
         """Serve ``route`` at ``/path``; returns its URL."""
