@@ -632,7 +632,8 @@ class PolicyProxy:
             if budget is None or budget.aborted is not None:
                 _reply(conn, 503, "no download in progress on this proxy")
                 return
-            budget.track(conn)
+            # the client's connection is not tracked by the budget: a refusal ends the item
+            # (closing every upstream socket), yet the client still gets its 403 answer
             head = _read_head(conn, budget)
             line, _, rest = head.partition(b"\r\n")
             method, target, *_ = line.decode("latin-1").split(" ") + ["", ""]
@@ -649,8 +650,6 @@ class PolicyProxy:
         except OSError:
             pass
         finally:
-            if budget is not None:
-                budget.untrack(conn)
             with contextlib.suppress(OSError):
                 conn.close()
 
@@ -705,8 +704,9 @@ class PolicyProxy:
             out.append("Connection: close")
             conn.sendall(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
             if method != "HEAD":
-                for data in resp.iter_body():
-                    conn.sendall(data)
+                with contextlib.suppress(FetchError):  # the head is out: cutting it short says it
+                    for data in resp.iter_body():
+                        conn.sendall(data)
         finally:
             resp.close()
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from typer.testing import CliRunner
 
 from curation.acquire import AcquireSettings, acquire
 from curation.ffmpeg import ffmpeg_path
 from curation.record import RecordSettings, add_streams, record, stream_candidate
-from prevad.errors import PrevadError
+from prevad.errors import PrevadError, ValidationError
 from prevad.records import SourceCandidate
+from tests.curation import webservers
+from tests.curation.webservers import LiveHls, Route, finishes, hls_segments
 
 
 def _hls(src, folder):
@@ -78,13 +81,7 @@ def test_bad_stream_arguments_are_clear_errors():
 
 
 # --------------------------------------------------------------- network policy and bounds
-from typer.testing import CliRunner  # noqa: E402
-
-from prevad.errors import ValidationError  # noqa: E402
-from tests.curation import webservers  # noqa: E402
-from tests.curation.webservers import LiveHls, Route, finishes, hls_segments  # noqa: E402
-
-web, other_web = webservers.web, webservers.other_web
+web, other_web = webservers.web, webservers.other_web  # fixtures
 LOCAL = dict(socket_timeout_s=5, allow_private_network=True)
 
 
