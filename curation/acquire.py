@@ -40,6 +40,7 @@ Items run ``concurrency`` at a time; a per-host pace and bandwidth (``min_interv
 
 from __future__ import annotations
 
+import glob
 import inspect
 import json
 import math
@@ -53,6 +54,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -358,6 +360,26 @@ def _span(meta: dict[str, Any]) -> tuple[float | None, float | None]:
             float(end) if end is not None else None)
 
 
+@dataclass(slots=True)
+class _Work:
+    """One item's files in a worker's folder: ``work / "a.mp4"`` is ``<folder>/<key>.a.mp4``."""
+
+    folder: Path
+    key: str
+
+    def __truediv__(self, name: str) -> Path:
+        return self.folder / f"{self.key}.{name}"
+
+    def files(self) -> list[Path]:
+        """The item's files."""
+        return [p for p in self.folder.glob(f"{glob.escape(self.key)}.*") if p.is_file()]
+
+    def clear(self) -> None:
+        """Delete the item's files."""
+        for p in self.files():
+            p.unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------------------------ the stage
 class Acquirer:
     """The stage's ``process``: a batch of candidates, ``concurrency`` at a time."""
@@ -372,10 +394,22 @@ class Acquirer:
             settings.proxy)
         self.pool = ItemPool(settings.concurrency, STAGE)
         weakref.finalize(self, self.pool.close)
+        _remove_stale_folders(store.root / PARTIAL_DIR)
 
     def close(self) -> None:
         """Stop the worker threads and their proxies / yt-dlp instances."""
         self.pool.close()
+
+    def _folder(self) -> Path:
+        """This thread's work folder under ``videos/.partial`` (files are named by video id,
+        so a folder is not made and removed per item: directory operations are slow)."""
+
+        def make() -> Path:
+            folder = self.store.root / PARTIAL_DIR / f"{STAGE}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            folder.mkdir(parents=True)
+            return folder
+
+        return self.pool.local("folder", make, lambda f: shutil.rmtree(f, ignore_errors=True))
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[ItemResult]:
         """Download each candidate of the batch."""
@@ -427,19 +461,18 @@ class Acquirer:
             existing = self._existing([row])
         if vid in existing:
             return Ok(output={"video_id": vid, "uri": existing[vid], "reused": True})
-        work = self.store.root / PARTIAL_DIR / vid
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        work = _Work(self._folder(), vid)
+        work.clear()
         try:
             with Budget(self.s.max_bytes, self.s.timeout_s or math.inf,
                         self.s.socket_timeout_s) as budget:
                 return self._acquire(row, url, vid, start, end, work, budget)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            work.clear()
 
     # ------------------------------------------------------------------ attempts and outcomes
     def _acquire(self, row: dict[str, Any], url: str, vid: str, start: float | None,
-                 end: float | None, work: Path, budget: Budget) -> ItemResult:
+                 end: float | None, work: _Work, budget: Budget) -> ItemResult:
         attempts, errors = 0, []
         while True:
             attempts += 1
@@ -463,12 +496,11 @@ class Acquirer:
                 wait = self.s.backoff_s * 2 ** (attempts - 1)
                 if attempts > self.s.retries or wait >= budget.remaining():
                     return Failed(f"{reason} after {attempts} attempts: {error}", output=out)
-                shutil.rmtree(work, ignore_errors=True)  # a retry starts from nothing
-                work.mkdir(parents=True)
+                work.clear()  # a retry starts from nothing
                 time.sleep(wait)
 
     def _finish(self, row: dict[str, Any], url: str, vid: str, start: float | None,
-                end: float | None, fetched: Fetched, work: Path, budget: Budget,
+                end: float | None, fetched: Fetched, work: _Work, budget: Budget,
                 attempts: int) -> ItemResult:
         """Probe, cut and scale as needed, bound the duration, move the file into the store."""
         path = fetched.path
@@ -515,13 +547,13 @@ class Acquirer:
                                                **info.to_dict()})
 
     # ------------------------------------------------------------------------------- fetching
-    def _fetch(self, url: str, start: float | None, end: float | None, work: Path,
+    def _fetch(self, url: str, start: float | None, end: float | None, work: _Work,
                budget: Budget) -> Fetched:
         if urllib.parse.urlsplit(url).scheme.lower() == "file":
             return Fetched(self._copy_file(url, work, budget), {"method": "file"})
         return self._direct(url, start, end, work, budget, headers={}, ytdlp_fallback=True)
 
-    def _direct(self, url: str, start: float | None, end: float | None, work: Path,
+    def _direct(self, url: str, start: float | None, end: float | None, work: _Work,
                 budget: Budget, headers: dict[str, str], ytdlp_fallback: bool) -> Fetched:
         """One GET: save a media body; hand pages and manifests to yt-dlp."""
         section = start is not None or end is not None
@@ -569,7 +601,7 @@ class Acquirer:
                              "connection", transient=True)
         return path
 
-    def _http_section(self, url: str, start: float | None, end: float | None, work: Path,
+    def _http_section(self, url: str, start: float | None, end: float | None, work: _Work,
                       budget: Budget, headers: dict[str, str], ext: str) -> Fetched:
         """ffmpeg reads only the section over HTTP (byte ranges); on failure, the whole file."""
         out = work / "section.mp4"
@@ -614,7 +646,7 @@ class Acquirer:
             out += ["-headers", "".join(f"{k}: {v}\r\n" for k, v in rest.items())]
         return out
 
-    def _copy_file(self, url: str, work: Path, budget: Budget) -> Path:
+    def _copy_file(self, url: str, work: _Work, budget: Budget) -> Path:
         """Copy a local regular file (checked on the opened descriptor, not the name)."""
         path = urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -668,7 +700,7 @@ class Acquirer:
 
         return self.pool.local("ytdlp", make, lambda pair: pair[0].close())
 
-    def _via_ytdlp(self, url: str, start: float | None, end: float | None, work: Path,
+    def _via_ytdlp(self, url: str, start: float | None, end: float | None, work: _Work,
                    budget: Budget) -> Fetched:
         proxy = self._proxy(budget)
         ydl, log = self._ytdlp(proxy)
@@ -712,7 +744,7 @@ class Acquirer:
         return self._ytdlp_download(ydl, log, info, start, end, work, details)
 
     def _ffmpeg_formats(self, formats: list[dict[str, Any]], ydl: Any, start: float | None,
-                        end: float | None, work: Path, budget: Budget, proxy: PolicyProxy,
+                        end: float | None, work: _Work, budget: Budget, proxy: PolicyProxy,
                         details: dict[str, Any]) -> Fetched:
         """HLS playlists and separate video/audio formats: ffmpeg through the policy proxy."""
         out = work / "stream.mp4"
@@ -746,21 +778,41 @@ class Acquirer:
         return Fetched(out, {**details, "method": "yt-dlp+ffmpeg"}, cut_done=True)
 
     def _ytdlp_download(self, ydl: Any, log: _Log, info: dict[str, Any], start: float | None,
-                        end: float | None, work: Path, details: dict[str, Any]) -> Fetched:
+                        end: float | None, work: _Work, details: dict[str, Any]) -> Fetched:
         """Other protocols (DASH segments, ...): yt-dlp's own downloader, through the proxy."""
         ydl.params["outtmpl"] = {"default": str(work / "media.%(ext)s")}
-        ydl.params["paths"] = {"home": str(work), "temp": str(work)}
+        ydl.params["paths"] = {"home": str(work.folder), "temp": str(work.folder)}
         info = dict(info)
         if start is not None or end is not None:
             info["section_start"], info["section_end"] = start or 0.0, end
             ydl.params["force_keyframes_at_cuts"] = self.s.precise_cuts
         ydl.process_info(info)
-        files = [p for p in work.iterdir() if p.is_file() and p.name.startswith("media.")
+        files = [p for p in work.files() if p.name.startswith(f"{work.key}.media.")
                  and not p.name.endswith((".part", ".ytdl", ".temp"))]
         if not files:
             raise ProbeError(f"yt-dlp finished without a file ({'; '.join(log.errors)})")
         return Fetched(max(files, key=lambda p: p.stat().st_size),
                        {**details, "method": "yt-dlp"}, cut_done=True)
+
+
+def _remove_stale_folders(partial: Path) -> None:
+    """Work folders left by acquire runs of processes that no longer live (a crash)."""
+    if not partial.is_dir():
+        return
+    for folder in partial.glob(f"{STAGE}-*-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _meta(row: dict[str, Any]) -> dict[str, Any]:

@@ -60,7 +60,7 @@ class ProbedVideo:
 #: (MP4 edit lists can hide a couple of priming frames that the sample table still counts).
 TRUNCATION_TOLERANCE = 0.02
 #: Frames decoded from the start of the file to prove that the codec really decodes it.
-DECODE_CHECK_FRAMES = 3
+DECODE_CHECK_FRAMES = 1
 
 
 def probe_video(path: str | Path, *, full_decode: bool = False) -> ProbedVideo:
@@ -94,8 +94,9 @@ def probe_video(path: str | Path, *, full_decode: bool = False) -> ProbedVideo:
         if not container.streams.video:
             raise ProbeError(f"no video stream in {path.name}")
         stream = container.streams.video[0]
-        if full_decode:
-            stream.thread_type = "AUTO"
+        # frame threads delay the first picture by a frame per thread: one thread decodes the
+        # check frame from the first packet; a full decode uses them all
+        stream.thread_type = "AUTO" if full_decode else "NONE"
         timing = _read_packets(container, stream, path.name, full_decode)
         expected = int(stream.frames or 0)
         n = timing.n_frames
@@ -167,10 +168,12 @@ def _read_packets(container: Any, stream: Any, name: str, full_decode: bool) -> 
             if packet.is_discard:
                 continue  # outside the edit list: never shown
             timing.add(packet.pts, packet.duration)
-            if full_decode or decoded < DECODE_CHECK_FRAMES:
+            if full_decode or timing.n_frames <= DECODE_CHECK_FRAMES:
                 decoded += len(packet.decode())
-        if decoded < DECODE_CHECK_FRAMES:
-            decoded += len(stream.codec_context.decode(None))  # flush delayed frames
+        if decoded < min(DECODE_CHECK_FRAMES, timing.n_frames):
+            # the decoder holds pictures back for reordering: draining it hands them out
+            # without decoding the packets that would push them out
+            decoded += len(stream.codec_context.decode(None))
     except av.error.FFmpegError as exc:
         raise ProbeError(f"undecodable after {timing.n_frames} frames: {name}: {exc}") from exc
     if timing.n_frames == 0 or decoded == 0:

@@ -106,20 +106,16 @@ class Budget:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _sockets: set[socket.socket] = field(default_factory=set, repr=False)
     _procs: set[subprocess.Popen[Any]] = field(default_factory=set, repr=False)
-    _timer: threading.Timer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.deadline = time.monotonic() + self.timeout_s
 
     def __enter__(self) -> Budget:
-        self._timer = threading.Timer(max(0.0, self.remaining()), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
+        _WATCHDOG.watch(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        _WATCHDOG.forget(self)
         self._close_all()
 
     def remaining(self) -> float:
@@ -200,6 +196,45 @@ class Budget:
                 s.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 s.close()
+
+
+class _Watchdog:
+    """One thread that aborts budgets at their deadline (a blocked read, a silent ffmpeg, a
+    proxy tunnel: whatever the item is waiting on is closed or killed)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._budgets: dict[int, Budget] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, budget: Budget) -> None:
+        with self._cond:
+            self._budgets[id(budget)] = budget
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="budget-watchdog")
+                self._thread.start()
+            self._cond.notify()
+
+    def forget(self, budget: Budget) -> None:
+        with self._cond:
+            self._budgets.pop(id(budget), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [b for b in self._budgets.values() if b.deadline <= now]
+                for b in due:
+                    del self._budgets[id(b)]
+                wait = min((b.deadline - now for b in self._budgets.values()), default=3600.0)
+                if not due:
+                    self._cond.wait(max(0.01, wait))
+            for b in due:
+                b._expire()
+
+
+_WATCHDOG = _Watchdog()
 
 
 # ----------------------------------------------------------------------------------- host pacing
