@@ -847,7 +847,8 @@ def make_stage(store: Store, settings: AcquireSettings | None = None) -> Stage:
     """The acquire stage over ``candidates`` (settings were validated when built)."""
     settings = settings or AcquireSettings()
     return Stage(STAGE, settings.version(), "candidates", Acquirer(store, settings),
-                 batch_size=max(8, 4 * settings.concurrency), max_attempts=settings.max_attempts)
+                 batch_size=min(256, max(16, 8 * settings.concurrency)),
+                 max_attempts=settings.max_attempts)
 
 
 def url_candidate(url: str, source: str = "url", title: str | None = None) -> SourceCandidate:
