@@ -383,6 +383,21 @@ def test_file_urls_need_opt_in_and_only_regular_files(store, small_mp4, tmp_path
     assert store.records("videos")[0].n_frames == 100
 
 
+def test_file_copy_checks_the_opened_descriptor(store, tmp_path):
+    # the name was checked before (policy); what is opened is checked again, so a file swapped
+    # for a device between the two is still refused
+    from curation.acquire import Acquirer, _Work
+    from curation.fetch import Budget
+    from curation.netpolicy import UrlRefused
+
+    acq = Acquirer(store, AcquireSettings(allow_file=True, **FAST))
+    work = _Work(tmp_path, "k")
+    with Budget(10_000, 10, 5) as budget, pytest.raises(UrlRefused) as err:
+        acq._copy_file("file:///dev/zero", work, budget)
+    assert err.value.reason == "file_not_regular" and not work.files()
+    acq.close()
+
+
 # ---------------------------------------------------------------- passthrough and pacing
 def test_cookies_and_user_agent_are_sent(store, web, small_mp4, tmp_path):
     url = web.add("private.mp4", Route(file=small_mp4, need_cookie="session=abc123"))

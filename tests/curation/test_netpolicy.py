@@ -168,3 +168,40 @@ def test_budget_counts_bytes_through_the_proxy():
         proxy.close()
     finally:
         srv.close()
+
+
+def test_proxy_tunnels_only_to_allowed_addresses():
+    """HTTPS goes through ``CONNECT host:port`` tunnels: each is checked like a request."""
+    from curation.fetch import Budget, HttpClient, PolicyProxy
+    from tests.curation.webservers import Route, WebServer
+
+    good, internal = WebServer(), WebServer()
+    good.add("ok.txt", Route(body=b"hello", content_type="text/plain"))
+    proxy = PolicyProxy(HttpClient(NetworkPolicy(allow_addresses=(good.address,))))
+
+    def connect(target: str) -> tuple[bytes, socket.socket]:
+        sock = socket.create_connection(("127.0.0.1", int(proxy.url.rsplit(":", 1)[1])), 10)
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        return sock.recv(4096), sock
+
+    try:
+        with Budget(100_000, 30, 5) as budget:
+            proxy.budget = budget
+            head, sock = connect(internal.address)
+            assert head.startswith(b"HTTP/1.1 403") and b"non-public address" in head
+            sock.close()
+            assert budget.refusals[0].reason == "private_address" and internal.hits() == 0
+        with Budget(100_000, 30, 5) as budget:
+            proxy.budget = budget
+            head, sock = connect(good.address)
+            assert head.startswith(b"HTTP/1.1 200")
+            sock.sendall(b"GET /ok.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+            sock.close()
+            assert reply.endswith(b"hello") and budget.used >= len(reply)
+    finally:
+        proxy.close()
+        good.close()
+        internal.close()
