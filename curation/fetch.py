@@ -452,6 +452,7 @@ class HttpClient:
         cookies: a cookie jar (``--cookies``), applied per URL.
         proxy: an upstream ``http://host:port`` proxy; connections are CONNECT tunnels to the
             checked address, so the proxy cannot be pointed elsewhere by DNS.
+        tls: the TLS context (certificates are always verified, against the name in the URL).
     """
 
     policy: NetworkPolicy
@@ -459,6 +460,7 @@ class HttpClient:
     user_agent: str | None = None
     cookies: http.cookiejar.CookieJar | None = None
     proxy: str | None = None
+    tls: ssl.SSLContext | None = None  # default: certifi's authorities, verification on
 
     def open_socket(self, host: str, port: int, budget: Budget, url: str = "") -> socket.socket:
         """A connection to ``host:port`` allowed by the policy (tunnelled through ``proxy``).
@@ -561,7 +563,7 @@ class HttpClient:
         sock = self.open_socket(host, port, budget, url)
         try:
             conn: http.client.HTTPConnection = (
-                _PinnedHTTPS(host, port, sock, ssl_context()) if scheme == "https"
+                _PinnedHTTPS(host, port, sock, self.tls or ssl_context()) if scheme == "https"
                 else _PinnedHTTP(host, port, sock))
             io_sock = conn.sock  # getresponse() may drop conn.sock; the response reads from it
             if io_sock is not sock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 
 import pytest
@@ -205,3 +206,27 @@ def test_proxy_tunnels_only_to_allowed_addresses():
         proxy.close()
         good.close()
         internal.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_is_pinned_and_verified(tmp_path):
+    """Our client speaks TLS over the checked connection, verifies the certificate against the
+    name in the URL (SNI), and refuses one it cannot verify."""
+    from curation.fetch import Budget, FetchError, HttpClient
+    from tests.curation.webservers import Route, WebServer, make_tls
+
+    server_tls, client_tls = make_tls(tmp_path / "tls")
+    srv = WebServer(tls=server_tls)
+    try:
+        srv.add("a.txt", Route(body=b"over tls", content_type="text/plain"))
+        url = f"https://localhost:{srv.port}/a.txt"
+        client = HttpClient(NetworkPolicy(allow_private_network=True), tls=client_tls)
+        with Budget(10_000, 30, 5) as budget, client.request(url, budget) as resp:
+            assert resp.status == 200 and resp.read() == b"over tls"
+        with Budget(10_000, 30, 5) as budget, pytest.raises(FetchError) as err:
+            HttpClient(NetworkPolicy(allow_private_network=True)).request(url, budget)
+        assert err.value.reason == "tls_error" and "certificate" in str(err.value).lower()
+        with Budget(10_000, 30, 5) as budget, pytest.raises(UrlRefused):
+            HttpClient(NetworkPolicy(), tls=client_tls).request(url, budget)  # still the rule
+    finally:
+        srv.close()

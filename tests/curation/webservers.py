@@ -13,6 +13,7 @@ import contextlib
 import re
 import select
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -80,7 +81,7 @@ class Request:
 class WebServer:
     """A threaded HTTP/1.1 server on 127.0.0.1 with per-path :class:`Route` behaviours."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[Request] = []
         self.in_flight = 0
@@ -88,8 +89,10 @@ class WebServer:
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self.port = self._httpd.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.address = f"127.0.0.1:{self.port}"
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                          daemon=True).start()
@@ -347,3 +350,27 @@ def write_vfr(path: Path) -> Path:
 def vfr_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4.0 s variable-frame-rate mp4 (80 frames: 60 at 30 fps, then 20 at 10 fps)."""
     return write_vfr(tmp_path_factory.mktemp("vfr") / "vfr.mp4")
+
+
+def make_tls(folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context) from a fresh test authority that signed a certificate
+    for ``localhost``/127.0.0.1 (made with the openssl command line)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    ca_key, ca, key, csr, crt = (folder / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr",
+                                                      "srv.pem"))
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out",
+        str(ca), "-days", "2", "-subj", "/CN=prevad test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj",
+        "/CN=localhost")
+    ext = folder / "san.cnf"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(crt), "-days", "2", "-extfile", str(ext))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(crt), str(key))
+    client = ssl.create_default_context(cafile=str(ca))
+    return server, client
