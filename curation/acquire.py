@@ -223,12 +223,13 @@ class AcquireSettings(FetchSettings):
                                         source_video_id=row["source_video_id"])
 
     def format_selector(self) -> str:
-        """mp4 at most ``max_height`` (video+audio merged, else a single file)."""
+        """mp4 at most ``max_height`` (video+audio merged, else a single file); when a site
+        offers nothing that low, its smallest video (transcoded down afterwards)."""
         if self.format:
             return self.format
         h = self.max_height
         return (f"bv*[height<=?{h}][ext=mp4]+ba[ext=m4a]/b[height<=?{h}][ext=mp4]/"
-                f"bv*[height<=?{h}]+ba/b[height<=?{h}]")
+                f"bv*[height<=?{h}]+ba/b[height<=?{h}]/wv*+ba/w")
 
     def allowed(self) -> tuple[str, ...]:
         """Allowed URL schemes."""
