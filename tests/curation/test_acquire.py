@@ -442,6 +442,20 @@ def test_downloads_run_concurrently_and_share_the_host_pace(store, web, small_mp
     assert len(starts) == 3 and min(gaps) >= 0.29  # one host: starts spaced even when parallel
 
 
+def test_bandwidth_limit_is_shared_by_downloads_from_one_host(store, web, small_mp4):
+    import time
+
+    size = small_mp4.stat().st_size
+    for i in range(4):
+        _cand(store, web.add(f"r{i}.mp4", Route(file=small_mp4)), f"r{i}")
+    rate = size  # bytes/s for the host: four files need about four seconds, less the burst
+    t = time.monotonic()
+    assert acquire(store, AcquireSettings(concurrency=4, rate_limit=rate, **FAST)).ok == 4
+    # one second of burst is allowed; the rest waits for the host's shared allowance (a lower
+    # bound: sleeping guarantees it, however slow the machine)
+    assert time.monotonic() - t >= (4 * size - rate) / rate - 0.05
+
+
 # -------------------------------------------------------------------------- bad options
 @pytest.mark.parametrize("bad, words", [
     (dict(timeout_s=float("nan")), "--timeout (timeout_s) must be a finite number > 0"),
