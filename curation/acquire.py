@@ -84,6 +84,7 @@ from curation.ffmpeg import (
     ffmpeg_dir,
     mp4_output,
     run_ffmpeg,
+    tls_args,
 )
 from curation.media_options import (
     FetchSettings,
@@ -632,7 +633,7 @@ class Acquirer:
 
     def _ffmpeg_input_options(self, url: str, headers: dict[str, str]) -> list[str]:
         """Per-input ffmpeg options: timeouts, user agent, cookies, other headers."""
-        out = ["-rw_timeout", str(int(self.s.socket_timeout_s * 1e6))]
+        out = ["-rw_timeout", str(int(self.s.socket_timeout_s * 1e6)), *tls_args(url)]
         hdrs = {k: v for k, v in headers.items() if k.lower() not in ("range", "cookie")}
         agent = next((v for k, v in hdrs.items() if k.lower() == "user-agent"), None)
         agent = agent or self.s.user_agent

@@ -229,7 +229,7 @@ class _Watchdog:
                     del self._budgets[id(b)]
                 wait = min((b.deadline - now for b in self._budgets.values()), default=3600.0)
                 if not due:
-                    self._cond.wait(max(0.01, wait))
+                    self._cond.wait(min(3600.0, max(0.01, wait)))
             for b in due:
                 b._expire()
 

@@ -180,3 +180,15 @@ def scale_args(src: Path, max_height: int) -> list[str]:
     """Arguments that re-encode ``src`` to at most ``max_height`` (all of it, audio kept)."""
     return ["-i", str(src), "-map", "0:v:0", "-map", "0:a:0?",
             *encode_args(reencode=True, max_height=max_height)]
+
+
+def tls_args(url: str) -> list[str]:
+    """Input options that make ffmpeg verify an https server against the same authorities as
+    our own client (certifi's), not whatever store the binary was built to look for."""
+    if not url.lower().startswith("https:"):
+        return []  # (the option exists only for TLS inputs: ffmpeg refuses it otherwise)
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - certifi comes with requests
+        return ["-tls_verify", "1"]
+    return ["-tls_verify", "1", "-ca_file", certifi.where()]

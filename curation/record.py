@@ -60,6 +60,7 @@ from curation.ffmpeg import (
     mp4_output,
     run_ffmpeg,
     scale_args,
+    tls_args,
 )
 from curation.media_options import (
     FetchSettings,
@@ -265,7 +266,7 @@ class Recorder:
         it succeeded)."""
         proxy = self.pool.local("proxy", lambda: PolicyProxy(self.client), PolicyProxy.close)
         proxy.budget = budget
-        args = ["-rw_timeout", str(int(self.s.socket_timeout_s * 1e6))]
+        args = ["-rw_timeout", str(int(self.s.socket_timeout_s * 1e6)), *tls_args(url)]
         if self.s.user_agent:
             args += ["-user_agent", self.s.user_agent]
         cookie = cookie_header(self.client.cookies, url)

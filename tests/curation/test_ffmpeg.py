@@ -1,6 +1,7 @@
 """The ffmpeg binary, how the media stages run it, and probing of downloaded files."""
 
 import os
+import shutil
 
 import pytest
 
@@ -73,3 +74,21 @@ def test_ffmpeg_is_killed_at_its_timeout(tmp_path):
     with pytest.raises(FfmpegFailed, match="did not finish within"):
         run_ffmpeg(["-f", "lavfi", "-i", "testsrc=size=64x64:rate=25", "-f", "null", "-"],
                    timeout_s=1.0, protocols="file")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_ffmpeg_verifies_https_servers(small_mp4, tmp_path):
+    from curation.ffmpeg import tls_args
+    from tests.curation.webservers import Route, WebServer, make_tls
+
+    server_tls, _ = make_tls(tmp_path / "tls")
+    srv = WebServer(tls=server_tls)
+    try:
+        srv.add("a.mp4", Route(file=small_mp4))
+        url = f"https://localhost:{srv.port}/a.mp4"
+        assert "-ca_file" in tls_args(url) and tls_args("http://x/a.mp4") == []
+        with pytest.raises(FfmpegFailed, match="(?i)certificate"):  # a test authority: unknown
+            run_ffmpeg([*tls_args(url), "-i", url, "-f", "null", "-"], timeout_s=60,
+                       protocols="https,tls,tcp")
+    finally:
+        srv.close()
