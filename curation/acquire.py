@@ -41,7 +41,6 @@ Items run ``concurrency`` at a time; a per-host pace and bandwidth (``min_interv
 from __future__ import annotations
 
 import glob
-import inspect
 import json
 import math
 import os
@@ -63,7 +62,7 @@ from typing import Any
 import pyarrow as pa
 import typer
 
-from curation.common import CurationError, ProbeError, clean_errors, print_summary, probe_video
+from curation.common import CurationError, ProbeError, probe_video
 from curation.fetch import (
     Budget,
     DeadlineExceeded,
@@ -91,10 +90,8 @@ from curation.media_options import (
     ItemPool,
     check_bool,
     check_number,
-    command_from,
     opt,
-    settings_from_cli,
-    settings_parameters,
+    stage_command,
 )
 from curation.netpolicy import UrlRefused
 from prevad.errors import ValidationError
@@ -886,20 +883,6 @@ def acquire(store: Store, settings: AcquireSettings | None = None, *, limit: int
 
 def register(app: typer.Typer) -> None:
     """Add ``prevad curate acquire`` (one option per :class:`AcquireSettings` field)."""
-    kw = inspect.Parameter.KEYWORD_ONLY
-    params = [
-        inspect.Parameter("root", kw, annotation=Path,
-                          default=typer.Argument(..., help="the store")),
-        *settings_parameters(AcquireSettings),
-        inspect.Parameter("limit", kw, annotation=int | None,
-                          default=typer.Option(None, min=1, help="at most this many candidates")),
-    ]
-
-    @clean_errors
-    def body(root: Path, limit: int | None, **values: Any) -> None:
-        settings = settings_from_cli(AcquireSettings, values)
-        print_summary(acquire(Store(root), settings, limit=limit, progress=True))
-
-    app.command("acquire")(command_from(
-        body, params, "Download candidates (bounded, under the network policy) into the store "
-        "as videos (mp4 at most --max-height).", "acquire_cmd"))
+    stage_command(app, "acquire", AcquireSettings, acquire,
+                  "Download candidates (bounded, under the network policy) into the store as "
+                  "videos (mp4 at most --max-height).", limit_help="at most this many candidates")

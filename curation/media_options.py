@@ -298,6 +298,44 @@ def command_from(body: Callable[..., None], params: list[inspect.Parameter],
     return command
 
 
+def stage_command(app: typer.Typer, name: str, cls: type, run: Callable[..., Any],
+                  doc: str, *, limit_help: str = "at most this many items",
+                  extra: Sequence[inspect.Parameter] = (),
+                  before: Callable[..., None] | None = None) -> None:
+    """Register ``prevad curate NAME STORE [options]`` for a stage configured by ``cls``.
+
+    Every field of ``cls`` becomes an option (:func:`settings_parameters`), checked when the
+    settings are built — before ``before(store, **extra values)`` and
+    ``run(store, settings, limit=..., progress=True)`` touch anything; the run's summary is
+    printed as one line (:func:`curation.common.print_summary`); errors are one ``error:`` line,
+    exit 2.
+    """
+    from curation.common import clean_errors, print_summary
+    from prevad.store import Store
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("root", kw, annotation=Path,
+                          default=typer.Argument(..., help="the store")),
+        *extra,
+        *settings_parameters(cls),
+        inspect.Parameter("limit", kw, annotation=int | None,
+                          default=typer.Option(None, min=1, help=limit_help)),
+    ]
+    own = [p.name for p in extra]
+
+    @clean_errors
+    def body(root: Path, limit: int | None, **values: Any) -> None:
+        extras = {k: values.pop(k) for k in own}
+        settings = settings_from_cli(cls, values)  # checked before anything is written
+        store = Store(root)
+        if before is not None:
+            before(store, **extras)
+        print_summary(run(store, settings, limit=limit, progress=True))
+
+    app.command(name)(command_from(body, params, doc, f"{name.replace('-', '_')}_cmd"))
+
+
 # ---------------------------------------------------------------------------------- item pool
 class ItemPool:
     """Runs a stage's per-item function on ``concurrency`` threads, results in input order.

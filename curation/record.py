@@ -42,7 +42,7 @@ from typing import Any
 import pyarrow as pa
 import typer
 
-from curation.common import CurationError, ProbeError, clean_errors, print_summary, probe_video
+from curation.common import CurationError, ProbeError, probe_video
 from curation.fetch import (
     Budget,
     DeadlineExceeded,
@@ -67,10 +67,8 @@ from curation.media_options import (
     ItemPool,
     check_bool,
     check_number,
-    command_from,
     opt,
-    settings_from_cli,
-    settings_parameters,
+    stage_command,
 )
 from curation.netpolicy import UrlRefused
 from prevad.errors import ValidationError
@@ -312,9 +310,7 @@ def record(store: Store, settings: RecordSettings | None = None, *, limit: int |
 def register(app: typer.Typer) -> None:
     """Add ``prevad curate record`` (one option per :class:`RecordSettings` field)."""
     kw = inspect.Parameter.KEYWORD_ONLY
-    params = [
-        inspect.Parameter("root", kw, annotation=Path,
-                          default=typer.Argument(..., help="the store")),
+    register_streams = [
         inspect.Parameter("url", kw, annotation=list[str], default=typer.Option(
             [], "--url", help="stream URL to register (repeatable)")),
         inspect.Parameter("duration", kw, annotation=float, default=typer.Option(
@@ -324,19 +320,13 @@ def register(app: typer.Typer) -> None:
         inspect.Parameter("session", kw, annotation=str | None, default=typer.Option(
             None, help="tag of this recording session (record the same stream again under a "
             "new tag)")),
-        *settings_parameters(RecordSettings),
-        inspect.Parameter("limit", kw, annotation=int | None, default=typer.Option(
-            None, min=1, help="at most this many streams")),
     ]
 
-    @clean_errors
-    def body(root: Path, url: list[str], duration: float, source: str, session: str | None,
-             limit: int | None, **values: Any) -> None:
-        settings = settings_from_cli(RecordSettings, values)  # checked before anything is written
-        store = Store(root)
+    def add(store: Store, url: list[str], duration: float, source: str,
+            session: str | None) -> None:
         add_streams(store, list(url), duration, source, session)
-        print_summary(record(store, settings, limit=limit, progress=True))
 
-    app.command("record")(command_from(
-        body, params, "Register stream URLs (optional) and record every pending stream into "
-        "the store (HTTP(S) HLS/DASH, bounded, under the network policy).", "record_cmd"))
+    stage_command(app, "record", RecordSettings, record,
+                  "Register stream URLs (optional) and record every pending stream into the "
+                  "store (HTTP(S) HLS/DASH, bounded, under the network policy).",
+                  limit_help="at most this many streams", extra=register_streams, before=add)
