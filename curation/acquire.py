@@ -198,6 +198,15 @@ class AcquireSettings(FetchSettings):
             json.dumps(self.extra)
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"--extra (extra) must be JSON-able: {exc}") from None
+        if self.extra:  # yt-dlp checks its options when built: fail here, not per item
+            import yt_dlp
+
+            try:
+                yt_dlp.YoutubeDL({"quiet": True, "no_warnings": True, **self.extra}).close()
+            except Exception as exc:  # noqa: BLE001 - any refusal is a bad option
+                raise ValidationError(f"--extra (extra): yt-dlp refuses {self.extra}: "
+                                      f"{str(exc).splitlines()[0] if str(exc) else exc!r}"
+                                      ) from None
 
     def _check_template(self) -> None:
         if self.url_template is None:
