@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +29,17 @@ class ProbeError(CurationError):
 
 @dataclass(frozen=True, slots=True)
 class ProbedVideo:
-    """Metadata of a fully decoded video file."""
+    """Metadata of a checked video file.
+
+    Attributes:
+        duration_s: from the first frame's timestamp to the end of the last frame (exact for
+            variable frame rates).
+        fps: average frame rate, ``n_frames / duration_s``.
+        n_frames: video frames in the file.
+        width, height: frame size in pixels.
+        codec: video codec name.
+        variable_frame_rate: the frame intervals differ by more than 1 % (VFR).
+    """
 
     duration_s: float
     fps: float
@@ -37,26 +47,39 @@ class ProbedVideo:
     width: int
     height: int
     codec: str
+    variable_frame_rate: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (for stage outputs)."""
         return {"duration_s": self.duration_s, "fps": self.fps, "n_frames": self.n_frames,
-                "width": self.width, "height": self.height, "codec": self.codec}
+                "width": self.width, "height": self.height, "codec": self.codec,
+                "variable_frame_rate": self.variable_frame_rate}
 
 
-#: Fraction of frames a file may miss against its own index before it counts as truncated.
+#: Fraction of frames a file may miss against its own index before it counts as truncated
+#: (MP4 edit lists can hide a couple of priming frames that the sample table still counts).
 TRUNCATION_TOLERANCE = 0.02
+#: Frames decoded from the start of the file to prove that the codec really decodes it.
+DECODE_CHECK_FRAMES = 1
 
 
-def probe_video(path: str | Path) -> ProbedVideo:
-    """Open a file with PyAV, decode every frame and return its metadata.
+def probe_video(path: str | Path, *, full_decode: bool = False) -> ProbedVideo:
+    """Check a video file and return its metadata.
 
-    A full decode is the only reliable check: a truncated download often opens fine and fails
-    (or stops early) only when the missing bytes are reached.
+    Every video packet is read (demuxed) but, by default, only the first
+    :data:`DECODE_CHECK_FRAMES` frames are decoded: reading every packet finds what a truncated or
+    cut download leaves behind (an unreadable index, an incomplete last packet, fewer packets than
+    the index announces) at a fraction of a full decode's cost; decoding the first frames proves
+    the codec works. Damage inside the coded picture data of a later frame is found only by
+    ``full_decode=True`` (the ``clean`` stage decodes every frame anyway).
+
+    Timing comes from the packets' timestamps: the duration runs from the earliest timestamp to
+    the end of the latest frame (its timestamp plus its duration), so variable-frame-rate files
+    get their true length (the container's average rate would not give it).
 
     Raises:
-        ProbeError: the file is missing or empty, has no video stream, cannot be decoded, or
-            yields clearly fewer frames than its index announces (truncated).
+        ProbeError: the file is missing or empty, has no video stream, cannot be read or decoded,
+            or is truncated.
     """
     path = Path(path)
     if not path.is_file():
@@ -71,33 +94,91 @@ def probe_video(path: str | Path) -> ProbedVideo:
         if not container.streams.video:
             raise ProbeError(f"no video stream in {path.name}")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # frame threads delay the first picture by a frame per thread: one thread decodes the
+        # check frame from the first packet; a full decode uses them all
+        stream.thread_type = "AUTO" if full_decode else "NONE"
+        timing = _read_packets(container, stream, path.name, full_decode)
         expected = int(stream.frames or 0)
-        n, last_t = 0, 0.0
-        try:
-            for frame in container.decode(stream):
-                n += 1
-                if frame.time is not None:
-                    last_t = float(frame.time)
-        except (av.error.FFmpegError, OSError) as exc:
-            raise ProbeError(f"undecodable after {n} frames: {path.name}: {exc}") from exc
-        if n == 0:
-            raise ProbeError(f"no frame could be decoded from {path.name}")
+        n = timing.n_frames
         if expected and expected - n > max(2, TRUNCATION_TOLERANCE * expected):
             raise ProbeError(
-                f"truncated: decoded {n} of the {expected} frames in the index of {path.name}"
+                f"truncated: read {n} of the {expected} frames in the index of {path.name}"
             )
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else 0.0
-        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
-        duration = n / fps if fps > 0 else max(0.0, last_t - start)
+        duration = timing.duration_s(stream)
         return ProbedVideo(
-            duration_s=round(duration, 6), fps=fps, n_frames=n,
-            width=int(stream.codec_context.width), height=int(stream.codec_context.height),
-            codec=str(stream.codec_context.name),
+            duration_s=round(duration, 6), fps=n / duration if duration > 0 else 0.0,
+            n_frames=n, width=int(stream.codec_context.width),
+            height=int(stream.codec_context.height), codec=str(stream.codec_context.name),
+            variable_frame_rate=timing.variable(),
         )
     finally:
         container.close()
+
+
+@dataclass(slots=True)
+class _Timing:
+    """What the packet pass gathered (timestamps in the stream's time base)."""
+
+    n_frames: int = 0
+    first: int | None = None
+    end: int | None = None
+    deltas: list[int] = field(default_factory=list)
+    pts: list[int] = field(default_factory=list)
+
+    def add(self, pts: int | None, duration: int | None) -> None:
+        self.n_frames += 1
+        if pts is None:
+            return
+        self.pts.append(pts)
+        self.first = pts if self.first is None else min(self.first, pts)
+        stop = pts + (duration or 0)
+        self.end = stop if self.end is None else max(self.end, stop)
+
+    def _intervals(self) -> list[int]:
+        ordered = sorted(self.pts)  # packets come in decode order; frames play in pts order
+        return [b - a for a, b in zip(ordered, ordered[1:], strict=False) if b > a]
+
+    def duration_s(self, stream: Any) -> float:
+        tb = float(stream.time_base) if stream.time_base else 0.0
+        if self.first is None or self.end is None or tb <= 0:
+            rate = stream.average_rate or stream.guessed_rate
+            return self.n_frames / float(rate) if rate else 0.0
+        end = self.end
+        if end <= max(self.pts):  # the last frame has no duration: use the typical interval
+            steps = self._intervals()
+            end = max(self.pts) + (sorted(steps)[len(steps) // 2] if steps else 0)
+        return (end - self.first) * tb
+
+    def variable(self) -> bool:
+        steps = self._intervals()
+        return bool(steps) and (max(steps) - min(steps)) > 0.01 * max(steps)
+
+
+def _read_packets(container: Any, stream: Any, name: str, full_decode: bool) -> _Timing:
+    """Demux every video packet (decoding the first few, or all); raise on damage."""
+    timing = _Timing()
+    decoded = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 and packet.pts is None:
+                continue  # the demuxer's end-of-stream marker
+            if packet.is_corrupt:
+                raise ProbeError(f"truncated: frame {timing.n_frames + 1} of {name} is "
+                                 "incomplete (the file ends inside it)")
+            if packet.is_discard:
+                continue  # outside the edit list: never shown
+            timing.add(packet.pts, packet.duration)
+            if full_decode or timing.n_frames <= DECODE_CHECK_FRAMES:
+                decoded += len(packet.decode())
+        if decoded < min(DECODE_CHECK_FRAMES, timing.n_frames):
+            # the decoder holds pictures back for reordering: draining it hands them out
+            # without decoding the packets that would push them out
+            decoded += len(stream.codec_context.decode(None))
+    except av.error.FFmpegError as exc:
+        raise ProbeError(f"undecodable after {timing.n_frames} frames: {name}: {exc}") from exc
+    if timing.n_frames == 0 or decoded == 0:
+        raise ProbeError(f"no frame could be decoded from {name}")
+    return timing
 
 
 def resolve_uri(store: Store, uri: str | None) -> Path:

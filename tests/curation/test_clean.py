@@ -16,9 +16,9 @@ from curation.clean import CleanPolicy, clean, make_stage, method_of, windows
 from curation.shot_media import Shot, Transition, render
 from lagovad.video import write_video
 from prevad import queries
-from prevad.cli import app
 from prevad.errors import ValidationError
 from prevad.records import StageResult, Video
+from toolkit.cli import app
 
 FPS = 25
 H, W = 72, 128

@@ -18,9 +18,9 @@ from curation.fingerprints import Fingerprint, frame_hashes, match
 from curation.shot_eval import duplicate_scores
 from curation.shot_media import Shot, Transition, copy_video, render
 from prevad import Store
-from prevad.cli import app
 from prevad.errors import ValidationError
 from prevad.records import Video
+from toolkit.cli import app
 
 FPS = 15
 SIZE = (96, 128)
