@@ -25,6 +25,7 @@ app = typer.Typer(help="Curation stages (retrieve, acquire, record, clean, descr
 
 #: Modules (under ``curation``) whose ``register(app)`` adds a stage command.
 STAGE_MODULES: tuple[str, ...] = (
+    "add",
     "retrieve", "acquire", "record", "clean", "describe", "verify", "judge", "describe_anomaly",
 )
 
