@@ -32,17 +32,24 @@ def _parse_params(items: list[str] | None) -> tuple[dict[str, object], dict[str,
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValidationError(f"--param must look like key=value, got {item!r}")
+            raise ValidationError(f"--param must look like key=value, got {_short(item)}")
         if not key.isidentifier():
-            raise ValidationError(f"--param {item!r}: {key!r} is not a parameter name")
+            raise ValidationError(f"--param {_short(item)}: {_short(key)} is not a parameter "
+                                  "name")
         if key in params:
-            raise ValidationError(f"--param {key} is given twice ({raw[key]!r} and {value!r})")
+            raise ValidationError(f"--param {key} is given twice ({_short(raw[key])} and "
+                                  f"{_short(value)})")
         try:
             params[key] = json.loads(value)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not JSON (or an integer over 4300 digits)
             params[key] = value
         raw[key] = value
     return params, raw
+
+
+def _short(text: str) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 80 else f"{shown[:60]}...({len(shown)} characters)"
 
 
 def _check_run_options(actors: int, num_gpus: float, shard_size: int,

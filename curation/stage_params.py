@@ -57,6 +57,7 @@ POSITIVE = frozenset({
     "timeout", "socket_timeout_s", "io_timeout_s", "detect_width", "max_height", "top_k",
     "rrf_k", "rate_limit", "max_chars", "max_description_chars", "max_reason_chars",
     "max_claims", "max_claim_chars", "max_bytes", "max_duration_s", "wall_timeout_s",
+    "max_corpus_bytes",
 })
 #: Numbers that are fractions in [0, 1].
 FRACTIONS = frozenset({"black_fraction", "short_fraction", "unrelated_max_share"})
@@ -184,7 +185,10 @@ def _number(name: str, value: Any, integer: bool) -> Any:
 
 
 def _bad(name: str, value: Any, expected: str) -> ValidationError:
-    return ValidationError(f"parameter {name}={value!r}: expected {expected}")
+    text = repr(value)
+    if len(text) > 80:  # a hostile value is named, never echoed whole
+        text = f"{text[:60]}...({len(text)} characters)"
+    return ValidationError(f"parameter {name}={text}: expected {expected}")
 
 
 def check_value(name: str, value: Any, hint: Any, raw: str | None = None) -> Any:
