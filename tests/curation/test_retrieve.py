@@ -240,3 +240,17 @@ def test_real_minilm_retrieves_real_msrvtt_captions(store, msrvtt_csv):
     distinct = {c.caption for c in corpora.read_corpus(msrvtt_csv)[1]}
     assert emb.shape == (len(distinct), 384) == (995, 384)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+
+
+def test_dense_embedding_does_not_depend_on_batching_or_padding(tiny_dense_dir):
+    """Texts of very different lengths batched together (padded) embed exactly as when each
+    is embedded alone: the attention mask covers the padding and the mean skips it."""
+    texts = ["fire", "a car crashes into a wall on a wet road at night", "", "a man runs",
+             "people " * 40]
+    enc = DenseEncoder(tiny_dense_dir, batch_size=4)
+    together = enc.encode(texts)
+    alone = np.concatenate([enc.encode([t]) for t in texts])
+    assert together.shape == (5, together.shape[1]) and np.isfinite(together).all()
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    assert enc.encode([]).shape == (0, together.shape[1])

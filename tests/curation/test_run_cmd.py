@@ -36,10 +36,86 @@ def test_run_command_bad_input_is_one_error_line(tmp_path):
         (["tests.flows.stages:CALLS"], "is not callable"),
         (["tests.flows.stages:_trim", "--param", "min_duration=1", "--param", "crash_on=null"],
          "returned function, expected prevad.stage.Stage"),
-        ([CLEAN, "--param", "min_dur=1"], "does not take these parameters"),
+        ([CLEAN, "--param", "min_dur=1"], "has no parameter(s) min_dur"),
     ]
     for extra, message in cases:
         res = runner.invoke(app, ["curate", "run", str(store.root), *extra])
         assert res.exit_code == 2, (extra, res.output)
         assert res.stderr.startswith("error: ") and message in res.stderr, res.stderr
         assert "Traceback" not in res.output
+
+
+# Each case: a stage and its -p items -> the words the one error line must contain.
+BAD_PARAMS = [
+    ("acquire", ["max_height=-1"], "max_height=-1: expected an integer > 0"),
+    ("acquire", ["max_height=480.5"], "max_height=480.5: expected an integer"),
+    ("acquire", ["max_height=true"], "max_height=True: expected an integer"),
+    ("acquire", ["socket_timeout_s=NaN"], "socket_timeout_s=nan: expected a finite number"),
+    ("acquire", ["socket_timeout_s=Infinity"], "socket_timeout_s=inf"),
+    ("acquire", ["socket_timeout_s=0"], "socket_timeout_s=0: expected a number > 0"),
+    ("acquire", ["backoff_s=-1"], "backoff_s=-1: expected a number >= 0"),
+    ("acquire", ["retries=three"], "retries='three': expected an integer"),
+    ("acquire", ["precise_cuts=1"], "precise_cuts=1: expected true or false"),
+    ("acquire", ["extra=[1,2]"], "extra=[1, 2]: expected a JSON object"),
+    ("acquire", ["schemes=http"], "schemes='http': expected a JSON list"),
+    ("acquire", ["schemes=[\"http\", 7]"], "schemes[1]=7: expected a text"),
+    ("acquire", ["max_heigth=480"], "has no parameter(s) max_heigth"),
+    ("acquire", ["max_height=1", "max_height=2"], "--param max_height is given twice"),
+    ("acquire", ["url_template={\"a\": 1}"], "url_template={'a': 1}: expected"),
+    ("clean", ["black_fraction=1.5"], "black_fraction=1.5: expected a number between 0 and 1"),
+    ("clean", ["threshold=-27"], "threshold=-27: expected a number >= 0"),
+    ("clean", ["detect_width=0"], "detect_width=0: expected an integer > 0"),
+    ("record", ["io_timeout_s=-Infinity"], "io_timeout_s=-inf"),
+    ("record", ["reencode=maybe"], "reencode='maybe': expected true or false"),
+    ("describe", ["model=m", "frames=0"], "frames=0: expected an integer > 0"),
+    ("describe", ["model=m", "temperature=NaN"], "temperature=nan"),
+    ("describe", ["model=m", "batch_size=[8]"], "batch_size=[8]: expected an integer"),
+    ("verify", ["model=m", "min_clip_mean=NaN"], "min_clip_mean=nan"),
+    ("judge", ["model=m", "require_verified=null"], "require_verified=None"),
+    ("judge", ["model=m", "1bad=2"], "'1bad' is not a parameter name"),
+]
+
+
+def test_run_command_refuses_bad_stage_parameters_before_running(tmp_path):
+    """Wrong types, NaN/inf, negatives, zero counts and unknown names: one error line, exit 2,
+    nothing written (no stage_results row, no run summary, no claim)."""
+    store = Store.init(tmp_path / "s")
+    add_videos(store, 2)
+    for stage, items, message in BAD_PARAMS:
+        args = ["curate", "run", str(store.root), stage, "--engine", "local"]
+        for item in items:
+            args += ["-p", item]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (stage, items, res.output)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (items, res.stderr)
+        assert message in lines[0], (items, lines[0])
+        assert "Traceback" not in res.output
+    assert store.read("stage_results").num_rows == 0
+    assert not (store.root / "stage_runs").exists() or not any(
+        (store.root / "stage_runs").rglob("*.json"))
+
+
+def test_run_command_bad_run_options(tmp_path):
+    store = Store.init(tmp_path / "s")
+    for extra, message in [(["--actors", "0"], "--actors 0"), (["--num-gpus", "nan"],
+                                                               "--num-gpus nan"),
+                           (["--shard-size", "0"], "--shard-size 0"),
+                           (["--limit", "-1"], "--limit -1")]:
+        res = runner.invoke(app, ["curate", "run", str(store.root), CLEAN, *extra])
+        assert res.exit_code == 2 and res.stderr.startswith("error: ") \
+            and message in res.stderr, (extra, res.output)
+
+
+def test_run_command_text_parameters_keep_what_was_written(tmp_path):
+    """A text parameter that looks like JSON (``-p format=123``) is the text as written, and a
+    good value runs the stage (the acquire work list is empty here: 0 items)."""
+    from curation.stage_params import check_params
+
+    assert check_params("acquire", {"format": 123}, {"format": "123"}) == {"format": "123"}
+    store = Store.init(tmp_path / "s")
+    res = runner.invoke(app, ["curate", "run", str(store.root), "acquire", "--engine", "local",
+                              "-p", "format=123", "-p", "socket_timeout_s=5",
+                              "-p", "schemes=[\"https\"]"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["items"] == 0
