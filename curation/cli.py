@@ -26,6 +26,7 @@ app = typer.Typer(help="Curation stages (retrieve, acquire, record, clean, descr
 #: Modules (under ``curation``) whose ``register(app)`` adds a stage command.
 STAGE_MODULES: tuple[str, ...] = (
     "retrieve", "acquire", "record", "clean", "describe", "verify", "judge", "describe_anomaly",
+    "world",  # not a stage: the generated world the chain is measured on (curation.world)
 )
 
 

@@ -234,7 +234,7 @@ def event_overlay(img: np.ndarray, pattern: str, k: int, n: int, seed: int) -> N
                np.array([230, 0, 230], np.float32), a)
     elif pattern == "falling_block":  # a large striped hazard block slides down the picture
         bh, bw = int(h * 0.6), int(w * 0.7)
-        y = int(-bh * 0.3) + 2 * k
+        y = int(h * 0.02) + min(2 * k, h - bh)
         x = (w - bw) // 2
         yy, xx = np.mgrid[0:bh, 0:bw]
         stripes = ((xx + yy) // max(bw // 4, 2)) % 2
@@ -249,7 +249,7 @@ def event_overlay(img: np.ndarray, pattern: str, k: int, n: int, seed: int) -> N
         _blend(img, h - fh, h, 0, w, fire, a)
     elif pattern == "striped_beast":  # a large orange-and-black striped animal walks across
         bh, bw = int(h * 0.65), int(w * 0.8)
-        x = int(-bw * 0.2) + 3 * k
+        x = int(w * 0.02) + min(2 * k, w - bw)
         yy, xx = np.mgrid[0:bh, 0:bw]
         stripes = ((xx + yy // 3) // max(bw // 6, 2)) % 2
         beast = np.where(stripes[..., None] == 0, np.array([255, 120, 0], np.float32),
