@@ -34,7 +34,7 @@ def frame_labels(world: Path, features: Path) -> tuple[np.ndarray, np.ndarray, n
                                                           np.ndarray]:
     """(features [N, D], top-level label per frame, video index, full-strength flag)."""
     from curation.world import load_truth
-    from curation.world.media import EVENT_RAMP
+    from curation.world.media import EVENT_FADE
 
     truth = load_truth(world)
     xs, labels, groups, full = [], [], [], []
@@ -49,7 +49,7 @@ def frame_labels(world: Path, features: Path) -> tuple[np.ndarray, np.ndarray, n
             for a, b in row["anomaly_frames"]:
                 if a <= f < b:
                     label = row["top_level"]
-                    strong = a + EVENT_RAMP <= f < b - EVENT_RAMP
+                    strong = a + EVENT_FADE <= f < b - EVENT_FADE
             xs.append(arr[k])
             labels.append(label)
             groups.append(g)
@@ -95,11 +95,30 @@ def cross_validate(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int 
     return {k: round(v / max(total, 1), 4) for k, v in hits.items()} | {"frames": total}
 
 
+def probe_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, test: np.ndarray) -> float:
+    """Frame AUC on the test videos of a logistic probe trained on the corpus videos' frames.
+
+    The best a frame-wise linear read-out of these features does on the held-out split: an
+    upper bound of sorts for a detector trained on the same features with weaker labels.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    tr = ~test
+    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
+    probe = LogisticRegression(max_iter=3000).fit((x[tr] - mu) / sd, y[tr] != "Normal")
+    p = probe.predict_proba((x[test] - mu) / sd)[:, 1]
+    return round(float(roc_auc_score(y[test] != "Normal", p)), 4)
+
+
 def measure(world: Path, features: Path) -> dict:
     """Every separability figure of a world whose features are in ``features``."""
+    from curation.world import load_truth
     from curation.world.media import PATTERNS
 
     x, y, groups, full = frame_labels(world, features)
+    ids = sorted(load_truth(world))
+    test = np.array([ids[g].startswith("t") for g in groups])
     out: dict = {"frames": int(len(y)), "event_frames": int((y != "Normal").sum()),
                  "per_class": {}, "all": {}}
     normal = y == "Normal"
@@ -114,6 +133,8 @@ def measure(world: Path, features: Path) -> dict:
             row[name] = cross_validate(x[mask], yy, groups[mask], balance=True)
         out["per_class"][top] = row
     out["all"] = cross_validate(x, y, groups)
+    if test.any() and (~test).any():
+        out["probe_test_auc"] = probe_auc(x, y, groups, test)
     return out
 
 
@@ -146,7 +167,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"frames {result['frames']} (event {result['event_frames']}); 8-way "
-          f"{result['all']}")
+          f"{result['all']}; held-out frame AUC of a linear probe "
+          f"{result.get('probe_test_auc')}")
     for top, row in result["per_class"].items():
         print(f"{top:26s} {row['pattern']:14s} all {row['all_event_frames']} "
               f"full {row['full_strength']}")

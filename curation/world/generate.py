@@ -106,9 +106,10 @@ def render(plan: VideoPlan) -> Iterator[np.ndarray]:
             img = (_piece_frame(a, f - a.start, w, h).astype(np.float32) * (1 - alpha)
                    + _piece_frame(b, f - b.start, w, h).astype(np.float32) * alpha
                    ).astype(np.uint8)
-        if ev is not None and ev.start <= f < ev.end:
+        if ev is not None and ev.drawn[0] <= f < ev.drawn[1]:
             img = img if img.flags.writeable else img.copy()  # cached cards are read-only
-            event_overlay(img, ev.pattern, f - ev.start, ev.end - ev.start, ev.seed)
+            a, b = ev.drawn
+            event_overlay(img, ev.pattern, f - a, b - a, ev.seed)
         yield img
 
 

@@ -14,7 +14,8 @@ Pictures are small and cheap on purpose (numpy slices on a pre-drawn canvas, lib
 - **Title card**: a static dark card with light "text" bars (intros and outros).
 - **Black**: black frames (leaders, tails, gaps between shots).
 - **Event** (:data:`PATTERNS`, one per top-level category): a saturated overlay that fades in
-  and out over :data:`EVENT_RAMP` frames, so that it is not a cut, and covers a large part of the
+  and out over :data:`EVENT_RAMP` frames (half of them outside the event's span, where the
+  overlay is under half strength), so that it is not a cut, and covers a large part of the
   picture, so that a 32x32 CLIP thumbnail sees it. The patterns differ in colour and layout; see
   ``docs/WORLD.md`` for how well the tiny random CLIP tells them apart.
 """
@@ -34,6 +35,9 @@ import numpy as np
 
 #: Frames over which an event fades in (and out): no single frame step is a cut.
 EVENT_RAMP = 12
+#: Frames of the fade that lie outside the event's span, on each side: the span (the truth) is
+#: where the overlay has at least half its strength.
+EVENT_FADE = EVENT_RAMP // 2
 #: Pixels of canvas around the visible picture (room for the camera pan).
 PAD = 24
 
@@ -233,7 +237,7 @@ def event_overlay(img: np.ndarray, pattern: str, k: int, n: int, seed: int) -> N
         _blend(img, int(h * 0.45), int(h * 0.8), x + w // 8, x + w // 3,
                np.array([230, 0, 230], np.float32), a)
     elif pattern == "falling_block":  # a large striped hazard block slides down the picture
-        bh, bw = int(h * 0.6), int(w * 0.7)
+        bh, bw = int(h * 0.7), int(w * 0.85)
         y = int(h * 0.02) + min(2 * k, h - bh)
         x = (w - bw) // 2
         yy, xx = np.mgrid[0:bh, 0:bw]
@@ -248,13 +252,13 @@ def event_overlay(img: np.ndarray, pattern: str, k: int, n: int, seed: int) -> N
                        np.array([230, 50, 0], np.float32)) * flicker
         _blend(img, h - fh, h, 0, w, fire, a)
     elif pattern == "striped_beast":  # a large orange-and-black striped animal walks across
-        bh, bw = int(h * 0.65), int(w * 0.8)
+        bh, bw = int(h * 0.7), int(w * 0.9)
         x = int(w * 0.02) + min(2 * k, w - bw)
         yy, xx = np.mgrid[0:bh, 0:bw]
         stripes = ((xx + yy // 3) // max(bw // 6, 2)) % 2
         beast = np.where(stripes[..., None] == 0, np.array([255, 120, 0], np.float32),
                          np.array([5, 5, 5], np.float32))
-        _blend(img, int(h * 0.3), int(h * 0.3) + bh, x, x + bw, beast, a)
+        _blend(img, int(h * 0.28), int(h * 0.28) + bh, x, x + bw, beast, a)
     elif pattern == "splash":  # cyan-white water rises at the bottom, the camera shakes
         shift = int(round(3 * np.sin(k * 1.3)))
         img[:] = np.roll(img, shift, axis=0)

@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 
 from curation.world import grammar
-from curation.world.media import PATTERNS
+from curation.world.media import EVENT_FADE, PATTERNS
 from prevad import taxonomy
 
 SPLITS = ("corpus", "test", "stream")
 DUP_KINDS = ("exact", "reencoded", "resized", "trimmed")
 BROKEN_KINDS = ("truncated", "garbage", "empty")
-#: Shortest planted event (seconds): its eased edges (media.EVENT_RAMP frames each) plus a
-#: stretch at full strength that frame features sampled every 8 frames see several times.
-EVENT_MIN_S = 2.0
+#: Shortest planted event span (seconds): frame features sampled every 8 frames see it several
+#: times, most of them at full strength (its fade, media.EVENT_RAMP frames, is half outside).
+EVENT_MIN_S = 2.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,11 @@ class Piece:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """The planted anomaly: frames ``[start, end)`` of the original, its pattern and category."""
+    """The planted anomaly: frames ``[start, end)`` of the original, its pattern and category.
+
+    ``[start, end)`` is the truth: where the overlay has at least half its strength. It fades
+    in over the ``fade`` frames before ``start`` and out over the ``fade`` frames from ``end``.
+    """
 
     start: int
     end: int
@@ -92,6 +96,12 @@ class Event:
     category: str
     top_level: str
     seed: int
+    fade: int = EVENT_FADE
+
+    @property
+    def drawn(self) -> tuple[int, int]:
+        """Frames ``[a, b)`` on which the overlay is drawn (the span and its fades)."""
+        return self.start - self.fade, self.end + self.fade
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +253,11 @@ def _timeline(rng: np.random.Generator, profile: Profile, fps: float, compilatio
 
 def _event(rng: np.random.Generator, pieces: list[Piece], main: int, fps: float,
            category: str, seed: int) -> Event:
-    """An event inside the main shot, clear of its transitions, lasting 2 s or more."""
+    """An event inside the main shot, clear of its transitions (fades included)."""
     p = pieces[main]
     nxt = pieces[main + 1] if main + 1 < len(pieces) else None
-    lo = p.start + p.dissolve + round(0.3 * fps)
-    hi = p.end - (nxt.dissolve if nxt else 0) - round(0.3 * fps)
+    lo = p.start + p.dissolve + round(0.3 * fps) + EVENT_FADE
+    hi = p.end - (nxt.dissolve if nxt else 0) - round(0.3 * fps) - EVENT_FADE
     room = hi - lo
     n = max(round(EVENT_MIN_S * fps), round(room * rng.uniform(0.3, 0.55)))
     n = min(n, room)
@@ -312,7 +322,8 @@ def plan_world(n_videos: int, *, seed: int = 0, test_videos: int | None = None,
             category = by_top[top][int(rng.integers(len(by_top[top])))]
             n_anom += 1
         pieces, main = _timeline(rng, prof, fps, comp, flags,
-                                 EVENT_MIN_S + 1.0 if kind == "anomalous" else 0.0)
+                                 EVENT_MIN_S + 0.6 + 2 * EVENT_FADE / fps
+                                 if kind == "anomalous" else 0.0)
         event = (_event(rng, pieces, main, fps, category, int(rng.integers(1 << 30)))
                  if kind == "anomalous" else None)
         prefix = {"corpus": "w", "test": "t", "stream": "s"}[split]
@@ -357,8 +368,8 @@ def plan_world(n_videos: int, *, seed: int = 0, test_videos: int | None = None,
                 hi = round(orig.fps * float(rng.uniform(0.0, 0.6)))
                 # keep the event whole in the copy
                 if orig.event is not None:
-                    lo = min(lo, orig.event.start)
-                    hi = min(hi, orig.n_frames - orig.event.end)
+                    lo = min(lo, orig.event.drawn[0])
+                    hi = min(hi, orig.n_frames - orig.event.drawn[1])
                 change.update(trim_start=lo, trim_end=hi)
         if i in broken:
             change["broken"] = BROKEN_KINDS[int(rng.integers(len(BROKEN_KINDS)))]

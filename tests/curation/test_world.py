@@ -25,7 +25,7 @@ from curation.world import (
 )
 from curation.world.generate import _write_file
 from curation.world.grammar import ANOMALOUS, MISLEADING
-from curation.world.media import PATTERNS
+from curation.world.media import EVENT_FADE, PATTERNS
 from curation.world.plan import plan_world
 from curation.world.serve import WorldServer
 from prevad import taxonomy
@@ -106,7 +106,7 @@ def test_files_match_the_truth_table(world, truth):
             assert frames[a:b].mean() < 8, wid
         for a, b in r["anomaly_frames"]:  # the event changes the picture while it lasts
             mid = (a + b) // 2
-            before = frames[max(a - 3, 0)].astype(np.int16)
+            before = frames[max(a - EVENT_FADE - 1, 0)].astype(np.int16)  # before its fade-in
             assert np.abs(frames[mid].astype(np.int16) - before).mean() > 20, wid
 
 
