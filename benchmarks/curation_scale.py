@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -346,7 +347,7 @@ def baseline_noop(workdir: Path, n: int) -> dict[str, Any]:
     cols = {f.name: pa.nulls(n, f.type) for f in VIDEO_SCHEMA}
     cols.update(video_id=pa.array(ids), source=pa.array(["noop"] * n),
                 source_video_id=pa.array(ids))
-    cols["created_at"] = pa.array([np.datetime64("2026-01-01T00:00:00", "us")] * n,
+    cols["created_at"] = pa.array([datetime(2026, 1, 1, tzinfo=UTC)] * n,
                                   VIDEO_SCHEMA.field("created_at").type)
     store.append("videos", pa.table(cols, schema=VIDEO_SCHEMA))
     stage = Stage("noop", "v1", "videos", lambda rows: [Ok() for _ in rows], batch_size=64)
@@ -539,6 +540,15 @@ def reconcile(store: Any, stages: dict[str, dict[str, Any]]) -> list[dict[str, A
                      "run_rejected": rej, "run_failed": s.get("failed"),
                      "reconciles": bool(s) and s.get("items") == (s.get("ok") or 0) + (
                          rej or 0) + (s.get("failed") or 0)})
+    review = stages.get("review") or {}
+    if review.get("reviewer"):
+        human = store.query("SELECT count(*) FROM annotations WHERE annotator_kind = 'human' "
+                            "AND annotator = 'simulated-reviewer'").column(0)[0].as_py()
+        r = review["reviewer"]
+        rows.append({"stage": "review", "tasks": r["tasks"], "reviewed": r["reviewed"],
+                     "skipped": len(r["skipped"]), "human_annotations": human,
+                     "reconciles": r["tasks"] == r["reviewed"] + len(r["skipped"])
+                     and human == r["reviewed"]})
     for table, key in (("candidates", "candidate_id"), ("videos", "video_id"),
                        ("segments", "segment_id"), ("annotations", "annotation_id")):
         c = store.query(f"SELECT count(*) AS n, count(DISTINCT {key}) AS k FROM {table}"
@@ -585,15 +595,18 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def ratios(stages: dict[str, dict[str, Any]], base: dict[str, Any]) -> dict[str, Any]:
-    """The issue's ratio table from this run's stages and baselines."""
+def ratios(stages: dict[str, dict[str, Any]], base: dict[str, Any],
+           noop_sizes: list[int] | None = None) -> dict[str, Any]:
+    """The issue's ratio table from this run's stages and baselines (the no-op stage at the
+    largest size, and largest over smallest: 100k and 10k by default)."""
+    small, big = noop_sizes or [10_000, 100_000]
     acq, cln, feat = stages.get("acquire", {}), stages.get("clean", {}), stages.get(
         "features", {})
     clean_fps = cln.get("frames_per_s")
     r = {
-        "noop_ms_per_item_100k": base.get("noop_100k", {}).get("ms_per_item"),
-        "noop_100k_over_10k": _ratio(base.get("noop_100k", {}).get("ms_per_item"),
-                                     base.get("noop_10k", {}).get("ms_per_item")),
+        "noop_ms_per_item_100k": base.get(f"noop_{big}", {}).get("ms_per_item"),
+        "noop_100k_over_10k": _ratio(base.get(f"noop_{big}", {}).get("ms_per_item"),
+                                     base.get(f"noop_{small}", {}).get("ms_per_item")),
         "acquire_vs_http_loop": _ratio(acq.get("items_per_s"),
                                        base.get("http", {}).get("files_per_s")),
         "acquire_videos_per_s": acq.get("items_per_s"),
@@ -792,9 +805,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["baselines"]["decode"] = baseline_decode(files)
     captions = [r["caption"] for r in truth.values() if r["split"] == "corpus"]
     res["baselines"]["dense"] = baseline_dense(captions)
-    for n in (int(x) for x in args.noop.split(",") if x.strip()):
-        res["baselines"][f"noop_{n // 1000}k"] = baseline_noop(work, n)
-    res["ratios"] = ratios(res["stages"], res["baselines"])
+    sizes = sorted(int(x) for x in args.noop.split(",") if x.strip())
+    for n in sizes:
+        res["baselines"][f"noop_{n}"] = baseline_noop(work, n)
+    if sizes:
+        res["noop_sizes"] = [sizes[0], sizes[-1]]
+    res["ratios"] = ratios(res["stages"], res["baselines"], res.get("noop_sizes"))
+    if res.get("noop_sizes") and res["noop_sizes"] != [10_000, 100_000]:
+        res["notes"].append(f"no-op stage measured at {res['noop_sizes']} items, not 10k/100k")
     print("correctness ...", flush=True)
     res["correctness"] = correctness(ctx, res["stages"])
     store = Store(work / "store")
