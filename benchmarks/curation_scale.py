@@ -469,6 +469,15 @@ def correctness(ctx: dict[str, Any], stages: dict[str, dict[str, Any]]) -> dict[
                              "recall": right / len(truth_dups) if truth_dups else None}
     else:
         out["duplicates"] = "no dedup stage registered in curation.registry.STAGES"
+    # -- broken files: each planted one fails or is rejected at acquire, nothing else does
+    acq = _latest_outputs(store, "acquire")
+    cands = {c["candidate_id"]: world_id_of(c["source_video_id"], c.get("url"))
+             for c in store.read("candidates").to_pylist()}
+    bad = {cid for cid, o in acq.items() if o["_status"] != "ok" and cands.get(cid) and
+           truth[cands[cid]]["split"] == "corpus"}
+    planted = {cid for cid, w in cands.items() if w and cid in acq and truth[w]["broken"]}
+    out["broken_files"] = {"planted_acquired": len(planted), "refused": len(bad & planted),
+                           "other_refusals": len(bad - planted)}
     out["spans"] = span_exactness(ctx, store, truth, stages)
     out["reconciliation"] = reconcile(store, stages)
     return out
@@ -499,8 +508,7 @@ def span_exactness(ctx: dict[str, Any], store: Any, truth: dict[str, Any],
         nf = int(data["n_frames"])
         ranges = [r for x in anns[0]["result"] if x["from_name"] == "spans"
                   for r in x["value"]["ranges"]]
-        want = item_truth(resolver.resolve(item), truth, nf if data.get("video_id") == item
-                          else None)
+        want = item_truth(resolver.resolve(item), truth, nf)
         n += 1
         file_ok += [(r["start"] - 1, r["end"]) for r in ranges] == list(want.spans)
         got = human.get(item)
@@ -644,7 +652,8 @@ def write_report(res: dict[str, Any], out: Path) -> tuple[Path, Path]:
              f"{m['mem_gb']:.0f} GB; load average {m['load_before']} before, "
              f"{m['load_after']} after. Command: `{res['command']}`.",
              f"World: {res['world']['counts']} ({res['world']['seconds']:.0f} s to "
-             f"generate). Model stages on a sample of {res['sample']} items (tiny random "
+             f"generate, {res['world']['videos_per_s']:.2f} files/s). Model stages on a "
+             f"sample of {res['sample']} items (tiny random "
              "models on CPU). Shared machine: absolute rates vary with its load; the ratios "
              "are measured in the same run.", "",
              "## Stages", "",
@@ -675,7 +684,7 @@ def write_report(res: dict[str, Any], out: Path) -> tuple[Path, Path]:
     c = res["correctness"]
     lines += ["## Correctness against the truth table", ""]
     for k in ("hard_cuts_f1_1frame", "dissolves_f1_0.5s", "intro_outro_trim_error_frames",
-              "duplicates", "spans"):
+              "duplicates", "broken_files", "spans"):
         lines.append(f"- **{k}**: `{json.dumps(c.get(k), default=str)}`")
     lines += ["", "Reconciliation (stage results per version; tables: rows vs distinct keys):",
               "", "| what | counts | reconciles |", "|---|---|---|"]

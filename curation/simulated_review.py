@@ -133,7 +133,8 @@ def item_truth(item: Item, truth: dict[str, dict[str, Any]], n_frames: int | Non
         item: the resolved item.
         truth: the world's truth rows (:func:`curation.world.load_truth`).
         n_frames: the item's frame count as the review task states it (Label Studio counts
-            frames from it); derived from the span when not given.
+            frames from it, from the item's first frame); derived from the span when not
+            given.
     """
     v = item.video
     wid = world_id_of(v.get("source_video_id"), v.get("uri"))
@@ -241,7 +242,8 @@ def review_tasks(store: Store, tasks: list[dict[str, Any]], world: str | Path, *
             stats.skipped[item_id] = str(exc)
             out.append(dict(task))
             continue
-        n = data.get("n_frames") if item.whole else None
+        # Label Studio counts the item's frames from the task's n_frames (whole video or clip)
+        n = data.get("n_frames")
         t = item_truth(item, truth, int(n) if n else None)
         if t is None:
             stats.skipped[item_id] = "not a video of this world"

@@ -35,12 +35,20 @@ def run(tmp_path_factory):
     return summary, report(summary)
 
 
-def _expected(video: dict, truth: dict) -> tuple[str, list[list[float]]]:
-    """The category and relative spans of a whole stored video, from the truth table."""
+def _expected(store: Store, item: str, n: int, truth: dict) -> tuple[str, list[list[float]]]:
+    """The category and relative spans of a review item (a video, or a clip once ``clean``
+    splits videos) of ``n`` frames, from the truth table."""
+    videos = {v["video_id"]: v for v in store.read("videos").to_pylist()}
+    segments = {s["segment_id"]: s for s in store.read("segments").to_pylist()}
+    start = 0.0
+    if item not in videos:  # a clip: a segment of its parent video
+        seg = segments[item]
+        item, start = seg["video_id"], float(seg["start_s"])
+    video = videos[item]
     t = truth[world_id_of(video["source_video_id"], video["uri"])]
-    n = video["n_frames"]
-    # a downloaded section starts at its first frame shown at or after start_s
-    first = math.ceil(float(video.get("start_s") or 0.0) * t["fps"] - 0.25)
+    # a downloaded section (video start_s) or a clip starts at its first frame shown at or after
+    # its start time
+    first = math.ceil((float(video.get("start_s") or 0.0) + start) * t["fps"] - 0.25)
     spans = [[(max(a - first, 0)) / n, min(b - first, n) / n]
              for a, b in t["anomaly_frames"] if b > first and a - first < n]
     return (t["category"] if spans else "Normal"), spans
@@ -50,14 +58,16 @@ def test_reviewer_corrections_are_stored_frame_exact(run):
     summary, text = run
     store = Store(summary["outputs"]["store"])
     truth = load_truth(summary["outputs"]["world"])
-    videos = {v["video_id"]: v for v in store.read("videos").to_pylist()}
+    review = json.loads(Path(summary["outputs"]["review_export"]).read_text())
+    frames = {(t["data"].get("clip_id") or t["data"].get("segment_id") or t["data"]["video_id"]):
+              int(t["data"]["n_frames"]) for t in review}
     rows = store.query(LABELS).to_pylist()
     human = {r["video_id"]: r for r in rows if r["annotator_kind"] == "human"}
     model = {r["video_id"]: r for r in rows if r["annotator_kind"] == "model"}
     assert human and set(human) == set(model)
     assert {r["annotator"] for r in human.values()} == {REVIEWER}
     for vid, row in human.items():
-        category, spans = _expected(videos[vid], truth)
+        category, spans = _expected(store, vid, frames[vid], truth)
         assert row["category"] == category, vid
         assert row["is_anomaly"] == bool(spans), vid
         assert row["spans"] == spans, (vid, row["spans"], spans)  # frame-exact, every item
