@@ -499,6 +499,7 @@ def span_exactness(ctx: dict[str, Any], store: Any, truth: dict[str, Any],
              if a["annotator_kind"] == "human"}
     resolver = ItemResolver(store)
     n = file_ok = stored_ok = truth_ok = 0
+    wanted: dict[str, Any] = {}
     for t in tasks:
         anns = t.get("annotations") or []
         if not anns:
@@ -509,6 +510,7 @@ def span_exactness(ctx: dict[str, Any], store: Any, truth: dict[str, Any],
         ranges = [r for x in anns[0]["result"] if x["from_name"] == "spans"
                   for r in x["value"]["ranges"]]
         want = item_truth(resolver.resolve(item), truth, nf)
+        wanted[item] = want
         n += 1
         file_ok += [(r["start"] - 1, r["end"]) for r in ranges] == list(want.spans)
         got = human.get(item)
@@ -518,15 +520,16 @@ def span_exactness(ctx: dict[str, Any], store: Any, truth: dict[str, Any],
                                          got["spans"]] == [list(s) for s in want.spans]
     out = {"items": n, "review_file_exact": file_ok, "annotations_exact": stored_ok,
            "annotations_match_truth": truth_ok}
-    try:  # the training labels: spans -> frame labels at the features' resolution
+    try:  # the training labels: the truth's frame labels at the features' resolution
         model_id = resolve_feature_model(store, None)
         dim = int(store.read("features", ["dim"]).column(0)[0].as_py())
         split = load_split(store, "train", model_id, dim, dataset="prevad", labels="human")
         same = sum(np.array_equal(frame_ground_truth(split.spans[v.video_id],
                                                      len(v.features)),
-                                  spans_to_mask(human[v.video_id]["spans"] or [],
+                                  spans_to_mask(wanted[v.video_id].relative(),
                                                 len(v.features)))
-                   for v in split.videos if v.video_id in human)
+                   and v.is_anomaly == wanted[v.video_id].is_anomaly
+                   for v in split.videos if v.video_id in wanted)
         out.update(training_items=len(split.videos), training_labels_exact=same)
     except Exception as exc:  # noqa: BLE001 - reported, not fatal: the run goes on
         out["training_labels"] = f"not checked: {exc}"
