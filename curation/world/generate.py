@@ -51,6 +51,8 @@ from prevad.errors import PrevadError
 from prevad.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 WORLD_FILE = "world.json"
+#: Written first: the parameters of a world being generated (a crashed run resumes from it).
+PARAMS_FILE = ".world-params.json"
 CORPUS_FILE = "corpus.csv"
 TEST_ANNOTATIONS = "test/annotations.json"
 TEST_DEFINITION = "test/definition.json"
@@ -246,13 +248,18 @@ def _check_folder(out: Path, params: dict[str, Any]) -> None:
         probe.unlink()
     except OSError as exc:
         raise WorldError(f"cannot write the world into {out}: {exc.strerror or exc}") from None
-    if (out / WORLD_FILE).is_file():
-        old = read_manifest(out)
+    marker = out / WORLD_FILE if (out / WORLD_FILE).is_file() else out / PARAMS_FILE
+    if marker.is_file():  # a finished world, or one whose generation stopped half-way
+        try:
+            old = json.loads(marker.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise WorldError(f"{marker} is not a world manifest: {exc}") from None
         if old.get("plan") != params or old.get("version") != WORLD_VERSION:
             raise WorldError(f"{out} already holds another world ({old.get('plan')}); give an "
                              "empty folder or the same parameters")
-    elif any(p for p in out.iterdir() if p.name not in ("media", "test", ".partial")):
+    elif any(out.iterdir()):
         raise WorldError(f"{out} is not empty and holds no world; give a new or empty folder")
+    atomic_write_json(out / PARAMS_FILE, {"version": WORLD_VERSION, "plan": params})
 
 
 def _validate(n_videos: Any, test_videos: Any, seed: Any, profile: str, workers: Any) -> None:

@@ -258,6 +258,16 @@ def test_cli_generates_and_refuses_bad_input(tmp_path):
                                 "--test-videos", "1", "--scale-profile", "small",
                                 "--categories", "Fire,Violence", "--workers", "1"])
     assert again.exit_code == 0 and "0 files written" in again.output  # nothing redone
+    # a run that stopped half-way (no world.json, a file missing) resumes: only the gap is made
+    video = next((tmp_path / "w" / "media" / "videos").glob("*.mp4"))
+    data = video.read_bytes()
+    video.unlink()
+    (tmp_path / "w" / "world.json").unlink()
+    resumed = runner.invoke(app, ["curate", "world", str(tmp_path / "w"), "--videos", "2",
+                                  "--test-videos", "1", "--scale-profile", "small",
+                                  "--categories", "Fire,Violence", "--workers", "1"])
+    assert resumed.exit_code == 0 and "1 files written" in resumed.output, resumed.output
+    assert video.read_bytes() == data and (tmp_path / "w" / "world.json").is_file()
     blocker = tmp_path / "a-file"  # a file where the folder's parent should be (root may write
     blocker.write_text("x")       # into read-only folders, so permissions cannot stand in)
     cases = [
