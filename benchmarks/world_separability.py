@@ -160,7 +160,7 @@ def main() -> None:
         extract([world / "media" / "videos", world / "test" / "videos"], encoder,
                 out_dir=feats, batch_size=64, progress=True)
         result = measure(world, feats)
-        result["world"] = {"videos": args.videos, "seed": args.seed,
+        result["world"] = {"videos": args.videos, "seed": args.seed, "profile": "default",
                            "encoder": "open_clip:lagovad-clip-tiny:random (seed 0)",
                            "sampling": "stride 8, offset 4, 32x32 frames"}
         result["seconds"] = round(time.perf_counter() - t0, 1)
