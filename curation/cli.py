@@ -27,6 +27,7 @@ from prevad.store import Store
 
 #: Command -> the module whose ``register(app)`` adds it (a new stage adds one line here).
 STAGE_COMMANDS: dict[str, str] = {
+    "world": "curation.world",
     "retrieve": "curation.retrieve",
     "add": "curation.add",
     "acquire": "curation.acquire",

@@ -1,34 +1,35 @@
-"""`make demo`: the PreVAD curation chain end to end on embedded defaults (no internet, no GPU).
+"""`make demo`: the curation chain closes its loop on a generated world (no internet, no GPU).
 
 On Prefect's embedded server, each step a thin task or flow over the library:
 
-1. a store with the seven benchmarks' real test annotations imported (and its data card);
-2. retrieval over the real MSR-VTT 1k-A captions (``../shared/corpora``) with the packaged dense
-   text encoder;
-3. a media server on 127.0.0.1 serving a generated video for every retrieved MSR-VTT id, the
-   real ``Robbery102_x264.mp4`` and an HLS stream; acquisition (yt-dlp) and stream recording
-   (ffmpeg) fetch from it;
-4. cleaning (PySceneDetect), then describe / verify / judge on tiny random-weight Qwen2-VL and
-   Qwen2 models built locally (:mod:`curation.engines.tiny`), so their words are noise: the
-   demo shows the chain, not what real models say;
-5. review through the Label Studio JSON file round trip, the demo accepting every pre-label as
-   reviewer ``demo-auto-accept`` (stored as that annotator);
-6. CLIP features (tiny random CLIP) and a short training of ``lagovad-tiny`` on the
-   human-confirmed labels when they hold both normal and abnormal videos (a random judge labels
-   every video alike, so the demo says why it skips it);
-7. the quick-start's learnable part: a synthetic set with planted anomalies, trained on and
-   evaluated zero-shot on TAD's real spans; the data card of the curated store.
+1. a generated world (:mod:`curation.world`): ~80 corpus videos whose captions come from a
+   grammar over the taxonomy, H.264 files with planted cuts, dissolves, title cards, duplicates,
+   broken files and one visual anomaly event per anomalous video, the truth table, and a
+   held-out test split (never curated) in the benchmarks' annotation format;
+2. the world served on 127.0.0.1 (byte ranges on and off, one HLS stream); the chain runs on
+   it: retrieve (dense captions) -> acquire (yt-dlp) -> record (ffmpeg, the stream) -> clean
+   (PySceneDetect) -> describe / verify / judge on tiny random-weight Qwen2-VL / Qwen2 models
+   built locally (their words are noise: every item gets the same pre-label);
+3. review through the Label Studio export/import files, by a **simulated reviewer**
+   (:mod:`curation.simulated_review`, annotator ``simulated-reviewer``) that corrects the AI
+   pre-labels from the truth table (category, anomaly yes/no, frame-exact spans); the demo
+   prints how many pre-labels it changed;
+4. CLIP frame features of the curated videos as decoded (tiny random CLIP; nothing planted);
+5. ``lagovad train --labels human`` on the reviewed labels;
+6. zero-shot evaluation on the held-out world split (``lagovad eval --benchmark world
+   --annotations ... --definition ...``) and ``lagovad detect`` on one held-out video under a
+   free-text definition.
 
-Usage: ``python -m flows.demo --out runs/demo``. It prints where every output is and how to open
-the Prefect UI on its runs.
+It prints the held-out AUC and exits non-zero when training was skipped or the AUC is below
+0.9. Usage: ``python -m flows.demo --out runs/demo``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import shutil
-import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,39 +37,29 @@ from typing import Any
 # 20 s to start on a loaded 2-core machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
-import numpy as np  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from flows.curate import curate, retrieve_task  # noqa: E402
-from flows.lagovad_flows import train_flow  # noqa: E402
-from flows.quickstart import (  # noqa: E402
-    add_synthetic_training_set,
-    evaluate_planted,
-    import_benchmarks,
-    init_store,
-    train_model,
-)
+from flows.curate import curate, review_export_task, review_import_task  # noqa: E402
+from flows.lagovad_flows import extract_task, train_flow  # noqa: E402
 from flows.stage_flow import data_card_task  # noqa: E402
 from prevad.io import atomic_write_json  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-CORPUS = SHARED / "corpora" / "msrvtt_1kA_test.csv"
-REAL_VIDEO = SHARED / "benchmarks" / "videos" / "Robbery102_x264.mp4"
-AUTO_REVIEWER = "demo-auto-accept"
+REVIEWER = "simulated-reviewer"
 DEMO_MODEL = "lagovad-tiny"
 CLIP_TINY = "lagovad-clip-tiny"
-#: Few, clearly matching candidates: one per category at most, similarity >= 0.5.
-RETRIEVE = {"method": "dense", "top_k": 1, "min_score": 0.5}
+#: The held-out AUC the demo must reach (else it exits non-zero).
+MIN_AUC = 0.9
+#: Retrieval keeps the captions that match a category (min_score), as many as there are.
+RETRIEVE = {"method": "dense", "top_k": 1000, "min_score": 0.3}
 FRAMES = {"frames": 2, "frame_size": 56}
 #: Weights seed of the tiny judge. A random model gives the same answer to every prompt; with
-#: seed 0 that answer contradicts itself (anomaly=true, category Normal) and the judge rejects
-#: every video, so nothing would reach review. With seed 4 the answer is self-consistent
-#: (anomaly, Explosion) - still noise, but the chain downstream gets input.
+#: seed 4 it is self-consistent ("anomaly, Explosion"), so every item reaches review with it.
 JUDGE_SEED = 4
-#: Candidates of these sources are served as generated videos.
-GENERATED_SOURCES = ("msrvtt",)
-CANDIDATE_IDS = "SELECT source, source_video_id FROM candidates WHERE source = $source::VARCHAR"
+FEATURES = {"model": CLIP_TINY, "pretrained": "none", "device": "cpu", "batch_size": 64,
+            "workers": 2}
+#: Training of lagovad-tiny on the reviewed labels.
+TRAIN = {"epochs": 20, "batch_size": 8, "lr": 5e-3}
 HUMAN_LABELS = """
 SELECT split, count(*) AS n, count(*) FILTER (WHERE is_anomaly) AS abnormal
 FROM annotations WHERE dataset = 'prevad' AND annotator_kind = 'human'
@@ -78,12 +69,22 @@ GROUP BY split ORDER BY split
 
 
 # ---------------------------------------------------------------------------- tasks
-@task
-def build_models(folder: Path) -> dict[str, str]:
+@task(cache_policy=NO_CACHE)
+def world_task(folder: str, videos: int, test_videos: int, seed: int,
+               profile: str) -> dict[str, Any]:
+    """Generate the world (only what is missing when the folder already holds it)."""
+    from curation.world import generate_world
+
+    return generate_world(folder, videos, seed=seed, test_videos=test_videos,
+                          scale_profile=profile, workers=2).to_dict()
+
+
+@task(cache_policy=NO_CACHE)
+def build_models(folder: str) -> dict[str, str]:
     """Tiny random-weight Qwen2-VL (describe, verify) and Qwen2 (judge) models, built once."""
     from curation.engines.tiny import build_tiny_llm, build_tiny_vlm
 
-    vlm, llm = folder / "tiny-qwen2-vl", folder / f"tiny-qwen2-seed{JUDGE_SEED}"
+    vlm, llm = Path(folder) / "tiny-qwen2-vl", Path(folder) / f"tiny-qwen2-seed{JUDGE_SEED}"
     if not (vlm / "config.json").is_file():
         build_tiny_vlm(vlm)
     if not (llm / "config.json").is_file():
@@ -91,186 +92,274 @@ def build_models(folder: Path) -> dict[str, str]:
     return {"vlm": str(vlm), "llm": str(llm)}
 
 
-def _clip_frames(seed: int, n: int, h: int = 64, w: int = 96):
-    """A blocky scene with a moving bar (real motion, one shot)."""
-    rng = np.random.default_rng(seed)
-    bg = np.kron(rng.integers(30, 220, size=(h // 8, w // 8, 3), dtype=np.uint8),
-                 np.ones((8, 8, 1), np.uint8))
-
-    def frame(i: int) -> np.ndarray:
-        img = bg.copy()
-        x = (i * 3) % (w - 10)
-        img[h // 3:h // 3 + 16, x:x + 10] = 250
-        return img
-
-    return frame
-
-
-@task
-def prepare_media(root: Path, media: Path) -> dict[str, Any]:
-    """Videos for the retrieved ids, the real test video and an HLS stream under ``media``."""
-    from curation.ffmpeg import ffmpeg_path
-    from lagovad.video import write_video
+@task(cache_policy=NO_CACHE)
+def init_store_task(root: str) -> str:
+    """``prevad init`` (idempotent)."""
     from prevad import Store
 
-    store = Store(root)
-    n = 0
-    for source in GENERATED_SOURCES:
-        for row in store.query(CANDIDATE_IDS, {"source": source}).to_pylist():
-            path = media / source / f"{row['source_video_id']}.mp4"
-            if not path.is_file():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_video(path, 30, _clip_frames(n, 30), fps=10, lossless=False,
-                            faststart=True)
-            n += 1
-    real = media / "ucf" / REAL_VIDEO.name
-    if REAL_VIDEO.is_file() and not real.is_file():
-        real.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REAL_VIDEO, real)
-    live = media / "live"
-    if not (live / "index.m3u8").is_file():
-        live.mkdir(parents=True, exist_ok=True)
-        src = write_video(live / "source.mp4", 60, _clip_frames(999, 60), fps=10,
-                          lossless=False)
-        subprocess.run([str(ffmpeg_path()), "-hide_banner", "-loglevel", "error", "-y", "-i",
-                        str(src), "-c", "copy", "-f", "hls", "-hls_time", "1",
-                        "-hls_list_size", "0", str(live / "index.m3u8")],
-                       check=True, timeout=120)
-    return {"generated": n, "real": str(real) if real.is_file() else None,
-            "stream": "live/index.m3u8"}
+    Store.init(root)
+    return root
 
 
-@task
-def human_labels(root: Path) -> list[dict[str, Any]]:
-    """The demo reviewer's labels per split (what training uses)."""
+@task(cache_policy=NO_CACHE)
+def simulated_review_task(store: str, tasks_file: str, world: str) -> dict[str, Any]:
+    """The simulated reviewer's Label Studio export of the review tasks (next to them)."""
+    from curation.simulated_review import review_file
     from prevad import Store
 
-    return Store(root).query(HUMAN_LABELS, {"annotator": AUTO_REVIEWER}).to_pylist()
+    out = Path(tasks_file).with_name("export.json")
+    stats = review_file(Store(store), tasks_file, world, out, annotator=REVIEWER, spans="all")
+    return {"file": str(out), **stats.to_dict()}
 
 
-def train_curated(root: Path, out: Path, labels: list[dict[str, Any]], epochs: int
+@task(cache_policy=NO_CACHE)
+def human_labels(root: str) -> list[dict[str, Any]]:
+    """The reviewer's labels per split (what training uses)."""
+    from prevad import Store
+
+    return Store(root).query(HUMAN_LABELS, {"annotator": REVIEWER}).to_pylist()
+
+
+@task(cache_policy=NO_CACHE)
+def held_out_features(world: str, out: str) -> dict[str, Any]:
+    """Tiny-CLIP features of the held-out videos as decoded (``lagovad extract --out``)."""
+    from lagovad.extract import extract
+    from lagovad.image_encoder import load_image_encoder
+
+    encoder = load_image_encoder(CLIP_TINY, None, device="cpu")
+    s = extract([Path(world) / "test" / "videos"], encoder, out_dir=out,
+                batch_size=FEATURES["batch_size"], decode_workers=FEATURES["workers"],
+                progress=False)
+    return {"folder": out, "extracted": s.extracted, "skipped": s.skipped, "failed": s.failed}
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_world(checkpoint: str, features: str, world: str, out: str) -> dict[str, Any]:
+    """Zero-shot evaluation on the held-out split: what ``lagovad eval --benchmark world``
+    with the world's ``--annotations`` and ``--definition`` does."""
+    import lagovad
+    from lagovad.eval import runner
+    from lagovad.eval.sources import feature_source
+
+    ann = Path(world) / "test" / "annotations.json"
+    defn = Path(world) / "test" / "definition.json"
+    dev = runner.pick_device("cpu")
+    model, _ = lagovad.load_checkpoint(Path(checkpoint), device=dev)
+    scorer = runner.ModelScorer(model, dev, "descriptions", 16)
+
+    def score(bench, definition):
+        return scorer.score(bench, definition, feature_source(features, bench).loaders,
+                            progress=False)
+
+    results = runner.run(["world"], score, f"LaGoVAD ({Path(checkpoint).name})",
+                         annotations={"world": ann}, out_dir=Path(out),
+                         definitions={"world": defn})
+    det = results["benchmarks"]["world"]["detection"]
+    return {"auc": det["auc"], "ap": det["ap"], "n_videos": det["n_videos"],
+            "reports": out, "command": (
+                f"lagovad eval --benchmark world --annotations {ann} --definition {defn} "
+                f"--features {features} --checkpoint {checkpoint} --out {out}")}
+
+
+@task(cache_policy=NO_CACHE)
+def detect_task(checkpoint: str, world: str, out: str) -> dict[str, Any]:
+    """``lagovad detect`` on the first anomalous held-out video, under a free-text definition
+    (the world's descriptions of its category), with the truth beside the intervals."""
+    from curation.world import load_truth
+    from curation.world.grammar import descriptions
+    from lagovad.definition import AnomalyDefinition
+    from lagovad.detect import detect, encoder_for, load_detector, write_outputs
+
+    truth = load_truth(world)
+    row = next(r for _, r in sorted(truth.items()) if r["split"] == "test" and r["is_anomaly"])
+    texts = descriptions(row["category"], 2)
+    net, label = load_detector(Path(checkpoint), device="cpu")
+    encoder = encoder_for(net, device="cpu")
+    det = detect(Path(world) / row["file"], AnomalyDefinition.from_strings(texts), net, encoder,
+                 checkpoint=label, cache_dir=Path(out) / "cache", min_duration_s=0.5)
+    files = write_outputs(det, out)
+    return {"video": row["file"], "definition": texts, "truth_s": row["anomaly_s"],
+            "intervals_s": [[round(iv.start_s, 2), round(iv.end_s, 2)] for iv in det.intervals],
+            "max_score": float(det.anomaly_scores.max()),
+            "files": {k: str(v) for k, v in files.items()}}
+
+
+def _network_params(cls_path: str) -> dict[str, Any]:
+    """``allow_private_network=True`` where the stage's settings have that field (D4)."""
+    import importlib
+
+    module, _, name = cls_path.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return {"allow_private_network": True} if "allow_private_network" in fields else {}
+
+
+def train_curated(root: str, out: str, labels: list[dict[str, Any]], epochs: int
                   ) -> dict[str, Any]:
-    """Train lagovad-tiny on the human-confirmed labels, when they hold both kinds of video.
-
-    Training synthesises videos from abnormal and normal ones. A random-weight judge gives the
-    same verdict to every video, so the demo's curated labels may hold only one kind; then this
-    says so instead of training (with real models the judge tells normal from abnormal).
-    """
+    """Train lagovad-tiny on the reviewed labels (``--labels human``), when both kinds exist."""
     n = sum(r["n"] for r in labels if r["split"] == "train")
     abnormal = sum(r["abnormal"] for r in labels if r["split"] == "train")
     if not abnormal or abnormal == n:
-        reason = (f"the {n} human-confirmed train videos are all "
+        reason = (f"the {n} reviewed train items are all "
                   f"{'abnormal' if abnormal else 'normal'}; training needs both")
-        get_run_logger().warning("training on the curated store skipped: %s", reason)
+        get_run_logger().warning("training skipped: %s", reason)
         return {"skipped": reason}
-    return train_flow(str(root), str(out), model=DEMO_MODEL, epochs=epochs, batch_size=8,
-                      lr=2e-3, dataset="prevad", val_split="", device="cpu",
-                      options={"labels": "human", "warmup_steps": 2, "progress": False})
+    return train_flow(root, out, model=DEMO_MODEL, epochs=epochs,
+                      batch_size=TRAIN["batch_size"], lr=TRAIN["lr"], dataset="prevad",
+                      val_split="", device="cpu",
+                      options={"labels": "human", "warmup_steps": 5, "progress": False,
+                               "detach_pool": True, "overwrite": True})
 
 
 # ---------------------------------------------------------------------------- the flow
 @flow(name="lagovad-demo", log_prints=True)
-def demo(out: str = "runs/demo", corpus: str = str(CORPUS), epochs: int = 2,
-         retrieve: dict[str, Any] | None = None, stream_seconds: float = 3.0,
-         synthetic_epochs: int = 12) -> dict[str, Any]:
-    """The curation chain on embedded defaults (see the module docstring).
+def demo(out: str = "runs/demo", videos: int = 80, test_videos: int = 24, seed: int = 0,
+         profile: str = "small", epochs: int = TRAIN["epochs"], stream_seconds: float = 3.0,
+         min_auc: float = MIN_AUC) -> dict[str, Any]:
+    """Curate a generated world, review it, train on it and evaluate on its held-out split.
 
     Args:
-        out: output folder (store, media, models, review files, checkpoints, evaluation).
-        corpus: caption corpus file (default: the real MSR-VTT 1k-A captions).
-        epochs: training epochs on the curated store.
-        synthetic_epochs: training epochs on the synthetic planted set.
-        retrieve: retrieval settings (default :data:`RETRIEVE`).
-        stream_seconds: seconds of the HLS stream to record.
+        out: output folder (world, store, models, review files, checkpoints, evaluation).
+        videos: corpus videos of the world.
+        test_videos: held-out test videos.
+        seed: the world's seed.
+        profile: the world's scale profile (``default`` or ``small``).
+        epochs: training epochs on the reviewed labels.
+        stream_seconds: seconds of the world's HLS stream to record.
+        min_auc: the held-out AUC below which the run counts as failed (``ok`` false).
 
     Returns:
-        Summary of every step (also written to ``<out>/summary.json``).
+        Summary of every step (also ``<out>/summary.json``); ``ok`` tells whether training
+        ran and the held-out AUC reached ``min_auc``.
     """
-    from curation.media_server import MediaServer
-    from lagovad import get_model_config
+    from curation.world.serve import WorldServer
 
     log = get_run_logger()
     out_dir = Path(out).resolve()
-    root, media, bench = out_dir / "store", out_dir / "media", out_dir / "benchmarks"
-    media.mkdir(parents=True, exist_ok=True)
-    # the benchmarks' test annotations live in their own store: their videos have no files
-    # here, and the curation stages work on every video of a store
-    init_store(bench)
-    summary: dict[str, Any] = {"benchmarks": import_benchmarks(bench)}
-    summary["benchmarks_card"] = data_card_task(str(bench), title="Zero-shot benchmarks")
-    init_store(root)
-    models = build_models(out_dir / "models")
-    summary["retrieve"] = retrieve_task(str(root), corpus, retrieve or RETRIEVE)
-    summary["media"] = prepare_media(root, media)
-    vlm = {"engine": "transformers", "model": models["vlm"], "device": "cpu", "batch_size": 4,
+    world, root = str(out_dir / "world"), str(out_dir / "store")
+    summary: dict[str, Any] = {"world": world_task(world, videos, test_videos, seed, profile)}
+    init_store_task(root)
+    models = build_models(str(out_dir / "models"))
+    vlm = {"engine": "transformers", "model": models["vlm"], "device": "cpu", "batch_size": 8,
            "max_tokens": 96}
     params = {
-        "record": {"io_timeout_s": 15.0},
+        "acquire": {"retries": 1, "backoff_s": 0.2,
+                    **_network_params("curation.acquire:AcquireSettings")},
+        "record": {"io_timeout_s": 15.0, **_network_params("curation.record:RecordSettings")},
         "describe": {**vlm, **FRAMES, "min_chars": 4, "max_chars": 40},
         "verify": {**vlm, **FRAMES, "min_score": 0.0, "min_clip_mean": None,
-                   "clip_model": CLIP_TINY, "clip_pretrained": None,
-                   "max_claims": 2, "max_claim_chars": 8},
+                   "clip_model": CLIP_TINY, "clip_pretrained": None, "max_claims": 2,
+                   "max_claim_chars": 8},
         "judge": {**vlm, "model": models["llm"], "require_verified": False,
                   "max_reason_chars": 40},
     }
-    with MediaServer(media) as server:
-        params["acquire"] = {"url_template": server.base_url + "/{source}/{source_video_id}.mp4",
-                             "retries": 1, "backoff_s": 0.2}
-        real = summary["media"]["real"]
+    with WorldServer(world) as server:
+        corpus = server.corpus(out_dir / "corpus.csv")
         summary["curate"] = curate(
-            str(root), steps=["acquire", "record", "clean", "describe", "verify", "judge",
-                              "review", "features"],
-            video_urls=[server.url("ucf/" + Path(real).name)] if real else [],
-            streams=[server.url(summary["media"]["stream"])], stream_seconds=stream_seconds,
-            params=params, auto_accept=AUTO_REVIEWER, default_split="train",
-            features={"model": CLIP_TINY, "pretrained": "none", "device": "cpu",
-                      "batch_size": 16, "workers": 1},
-            engine="local", retries=0, card=False)
+            root, steps=["retrieve", "acquire", "record", "clean", "describe", "verify",
+                         "judge"],
+            corpus=str(corpus), retrieve=RETRIEVE, streams=[server.stream_url],
+            stream_seconds=stream_seconds, params=params, engine="local", retries=0,
+            card=False)
+        summary["served"] = dict(server.stats)
+    review_dir = str(Path(root) / "review")
+    exported = review_export_task(root, review_dir, None, "train")
+    reviewed = simulated_review_task(root, exported["tasks"], world)
+    summary["review"] = {"export": exported, "reviewer": reviewed,
+                         "import": review_import_task(root, reviewed["file"])}
+    log.info("the simulated reviewer changed %d of %d pre-labels", reviewed["changed"],
+             reviewed["tasks"])
+    summary["features"] = extract_task(
+        root, None, FEATURES["model"], FEATURES["pretrained"], 8, None, None,
+        FEATURES["batch_size"], FEATURES["workers"], FEATURES["device"], None, None)
     summary["human_labels"] = human_labels(root)
-    log.info("labels accepted by %s: %s", AUTO_REVIEWER, summary["human_labels"])
-    summary["train"] = train_curated(root, out_dir / "train", summary["human_labels"], epochs)
-    # the planted-anomaly tour of `make quickstart`: a synthetic PreVAD-style set (in the
-    # benchmarks store) that a model can learn, evaluated zero-shot on TAD's real spans
-    dim = int(get_model_config(DEMO_MODEL)["video_dim"])
-    summary["synthetic"] = add_synthetic_training_set(bench, dim)
-    checkpoint = Path(train_model(bench, out_dir / "train-synthetic", synthetic_epochs))
-    summary["eval_tad_planted"] = evaluate_planted(checkpoint, out_dir / "features" / "tad",
-                                                   out_dir / "eval", dim)
-    log.info("TAD (planted features) AUC = %.4f", summary["eval_tad_planted"]["auc"])
-    summary["card"] = data_card_task(str(root), title="PreVAD demo curation")
+    summary["train"] = train_curated(root, str(out_dir / "train"), summary["human_labels"],
+                                     epochs)
+    checkpoint = summary["train"].get("checkpoint")
+    if checkpoint:
+        feats = held_out_features(world, str(out_dir / "features" / "world-test"))
+        summary["held_out_features"] = feats
+        summary["eval"] = evaluate_world(checkpoint, feats["folder"], world,
+                                         str(out_dir / "eval"))
+        summary["detect"] = detect_task(checkpoint, world, str(out_dir / "detect"))
+        log.info("held-out world AUC = %.4f", summary["eval"]["auc"])
+    auc = (summary.get("eval") or {}).get("auc")
+    summary["ok"] = bool(checkpoint) and auc is not None and auc >= min_auc
+    summary["min_auc"] = min_auc
+    summary["card"] = data_card_task(root, title="PreVAD demo curation (generated world)")
     summary["outputs"] = {
-        "store": str(root), "benchmarks_store": str(bench), "media": str(media),
-        "models": str(out_dir / "models"),
-        "review_tasks": summary["curate"]["steps"]["review"]["export"]["tasks"],
-        "review_config": summary["curate"]["steps"]["review"]["export"]["label_config"],
-        "checkpoint": summary["train"].get("checkpoint"),
-        "checkpoint_synthetic": str(checkpoint), "evaluation": str(out_dir / "eval"),
-        "data_card": summary["card"], "summary": str(out_dir / "summary.json"),
+        "world": world, "store": root, "corpus": str(out_dir / "corpus.csv"),
+        "review_tasks": exported["tasks"], "review_export": reviewed["file"],
+        "checkpoint": checkpoint, "evaluation": str(out_dir / "eval"),
+        "detect": str(out_dir / "detect"), "data_card": summary["card"],
+        "summary": str(out_dir / "summary.json"),
     }
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
 
 def report(summary: dict[str, Any]) -> str:
-    """Where every output is, and how to see the runs in the Prefect UI."""
-    lines = ["", "PreVAD demo finished. Outputs:"]
+    """What the run did, where every output is, and how to see the runs in the Prefect UI."""
+    rev = summary["review"]["reviewer"]
+    w = summary["world"]["counts"]
+    lines = ["", "PreVAD demo finished.",
+             f"  world           {w['corpus']} corpus videos ({w['anomalous']} anomalous "
+             f"captions), {w['test']} held-out",
+             f"  review          the simulated reviewer changed {rev['changed']} of "
+             f"{rev['tasks']} pre-labels ({rev['category_changed']} categories, "
+             f"{rev['anomaly_flipped']} anomaly yes/no, {rev['spans_drawn']} items with spans)"]
+    labels = {r["split"]: r for r in summary["human_labels"]}
+    if "train" in labels:
+        lines.append(f"  reviewed labels train {labels['train']['n']} items "
+                     f"({labels['train']['abnormal']} abnormal)")
+    if "skipped" in summary["train"]:
+        lines.append(f"  training        SKIPPED: {summary['train']['skipped']}")
+    if "eval" in summary:
+        lines.append(f"  held-out AUC    {summary['eval']['auc']:.4f} on "
+                     f"{summary['eval']['n_videos']} world test videos (target >= "
+                     f"{summary['min_auc']})")
+        d = summary["detect"]
+        lines.append(f"  detect          {Path(d['video']).name} under {d['definition'][0]!r}: "
+                     f"intervals {d['intervals_s']} s (planted {d['truth_s']} s)")
+    lines += ["", "Outputs:"]
     lines += [f"  {k:<14} {v}" for k, v in summary["outputs"].items()]
-    lines += ["", "Query the store:  prevad curate status " + summary["outputs"]["store"],
+    if "eval" in summary:
+        lines += ["", "Evaluate again:  " + summary["eval"]["command"]]
+    lines += ["Query the store:  prevad curate status " + summary["outputs"]["store"],
               "Prefect UI on these runs (stored in $PREFECT_HOME, default ~/.prefect):",
               "  prefect server start --host 127.0.0.1   # then open http://127.0.0.1:4200/runs"]
     return "\n".join(lines)
 
 
-def main() -> None:
-    """Command-line entry point."""
+def failure(summary: dict[str, Any]) -> str | None:
+    """Why the run did not close its loop (training skipped, AUC too low), or None."""
+    if summary.get("ok"):
+        return None
+    if "skipped" in summary["train"]:
+        return str(summary["train"]["skipped"])
+    if "eval" not in summary:
+        return "no checkpoint to evaluate"
+    return f"held-out AUC {summary['eval']['auc']:.4f} < {summary['min_auc']}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point: exit status 1 when training was skipped or the AUC is low."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--corpus", default=str(CORPUS))
-    parser.add_argument("--epochs", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--videos", type=int, default=80)
+    parser.add_argument("--test-videos", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=TRAIN["epochs"])
+    args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    print(report(demo(out=args.out, corpus=args.corpus, epochs=args.epochs)))
+    summary = demo(out=args.out, videos=args.videos, test_videos=args.test_videos,
+                   seed=args.seed, epochs=args.epochs)
+    print(report(summary))
+    why = failure(summary)
+    if why:
+        print(f"error: the demo did not close its loop: {why}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

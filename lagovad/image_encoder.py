@@ -114,6 +114,7 @@ def load_image_encoder(
     device: str | torch.device | None = None,
     half: bool | None = None,
     quick_gelu: bool | None = None,
+    seed: int = 0,
 ) -> ImageEncoder:
     """Build an open_clip image encoder.
 
@@ -127,6 +128,9 @@ def load_image_encoder(
         quick_gelu: Force QuickGELU. None = what the pretrained tag was trained with; for a local
             checkpoint of the default "ViT-B-16" it is True, since the default protocol is
             OpenAI's CLIP (pass False for a non-OpenAI ViT-B-16 checkpoint).
+        seed: Seed of random weights (``pretrained`` None): every load gives the same encoder,
+            so features extracted by two processes (a store and a held-out folder, ``extract``
+            and ``detect``) are comparable. The global torch RNG is left as it was.
 
     Returns:
         The encoder in eval mode.
@@ -149,13 +153,15 @@ def load_image_encoder(
     pretrained = None if pretrained in (None, "", "none") else str(pretrained)
     quick_gelu = _resolve_quick_gelu(name, pretrained, quick_gelu)
     try:
-        model = open_clip.create_model(
-            name,
-            pretrained=pretrained,
-            precision="fp16" if half else "fp32",
-            device=device,
-            force_quick_gelu=quick_gelu,
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = open_clip.create_model(
+                name,
+                pretrained=pretrained,
+                precision="fp16" if half else "fp32",
+                device=device,
+                force_quick_gelu=quick_gelu,
+            )
     except RuntimeError as exc:
         raise _explain_load_error(name, pretrained, exc) from exc
     model.eval()

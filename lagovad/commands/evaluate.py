@@ -23,12 +23,12 @@ def _fail(msg: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _names(benchmark: list[str] | None, all_: bool) -> list[str]:
+def _names(benchmark: list[str] | None, all_: bool, custom: bool = False) -> list[str]:
     if all_:
         return list(BENCHMARKS)
     if not benchmark:
         _fail("pass --benchmark NAME (repeatable) or --all; benchmarks: " + ", ".join(BENCHMARKS))
-    names = [check_name(n) for item in benchmark for n in item.split(",") if n.strip()]
+    names = [check_name(n, custom) for item in benchmark for n in item.split(",") if n.strip()]
     return list(dict.fromkeys(names))
 
 
@@ -122,6 +122,11 @@ def eval_command(
     native: bool = typer.Option(False, help="Use native UCF/XD frame annotations (frame16)."),
     annotations: Path | None = typer.Option(None, help="Override the annotation JSON "
                                                        "(single benchmark)."),
+    definition: Path | None = typer.Option(
+        None, help="Definition JSON (normal, classes, descriptions) overriding the packaged one "
+                   "(single benchmark). With --annotations it makes any test split in the "
+                   "benchmarks' JSON format a custom benchmark: --benchmark NAME (a new name) "
+                   "--annotations FILE --definition FILE, e.g. a generated world's test/."),
     allow_missing: bool = typer.Option(False, help="Evaluate the videos present; report "
                                                    "coverage instead of failing."),
     feature_model: str | None = typer.Option(None, help="Feature model_id inside a store."),
@@ -136,7 +141,8 @@ def eval_command(
     from lagovad.eval import report, runner
 
     try:
-        names = _names(benchmark, all_)
+        custom = annotations is not None and definition is not None
+        names = _names(benchmark, all_, custom)
         if gt_resolution not in GT_RESOLUTIONS:
             _fail(f"--gt-resolution must be one of {GT_RESOLUTIONS}, got {gt_resolution!r}")
         sources = sum(x is not None for x in (checkpoint, clip_baseline, scores))
@@ -144,6 +150,8 @@ def eval_command(
             _fail("pass exactly one of --checkpoint, --clip-baseline or --scores")
         if annotations and len(names) != 1:
             _fail("--annotations overrides one benchmark; pass a single --benchmark")
+        if definition and len(names) != 1:
+            _fail("--definition overrides one benchmark; pass a single --benchmark")
         if localisation not in LOCALISATION_PROTOCOLS:
             _fail(f"--localisation must be one of {LOCALISATION_PROTOCOLS}, got "
                   f"{localisation!r}")
@@ -187,7 +195,8 @@ def eval_command(
         out_dir = out or DEFAULT_OUT / "".join(c if c.isalnum() else "_" for c in label)
         results = runner.run(names, scorer, label, gt_resolution, repeat, native,
                              {names[0]: annotations} if annotations else None, frame_counts,
-                             out_dir if plots else None, localisation)
+                             out_dir if plots else None, localisation,
+                             {names[0]: definition} if definition else None)
         if coverage:
             results["coverage"] = coverage
         if not plots:

@@ -5,11 +5,16 @@ Every benchmark is read from the authors' official JSON (a list of
 length, ``[]`` for normal videos). UCF-Crime and XD-Violence can also be read from their native
 frame-number files. The files are packaged in ``lagovad/eval/data/<name>/``;
 ``annotations`` overrides them.
+
+Any other test split in the same JSON format (for example a generated world's,
+``curation.world``) is a *custom* benchmark: a lower-case name that is not one of the seven, read
+from its annotation file and scored with its own definition file (AUC, no per-video min-max).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,8 +87,8 @@ class Benchmark:
 
     @property
     def display_name(self) -> str:
-        """Human name used in tables (e.g. ``UCF-Crime``)."""
-        return DISPLAY_NAMES[self.name]
+        """Human name used in tables (e.g. ``UCF-Crime``; a custom benchmark's own name)."""
+        return DISPLAY_NAMES.get(self.name, self.name)
 
     @property
     def n_abnormal(self) -> int:
@@ -98,17 +103,32 @@ class Benchmark:
         raise EvalError(f"video {name!r} is not in benchmark {self.name!r}")
 
 
-def check_name(name: str) -> str:
+_CUSTOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def check_name(name: str, custom: bool = False) -> str:
     """Normalise and validate a benchmark name.
 
+    Args:
+        name: A benchmark name (case-insensitive).
+        custom: Also accept a custom benchmark's name (lower-case letters, digits, ``_``, ``-``),
+            for a split whose annotation and definition files are given.
+
     Raises:
-        UnknownBenchmarkError: if the name is not one of the seven.
+        UnknownBenchmarkError: if the name is not one of the seven (nor a custom name).
     """
     key = name.strip().lower()
-    if key not in BENCHMARKS:
-        raise UnknownBenchmarkError(
-            f"benchmark must be one of {', '.join(BENCHMARKS)}, got {name!r}")
-    return key
+    if key in BENCHMARKS or (custom and _CUSTOM_NAME.match(key)):
+        return key
+    more = (" or a custom name (letters, digits, _ and -) with --annotations and --definition"
+            if not custom else " or a custom name of letters, digits, _ and -")
+    raise UnknownBenchmarkError(
+        f"benchmark must be one of {', '.join(BENCHMARKS)}{more}, got {name!r}")
+
+
+def is_custom(name: str) -> bool:
+    """True for a name that is not one of the seven benchmarks."""
+    return name not in BENCHMARKS
 
 
 VIDEO_EXTENSIONS = (".npy", ".npz", ".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -171,13 +191,13 @@ def load_benchmark(name: str, annotations: str | Path | None = None) -> Benchmar
     """Load a benchmark's test split from the official JSON.
 
     Args:
-        name: One of ``BENCHMARKS`` (case-insensitive).
+        name: One of ``BENCHMARKS`` (case-insensitive), or a custom name with ``annotations``.
         annotations: Override for the JSON file (default: the packaged copy).
 
     Returns:
-        The benchmark with its protocol (metric, DoTA per-video min-max).
+        The benchmark with its protocol (metric, DoTA per-video min-max; AUC for a custom one).
     """
-    key = check_name(name)
+    key = check_name(name, custom=annotations is not None)
     path = Path(annotations) if annotations else annotation_file(key)
     if not path.is_file():
         raise EvalError(f"annotation file for {key!r} not found: {path}")
@@ -283,16 +303,33 @@ class Definition:
 
 
 def load_definition(name: str, path: str | Path | None = None) -> Definition:
-    """Load the per-benchmark definition (class names and hand-written descriptions)."""
-    key = check_name(name)
+    """Load the per-benchmark definition (class names and hand-written descriptions).
+
+    Args:
+        name: A benchmark name (a custom one needs ``path``).
+        path: A definition JSON (``normal``, ``classes``, ``descriptions`` per class, optional
+            ``label_map`` and ``classification_classes``); default: the packaged one.
+
+    Raises:
+        AnnotationFormatError: the file is missing, not JSON, or lacks those keys.
+    """
+    key = check_name(name, custom=path is not None)
     p = Path(path) if path else DEFINITIONS_DIR / f"{key}.json"
-    data = json.loads(read_annotation_text(p))
-    classes = tuple(data["classes"])
-    desc = {c: tuple(d) for c, d in data["descriptions"].items()}
+    if not p.is_file():
+        raise EvalError(f"definition file for {key!r} not found: {p}")
+    try:
+        data = json.loads(read_annotation_text(p))
+        classes = tuple(data["classes"])
+        desc = {c: tuple(d) for c, d in data["descriptions"].items()}
+        normal = str(data["normal"])
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise AnnotationFormatError(
+            f"{p} must be a JSON object with normal, classes and descriptions "
+            f"{{class: [1-6 sentences]}}: {exc!r}") from None
     for c in classes:
         n = len(desc.get(c, ()))
         if not 1 <= n <= 6:
             raise AnnotationFormatError(
                 f"{p}: class {c!r} must have 1-6 descriptions, got {n}")
-    return Definition(data["normal"], classes, desc, dict(data.get("label_map", {})),
+    return Definition(normal, classes, desc, dict(data.get("label_map", {})),
                       tuple(data.get("classification_classes", ())))

@@ -34,7 +34,8 @@ def _pct(x: float | None) -> str:
 
 def detection_header(names: list[str]) -> list[str]:
     """Column names of the detection table (XD reports AP, the rest AUC)."""
-    return ["Method"] + [f"{DISPLAY_NAMES[n]} {'AP' if n == 'xd' else 'AUC'}" for n in names]
+    return ["Method"] + [f"{DISPLAY_NAMES.get(n, n)} {'AP' if n == 'xd' else 'AUC'}"
+                         for n in names]
 
 
 def markdown_tables(results: dict) -> str:
@@ -45,7 +46,9 @@ def markdown_tables(results: dict) -> str:
             ``benchmarks: {name: {detection, classification?, localisation?}}``).
     """
     method = results["method"]
+    # the seven in their usual order, then custom benchmarks (e.g. a generated world's split)
     names = [n for n in BENCHMARKS if n in results["benchmarks"]]
+    names += [n for n in results["benchmarks"] if n not in BENCHMARKS]
     res = results["benchmarks"]
     lines = [f"Ground truth: {results['gt_resolution']} resolution"
              + (f" (scores repeated x{results['frame_repeat']})"
@@ -59,7 +62,8 @@ def markdown_tables(results: dict) -> str:
               "|---|---|---|---|---|---|"]
     for n in names:
         d = res[n]["detection"]
-        lines.append(f"| {method} | {DISPLAY_NAMES[n]} | {_pct(d['auc'])} | {_pct(d['ap'])} | "
+        lines.append(f"| {method} | {DISPLAY_NAMES.get(n, n)} | {_pct(d['auc'])} | "
+                     f"{_pct(d['ap'])} | "
                      f"{_pct(d['ap_trapezoid'])} | {d['n_videos']}/{d['n_expected']} |")
     cls = [n for n in CLASSIFICATION_BENCHMARKS if "classification" in res.get(n, {})]
     if cls:

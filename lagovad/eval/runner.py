@@ -196,7 +196,8 @@ def evaluate_scores(bench: Benchmark, defn: Definition, scores: dict[str, VideoS
 def run(names: Iterable[str], scorer: Callable[[Benchmark, Definition], dict[str, VideoScores]],
         method: str, resolution: str = "feature", repeat: int = 16, native: bool = False,
         annotations: dict[str, Path] | None = None, frames: dict[str, int] | None = None,
-        out_dir: Path | None = None, localisation: str = "vadclip") -> dict:
+        out_dir: Path | None = None, localisation: str = "vadclip",
+        definitions: dict[str, Path] | None = None) -> dict:
     """Evaluate several benchmarks with one scorer and return the JSON-ready results.
 
     Args:
@@ -210,6 +211,7 @@ def run(names: Iterable[str], scorer: Callable[[Benchmark, Definition], dict[str
         frames: Known frame counts per video (``frame16`` only).
         out_dir: Where reports and figures go (None: nothing written).
         localisation: mAP@IoU protocol (``protocol.LOCALISATION_PROTOCOLS``).
+        definitions: Per-benchmark definition JSON overrides (a custom benchmark needs one).
     """
     results: dict = {"method": method, "gt_resolution": resolution, "frame_repeat": repeat,
                      "annotation_source": "native" if native else "json",
@@ -218,7 +220,7 @@ def run(names: Iterable[str], scorer: Callable[[Benchmark, Definition], dict[str
     for name in names:
         ann = (annotations or {}).get(name)
         bench = load_native(name) if native else load_benchmark(name, ann)
-        defn = load_definition(name)
+        defn = load_definition(name, (definitions or {}).get(name))
         t0 = time.perf_counter()
         scores = scorer(bench, defn)
         t1 = time.perf_counter()
