@@ -79,6 +79,7 @@ __all__ = [
     "lr_at",
     "plot_history",
     "train",
+    "train_step",
     "train_step_terms",
 ]
 
@@ -433,6 +434,38 @@ def train_step_terms(
     )
 
 
+def train_step(
+    model: torch.nn.Module,
+    batch: Batch,
+    cfg: TrainConfig,
+    categories: Sequence[str],
+    rng: np.random.Generator,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None = None,
+) -> dict[str, torch.Tensor]:
+    """One optimisation step: the recipe's terms, backward, clipping, optimizer, schedule.
+
+    Args:
+        model, batch, cfg, categories, rng, device: as :func:`train_step_terms`.
+        optimizer: the optimizer of the trainable parameters.
+        scheduler: the learning-rate schedule (stepped after the optimizer), if any.
+
+    Returns:
+        The step's loss terms (graphs kept; ``float(term)`` to log them).
+    """
+    terms = train_step_terms(model, batch, cfg, categories, rng, device)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    if cfg.grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return terms
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
     order = torch.randperm(n, generator=generator).tolist()
     for lo in range(0, n, batch_size):
@@ -688,13 +721,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for n_batch, indices in enumerate(bar, start=1):
             batch = collate([synth.sample(i, epoch) for i in indices])
             rng = np.random.default_rng([cfg.seed, epoch, step])
-            terms = train_step_terms(model, batch, cfg, categories, rng, device)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            terms = train_step(model, batch, cfg, categories, rng, device, optimizer, scheduler)
             step += 1
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
