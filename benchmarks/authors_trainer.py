@@ -15,8 +15,9 @@ is possible here, and the cost of a step does not depend on the weights):
 - ``AutoTokenizer.from_pretrained`` returns a ``CLIPTokenizerFast`` built from the CLIP BPE
   vocabulary that open_clip ships (the same ids as the hub tokenizer, end token as padding).
 
-Prints one JSON line: seconds of every timed step (a Lightning callback stamps
-``on_train_batch_start``/``on_train_batch_end``; the first ``--warmup`` steps are not counted).
+Prints one JSON line: wall and CPU (``time.process_time``, all threads) seconds of every timed
+step (a Lightning callback stamps ``on_train_batch_start``/``on_train_batch_end``; the first
+``--warmup`` steps are not counted).
 """
 
 from __future__ import annotations
@@ -146,13 +147,16 @@ def main() -> None:
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=False,
                                              num_workers=0)
         stamps: list[float] = []
+        cpu: list[float] = []
 
         class Clock(lightning.Callback):
             def on_train_batch_start(self, *a, **k):
                 stamps.append(time.perf_counter())
+                cpu.append(time.process_time())
 
             def on_train_batch_end(self, *a, **k):
                 stamps.append(time.perf_counter())
+                cpu.append(time.process_time())
 
         trainer = lightning.Trainer(
             accelerator="cpu", devices=1, precision=32, max_epochs=1, logger=False,
@@ -161,9 +165,11 @@ def main() -> None:
         )
         trainer.fit(model, train_dataloaders=loader)
     # a step runs from one batch start to the next (their loader's collate included)
-    starts = stamps[0::2] + [stamps[-1]]
-    steps = np.diff(starts)[args.warmup :].tolist()
-    print(json.dumps({"side": "authors", "step_seconds": steps,
+    def per_step(marks: list[float]) -> list[float]:
+        return np.diff(marks[0::2] + [marks[-1]])[args.warmup :].tolist()
+
+    print(json.dumps({"side": "authors", "step_seconds": per_step(stamps),
+                      "step_cpu_seconds": per_step(cpu),
                       "threads": torch.get_num_threads()}), flush=True)
 
 
