@@ -445,7 +445,8 @@ def _save_index(path: Path, cached: pa.Table | None, known: dict[str, int], data
     if cached is not None:
         mine = set(data.locations)
         keep = [j for loc, j in known.items() if loc not in mine]
-        fresh = pa.concat_tables([cached.take(keep).cast(fresh.schema), fresh])
+        fresh = pa.concat_tables([cached.take(pa.array(keep, pa.int64())).cast(fresh.schema),
+                                  fresh])
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as fh:
         pq.write_table(fresh, fh)
