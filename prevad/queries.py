@@ -362,6 +362,43 @@ WHERE ($dataset::VARCHAR IS NULL OR a.dataset = $dataset::VARCHAR)
 ORDER BY a.dataset, a.split, a.source_index NULLS LAST, a.video_id
 """
 
+#: The training set of one split (``lagovad train``): per clip its chosen annotation (human
+#: before model, then the latest ``created_at``, then the largest ``annotation_id``) joined to
+#: its feature row of one model (NULL columns when it has none). Parameters: $split,
+#: $dataset (NULL = all), $human_only (BOOLEAN: only human annotations), $model_id, $ids
+#: (VARCHAR[] of annotation ids to choose from, e.g. a training manifest's; NULL = all).
+TRAINING_SET = """
+WITH candidates AS (
+    SELECT * FROM annotations
+    WHERE split = $split::VARCHAR
+      AND ($dataset::VARCHAR IS NULL OR dataset = $dataset::VARCHAR)
+      AND (NOT $human_only::BOOLEAN OR annotator_kind = 'human')
+      AND ($ids::VARCHAR[] IS NULL
+           OR annotation_id IN (SELECT unnest($ids::VARCHAR[])))
+), chosen AS (
+    SELECT *, row_number() OVER (
+        PARTITION BY video_id
+        ORDER BY annotator_kind = 'human' DESC, created_at DESC, annotation_id DESC
+    ) AS rn
+    FROM candidates
+)
+SELECT c.video_id, c.annotation_id, c.annotator_kind, c.annotator, c.dataset, c.is_anomaly,
+       c.category, c.description, c.descriptions, c.spans,
+       f.location, f.count, f.dim, f.dtype
+FROM chosen AS c
+LEFT JOIN features AS f ON f.video_id = c.video_id AND f.model_id = $model_id::VARCHAR
+WHERE c.rn = 1
+ORDER BY c.video_id
+"""
+
+#: Annotations of a split by annotator kind (why a ``--labels human`` training set is empty).
+#: Parameters: $split, $dataset (NULL = all).
+ANNOTATION_KINDS_OF_SPLIT = """
+SELECT annotator_kind, count(*) AS n FROM annotations
+WHERE split = $split::VARCHAR AND ($dataset::VARCHAR IS NULL OR dataset = $dataset::VARCHAR)
+GROUP BY annotator_kind ORDER BY annotator_kind
+"""
+
 #: Feature rows of one model (``lagovad extract`` resume check). Parameter: $model_id.
 FEATURES_OF_MODEL = """
 SELECT video_id, frame_stride, frame_offset, frame_size, location, count, dim FROM features

@@ -175,8 +175,10 @@ def eval_command(
             dev = runner.pick_device(device)
             if checkpoint is not None:
                 import lagovad
+                from lagovad.manifest import describe_checkpoint
 
                 model, _ = lagovad.load_checkpoint(checkpoint, device=dev)
+                typer.echo(describe_checkpoint(checkpoint), err=True)
                 scorer_obj = runner.ModelScorer(model, dev, prompts, batch_size)
                 label = method or f"LaGoVAD ({checkpoint.name})"
             else:

@@ -109,6 +109,10 @@ def detect_cmd(
     try:
         definition = _definition(define, normal)
         net, label = load_detector(checkpoint, model, weights, device=device)
+        if checkpoint is not None:
+            from lagovad.manifest import describe_checkpoint
+
+            typer.echo(describe_checkpoint(checkpoint), err=True)
         encoder = encoder_for(net, clip_model, clip_pretrained, device=device)
         st = None
         if store is not None:
@@ -151,6 +155,10 @@ def rescore_cmd(
     try:
         definition = _definition(define, normal)
         net, label = load_detector(checkpoint, model, weights, device=device)
+        if checkpoint is not None:
+            from lagovad.manifest import describe_checkpoint
+
+            typer.echo(describe_checkpoint(checkpoint), err=True)
         summary = rescore(Store(store), net, definition, label, model_id=model_id)
     except (DefinitionError, DetectError, ValueError, OSError) as exc:
         _fail(exc)
