@@ -39,7 +39,13 @@ from typing import Any
 import numpy as np
 import typer
 
-from curation.common import CurationError, clean_errors, load_json_arg, print_summary
+from curation.common import (
+    CurationError,
+    clean_errors,
+    load_json_arg,
+    print_summary,
+    summary_line,
+)
 from curation.corpora import LAYOUTS, MAX_CORPUS_BYTES, Caption, file_sha256, read_corpus
 from curation.encoders import (
     BM25,
@@ -496,6 +502,9 @@ def register(app: typer.Typer) -> None:
         clip: str | None = typer.Option(None, help="CLIP text config as JSON, e.g. "
                                         '\'{"backend": "open_clip", "name": "ViT-B-16", '
                                         '"pretrained": "/path/open_clip.bin"}\''),
+        as_json: bool = typer.Option(False, "--json", help="print the run's summary as one "
+                                     "JSON line (the file saved under stage_runs/) instead of "
+                                     "the human lines"),
     ) -> None:
         """Retrieve anomaly candidates from a video-text corpus by text queries."""
         settings = Settings(method=method, top_k=top_k, min_score=min_score, aggregate=aggregate,
@@ -504,14 +513,15 @@ def register(app: typer.Typer) -> None:
                             max_corpus_bytes=max_corpus_bytes)
         store = Store(root)
         summary = retrieve(store, corpus, settings, progress=True)
-        print_summary(summary)
+        lines = [summary_line(summary)]
         if summary.items == 0:
-            typer.echo("nothing to do: this corpus was already retrieved at this stage version")
-            return
+            lines.append("nothing to do: this corpus was already retrieved at this stage "
+                         "version")
         for row in store_queries.latest_status(store, STAGE).to_pylist():
-            if row["run_id"] == summary.run_id and row["output_json"]:
+            if summary.items and row["run_id"] == summary.run_id and row["output_json"]:
                 out = json.loads(row["output_json"])
-                typer.echo(f"{out['captions']} captions, {out['videos']} videos -> "
-                           f"{out['candidates']} candidates ({settings.method}, top-k "
-                           f"{settings.top_k}, min-score {settings.min_score}; embedding cache "
-                           f"hit: {out['embedding_cache_hit']})")
+                lines.append(f"{out['captions']} captions, {out['videos']} videos -> "
+                             f"{out['candidates']} candidates ({settings.method}, top-k "
+                             f"{settings.top_k}, min-score {settings.min_score}; embedding "
+                             f"cache hit: {out['embedding_cache_hit']})")
+        print_summary(summary, as_json=as_json, lines=lines)

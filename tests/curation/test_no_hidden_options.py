@@ -30,7 +30,7 @@ OWNER = {
     "acquire": "media", "record": "media", "clean": "clips", "describe": "refactor",
     "verify": "refactor", "judge": "refactor", "describe-anomaly": "refactor",
 }
-KNOWN_GAPS = {"acquire", "record", "clean", "describe", "verify", "judge"}
+KNOWN_GAPS: set[str] = set()
 
 #: The stage commands and the factory their ``-p`` goes to (retrieve's settings are built by
 #: ``curation.stages.retrieve_settings``, used by the flows).
