@@ -156,6 +156,7 @@ def check_number(settings: Any, name: str, *, integer: bool = False,
         ValidationError: naming the option, the value and the rule.
     """
     value = getattr(settings, name)
+    given = value  # shown as given (27, not the 27.0 it is stored as)
     if value is None and optional:
         return
     bound = "" if minimum is None else (f" > {minimum:g}" if strict else f" >= {minimum:g}")
@@ -180,7 +181,15 @@ def check_number(settings: Any, name: str, *, integer: bool = False,
             (maximum is None or value <= maximum)
     if not ok:
         raise ValidationError(f"{_name(name, type(settings))} must be {rule}"
-                              f"{' or unset' if optional else ''}, got {value!r}")
+                              f"{' or unset' if optional else ''}, got {shown(given)}")
+
+
+def shown(value: Any) -> str:
+    """A value as messages show it: a whole float as the integer it is (``-27``, whether it
+    came as ``-27`` in JSON or ``-27.0`` from the command line), anything else by ``repr``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
 
 
 def check_text(settings: Any, name: str, *, optional: bool = True) -> None:

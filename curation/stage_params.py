@@ -20,6 +20,7 @@ stage before the first item of any is touched.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import math
@@ -137,6 +138,10 @@ def _args(hint: Any) -> tuple[Any, ...]:
 
 def _number(name: str, value: Any, integer: bool, finite: bool) -> Any:
     kind = "an integer" if integer else "a number"
+    if not integer and isinstance(value, str):
+        # what the command line reads as a number (nan, inf, 1e3, " 2") is one here too
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if integer and isinstance(value, float) and value.is_integer():
         value = int(value)  # 480.0 is 480, as the config classes read it
     ok_type = isinstance(value, int) if integer else isinstance(value, int | float)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from prevad.store import Store
@@ -128,3 +129,29 @@ def test_run_command_text_parameters_keep_what_was_written(tmp_path):
                               "-p", "schemes=[\"https\"]", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["items"] == 0
+
+
+@pytest.mark.parametrize("stage, flag, key, value", [
+    ("clean", "--threshold", "threshold", "-27"),
+    ("clean", "--max-clip", "max_clip_s", "1.5"),
+    ("dedup", "--rate", "rate", "31"),
+    ("acquire", "--timeout", "timeout_s", "nan"),
+    ("record", "--short-fraction", "short_fraction", "2"),
+    ("describe", "--frames", "frames", "0"),
+    ("verify", "--max-claims", "max_claims", "0"),
+    ("judge", "--temperature", "temperature", "-1"),
+])
+def test_the_command_and_curate_run_refuse_a_value_with_the_same_line(tmp_path, stage, flag,
+                                                                      key, value):
+    """One declaration, one check: ``prevad curate STAGE --flag V`` and ``prevad curate run
+    STAGE -p key=V`` print the same error line, and nothing is written."""
+    store = Store.init(tmp_path / "s")
+    add_videos(store, 2)
+    model = ["--model", "m"] if stage in ("describe", "verify", "judge") else []
+    cli = runner.invoke(app, ["curate", stage, str(store.root), *model, flag, value])
+    run = runner.invoke(app, ["curate", "run", str(store.root), stage, "--engine", "local",
+                              *(["-p", "model=m"] if model else []), "-p", f"{key}={value}"])
+    assert cli.exit_code == run.exit_code == 2, (cli.output, run.output)
+    assert cli.stderr.startswith(f"error: {flag} ({key}) must be "), cli.stderr
+    assert cli.stderr == run.stderr
+    assert store.read("stage_results").num_rows == 0
