@@ -195,23 +195,6 @@ def resolve_uri(store: Store, uri: str | None) -> Path:
     return p if p.is_absolute() else store.root / p
 
 
-def load_json_arg(text: str | None, what: str) -> dict[str, Any]:
-    """Parse a JSON object given on the command line (or {} for None).
-
-    Raises:
-        CurationError: not a JSON object.
-    """
-    if not text:
-        return {}
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise CurationError(f"{what} must be a JSON object, got {text!r}: {exc}") from None
-    if not isinstance(obj, dict):
-        raise CurationError(f"{what} must be a JSON object, got {text!r}")
-    return obj
-
-
 def clean_errors(fn: F) -> F:
     """CLI decorator: domain and I/O errors print one ``error: ...`` line and exit 2."""
 

@@ -1,6 +1,7 @@
-"""Describe stage: a multimodal LLM writes a detailed description of each kept segment.
+"""Describe stage: a multimodal LLM writes a detailed description of each clip.
 
-Input: ``segments`` (kept by cleaning) when the store has any, else ``videos``. Each item's
+Input: the catalog's ``clips`` view (docs/DECISIONS.md, D1): the clips each video's latest clean
+decision kept, and every video clean never split as a clip of itself. Each item's
 frames (N uniform frames of its span, decoded once and cached) go to the engine with the prompt
 ``prompts/describe.md``; the answer is constrained to :func:`schema`. Output (the stage result's
 ``output_json``): ``video_id``, ``segment_id``, ``description``, ``model``, ``engine``,
