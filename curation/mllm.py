@@ -62,6 +62,26 @@ class EngineConfig:
     cache: bool = True
     llm_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # the library's way in (the commands and flows check EngineOptions first, with the
+        # same rules): a bad value is an error here, never a failed item per request
+        from curation.engines import ENGINES
+        from curation.options import check_bool, check_choice, check_number
+
+        check_choice(self, "kind", list(ENGINES))
+        for name in ("batch_size", "concurrency"):
+            check_number(self, name, integer=True, minimum=1, strict=False)
+        check_number(self, "max_retries", integer=True, strict=False)
+        check_number(self, "timeout")
+        check_bool(self, "cache")
+        if not isinstance(self.sampling, Sampling):
+            raise ValidationError(f"sampling must be a Sampling, got {self.sampling!r}")
+        sampling = self.sampling
+        check_number(sampling, "max_tokens", integer=True, minimum=1, strict=False)
+        check_number(sampling, "temperature", strict=False)
+        check_number(sampling, "top_p", maximum=1)
+        check_number(sampling, "seed", integer=True, strict=False)
+
     def version_params(self) -> dict[str, Any]:
         """What of the engine changes a stage's results (model and sampling, not the engine)."""
         return {"model": self.model, "sampling": self.sampling.as_dict()}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from curation import describe, judge
 from curation.clean import clean
@@ -132,3 +133,31 @@ def test_items_follow_the_clips_view_after_a_second_clean_version(tmp_path, tiny
         seg = segments[sid]
         assert (items[sid].video_id, items[sid].segment_id, items[sid].start_s,
                 items[sid].end_s) == (seg.video_id, sid, seg.start_s, seg.end_s)
+
+
+def test_an_annotation_of_a_clip_is_read_from_the_clip_span_of_its_parent(tmp_path):
+    """describe-anomaly's items: an annotation's video_id is a clip id (D1); its spans are
+    relative to the clip, so its frames come from that part of the parent's file (not a
+    missing file, as when the id was looked up among videos)."""
+    from prevad.records import Annotation
+
+    store, videos = _compilations(tmp_path)
+    seg = max(store.records("segments"), key=lambda s: s.start_s)
+    length = seg.end_s - seg.start_s
+    anns = [Annotation("on-clip", seg.segment_id, "prevad", "human", "r", "Fire", True,
+                       spans=[[0.5, 1.0]], split="train"),
+            Annotation("on-video", videos["three"].video_id, "prevad", "human", "r", "Fire",
+                       True, spans=[], split="train")]
+    store.append("annotations", anns)
+    rows = store.query("SELECT * FROM annotations ORDER BY annotation_id").to_pylist()
+    items = {i.item_id: i for i in items_of(store, "annotations", rows)}
+    clip = items["on-clip"]
+    assert (clip.video_id, clip.segment_id) == (seg.video_id, seg.segment_id)
+    assert clip.path == Path(videos[next(k for k, v in videos.items()
+                                         if v.video_id == seg.video_id)].uri)
+    assert clip.start_s == pytest.approx(seg.start_s + 0.5 * length)
+    assert clip.end_s == pytest.approx(seg.end_s)
+    assert FrameSource(store, FRAMES).frames(clip).shape == (FRAMES.n, FRAMES.size,
+                                                             FRAMES.size, 3)
+    whole = items["on-video"]
+    assert (whole.segment_id, whole.start_s, whole.end_s) == (None, None, None)
