@@ -52,11 +52,13 @@ LEFT JOIN (
 ORDER BY i.{input_key}
 """
 
-#: input table -> its id column, for work lists.
+#: input table -> its id column, for work lists. ``clips`` is the catalog's view (D1,
+#: :data:`CLIPS_VIEW`): the input of the model stages after clean.
 WORK_LIST_INPUTS: dict[str, str] = {
     "candidates": "candidate_id",
     "videos": "video_id",
     "segments": "segment_id",
+    "clips": "clip_id",
     "annotations": "annotation_id",
 }
 
@@ -131,8 +133,23 @@ SELECT source, duration_s FROM videos WHERE duration_s IS NOT NULL ORDER BY sour
 
 # ---------------------------------------------------------------- model-based curation stages
 
-#: Number of segments in the store (the multimodal stages read segments when there are any).
-COUNT_SEGMENTS = "SELECT count(*) AS n FROM segments"
+#: Any clip id of the store resolved to its parent video's file and span, whatever the clean
+#: decisions say now (a ``segments`` row, or a video as a clip of itself): what an annotation's
+#: ``video_id`` names (D1). Parameter: $ids (VARCHAR[]).
+CLIP_FILES_BY_ID = """
+SELECT s.segment_id AS clip_id, s.video_id, v.uri, s.start_s, s.end_s, TRUE AS is_segment,
+       s.uri AS clip_uri, v.duration_s AS video_duration_s
+FROM segments AS s LEFT JOIN videos AS v ON v.video_id = s.video_id
+WHERE list_contains($ids::VARCHAR[], s.segment_id)
+UNION ALL
+SELECT v.video_id AS clip_id, v.video_id, v.uri, 0.0 AS start_s, v.duration_s AS end_s,
+       FALSE AS is_segment, NULL AS clip_uri, v.duration_s AS video_duration_s
+FROM videos AS v
+WHERE list_contains($ids::VARCHAR[], v.video_id)
+"""
+
+#: The ids of the catalog's ``clips`` view (D1): what review makes tasks of.
+CLIP_IDS = "SELECT clip_id FROM clips ORDER BY clip_id"
 
 #: Video rows by id. Parameter: $ids (VARCHAR[]).
 VIDEOS_BY_ID = """
