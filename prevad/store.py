@@ -958,6 +958,9 @@ class Store:
     def append(self, table: str, rows: Sequence[Any] | pa.Table) -> AppendResult:
         """Append records (or a pa.Table with the exact schema) to a table, all or nothing.
 
+        A pa.Table may lack added columns (``records.ADDED_FIELDS``): they are filled as for
+        rows stored before the column existed.
+
         Rows whose key is already stored (or repeated in the batch) with identical content are
         skipped; timestamps (``created_at``, ``time``) are ignored in that comparison.
 
@@ -1012,6 +1015,10 @@ class Store:
     @staticmethod
     def _as_table(spec: TableSpec, rows: Sequence[Any] | pa.Table) -> pa.Table:
         if isinstance(rows, pa.Table):
+            for name in spec.added:  # a table shaped like an older schema: filled as on read
+                if name not in rows.column_names:
+                    rows = rows.append_column(spec.schema.field(name),
+                                              spec.fill(name, rows.num_rows))
             rec.check_schema(rows, spec.schema, spec.name)
             rec.from_table(rows, spec.record)  # validate every row
             return rows.select(spec.schema.names).cast(spec.schema)

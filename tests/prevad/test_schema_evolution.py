@@ -155,6 +155,12 @@ def test_appends_and_duplicate_lookups_against_old_part_files(old: Path) -> None
     assert store.append("annotations", [_annotation(v) for v in vids]) == \
         store_mod.AppendResult(0, 3)
     assert store.append("features", store.records("features")).skipped == 1
+    # a table shaped like the old schema (written by older code) appends as well
+    legacy = rec.replace(_annotation(vids[0], "human"), annotation_id="legacy-0")
+    old_shape = rec.to_table([legacy], Annotation).drop_columns(
+        ["description_source", "descriptions"])
+    assert store.append("annotations", old_shape).written == 1
+    assert store.append("annotations", old_shape).skipped == 1  # then found identical
     # a stored key with the added column set is different content: refused, nothing written
     with pytest.raises(DuplicateIdError, match="description_source"):
         store.append("annotations", [_annotation(vids[0], description_source="reviewer")])
