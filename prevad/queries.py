@@ -9,7 +9,7 @@ store's own table specs, never from users.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -601,11 +601,13 @@ JUDGEMENTS_VIEW = _model_results("judge", """
        json_extract_string(r.output_json, '$.reason') AS judge_reason,""")
 
 #: One row per (dataset, clip): its latest human annotation, else its latest model one.
-#: ``clip_id`` is ``annotations.video_id`` (a clip id, D1), ``video_id`` the parent video.
+#: ``clip_id`` is ``annotations.video_id`` (a clip id, D1), ``video_id`` the parent video;
+#: ``description_source`` says whether a human row's description was written by the reviewer
+#: or is model text the reviewer accepted (NULL for model rows and rows stored before it).
 FINAL_LABELS_VIEW = """
 SELECT a.dataset, a.video_id AS clip_id, coalesce(c.video_id, a.video_id) AS video_id,
-       a.category, a.is_anomaly, a.description, a.spans, a.split, a.annotator_kind,
-       a.annotator, a.annotation_id, a.created_at, a.n_human, a.n_model
+       a.category, a.is_anomaly, a.description, a.description_source, a.spans, a.split,
+       a.annotator_kind, a.annotator, a.annotation_id, a.created_at, a.n_human, a.n_model
 FROM (
     SELECT *,
            row_number() OVER (
@@ -633,21 +635,73 @@ RESULT_VIEWS: dict[str, str] = {
 
 
 # ------------------------------------------------------------------ store internals
-#: One catalog view over a table's Parquet files (``{view}``, ``{glob}`` from the store itself).
-CATALOG_VIEW = (
-    "CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet("
-    "'{glob}', hive_partitioning = false, union_by_name = true)"
-)
-
 #: DuckDB variable holding a snapshot's file lists (a struct: table -> paths), set per cursor.
 SNAPSHOT_VARIABLE = "__prevad_snapshot"
 
-#: One view over the files of a table in the cursor's snapshot (``Store.query``).
-SNAPSHOT_VIEW = (
-    "CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet("
-    f"getvariable('{SNAPSHOT_VARIABLE}').{{view}}, hive_partitioning = false, "
+#: A table's Parquet files in the catalog (``{glob}`` from the store itself: any DuckDB that
+#: opens catalog.duckdb sees new commits).
+CATALOG_SOURCE = "read_parquet('{glob}', hive_partitioning = false, union_by_name = true)"
+
+#: A table's files in the cursor's snapshot (``Store.query``).
+SNAPSHOT_SOURCE = (
+    f"read_parquet(getvariable('{SNAPSHOT_VARIABLE}').{{view}}, hive_partitioning = false, "
     "union_by_name = true)"
 )
+
+#: Part files handed to a key lookup as the parameter ``$files``.
+FILES_SOURCE = "read_parquet($files, hive_partitioning = false, union_by_name = true)"
+
+#: One view per table over :func:`typed_select` of its files.
+TABLE_VIEW = "CREATE OR REPLACE VIEW {view} AS {select}"
+
+#: A stored column for SQL: (name, DuckDB type, SQL literal that rows without it read as, or
+#: None for NULL).
+Column = tuple[str, str, str | None]
+
+
+def duckdb_type(t: pa.DataType) -> str:
+    """The DuckDB type that DuckDB reads a Parquet column of Arrow type ``t`` as.
+
+    Raises:
+        TypeError: a type the store does not use.
+    """
+    if pa.types.is_list(t):
+        return f"{duckdb_type(t.value_type)}[]"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP WITH TIME ZONE" if t.tz else "TIMESTAMP"
+    for check, name in ((pa.types.is_string, "VARCHAR"), (pa.types.is_boolean, "BOOLEAN"),
+                        (pa.types.is_int64, "BIGINT"), (pa.types.is_int32, "INTEGER"),
+                        (pa.types.is_float64, "DOUBLE")):
+        if check(t):
+            return name
+    raise TypeError(f"no DuckDB type for Arrow type {t}")
+
+
+def sql_literal(value: Any) -> str | None:
+    """A fill value as SQL (None for NULL). Only strings and numbers are used as fills."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)
+    raise TypeError(f"no SQL literal for fill value {value!r}")
+
+
+def typed_select(columns: Sequence[Column], source: str) -> str:
+    """SELECT exactly ``columns`` from ``source`` (a ``read_parquet(..., union_by_name)``).
+
+    Files written before a column was added lack it, and while no file of the source has it
+    ``SELECT *`` would have no such column at all: the source is unioned by name with an empty
+    relation of every column's type, so a missing column reads as NULL (or its fill value) in
+    any file set, and columns that are not the table's never show. DuckDB drops the empty side
+    and still pushes filters and projections into the Parquet scan.
+    """
+    empty = ", ".join(f"NULL::{t} AS {_ident(n)}" for n, t, _ in columns)
+    cols = ", ".join(_ident(n) if fill is None else f"coalesce({_ident(n)}, {fill}) AS {_ident(n)}"
+                     for n, _, fill in columns)
+    return (f"SELECT {cols} FROM (SELECT {empty} WHERE false UNION ALL BY NAME "
+            f"SELECT * FROM {source})")
 
 
 def _ident(name: str) -> str:
@@ -677,17 +731,20 @@ SELECT __i, first, same FROM (
 """
 
 
-def stored_matches(key: Sequence[str], content: Sequence[str]) -> str:
+def stored_matches(key: Sequence[str], content: Sequence[str], columns: Sequence[Column]
+                   ) -> str:
     """SQL: batch rows (``__batch``) whose key is in the part files ``$files``.
 
     Columns: ``__i`` (batch row), ``same`` (identical content). Only the key and content columns
     are read, and the join's key filter lets Parquet statistics skip what cannot match.
+    ``columns``: the table's (:func:`typed_select`: files without an added column compare as
+    NULL, or the column's fill value).
     """
     on = " AND ".join(f"b.{_ident(k)} = s.{_ident(k)}" for k in key)
     return f"""
 SELECT b.__i, {_row('b', content)} IS NOT DISTINCT FROM {_row('s', content)} AS same
 FROM __batch AS b
-JOIN read_parquet($files, hive_partitioning = false, union_by_name = true) AS s ON {on}
+JOIN ({typed_select(columns, FILES_SOURCE)}) AS s ON {on}
 """
 
 
@@ -701,13 +758,16 @@ QUALIFY row_number() OVER (PARTITION BY {cols} ORDER BY __i) > 1
 """
 
 
-def key_lookup(key: Sequence[str], columns: Sequence[str]) -> str:
-    """SQL: stored rows (from ``$files``) whose ``key`` columns match a row of ``__batch``."""
+def key_lookup(key: Sequence[str], columns: Sequence[str], table: Sequence[Column]) -> str:
+    """SQL: stored rows (from ``$files``) whose ``key`` columns match a row of ``__batch``.
+
+    ``table``: the table's columns (:func:`typed_select`).
+    """
     on = " AND ".join(f"b.{_ident(k)} = s.{_ident(k)}" for k in key)
     cols = ", ".join(f"s.{_ident(c)}" for c in columns)
     return f"""
 SELECT {cols}
-FROM read_parquet($files, hive_partitioning = false, union_by_name = true) AS s
+FROM ({typed_select(table, FILES_SOURCE)}) AS s
 SEMI JOIN (SELECT DISTINCT * FROM __batch) AS b ON {on}
 """
 
