@@ -20,11 +20,7 @@ part of verify's own version.
 
 from __future__ import annotations
 
-import os
-import socket
-import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,8 +44,6 @@ from prevad.stage import Failed, ItemResult, Ok, Rejected
 NAME = "verify"
 PROMPT = "verify"
 VERDICTS = ("consistent", "partially_consistent", "inconsistent")
-#: Seconds the hub may take to accept a connection before CLIP weights count as unreachable.
-HUB_PROBE_TIMEOUT_S = 3.0
 
 
 class ClipWeightsError(PrevadError):
@@ -119,65 +113,20 @@ def schema(cfg: VerifyConfig | None = None) -> dict[str, Any]:
 def check_clip_weights(name: str, pretrained: str | None) -> None:
     """Fail fast when the CLIP weights can only come from a network that is not there.
 
-    Runs before any model is built: a pretrained tag whose weights are in neither the Hugging
-    Face cache nor open_clip's download folder needs the hub; with ``HF_HUB_OFFLINE`` (or
-    ``TRANSFORMERS_OFFLINE``) set, or when the hub does not accept a connection within
-    :data:`HUB_PROBE_TIMEOUT_S`, that is one clear error instead of the hub client's retries.
+    The check of :func:`lagovad.image_encoder.check_weights_available` (cache, then
+    ``HF_HUB_OFFLINE``, then one short connection to the hub), worded for verify's options.
 
     Raises:
         ClipWeightsError: the weights are not here and cannot be downloaded.
     """
-    if pretrained is None or Path(pretrained).expanduser().is_file():
-        return
-    from open_clip.pretrained import get_pretrained_cfg
+    from lagovad.image_encoder import PretrainedWeightsUnavailable, check_weights_available
 
-    from lagovad.text import register_open_clip_configs
-
-    register_open_clip_configs()
-    pcfg = get_pretrained_cfg(name, pretrained)
-    if not pcfg or _cached_weights(pcfg):
-        return  # an unknown tag is the loader's error to report (it lists the known tags)
-    why = _offline_reason() or _hub_unreachable()
-    if why:
-        raise ClipWeightsError(
-            f"the weights of CLIP model {name!r} (--clip-pretrained {pretrained!r}) are not in "
-            f"the local cache and cannot be downloaded: {why}. Download them once with network "
-            f"access, or pass --clip-pretrained /path/to/checkpoint, --clip-pretrained none "
-            f"(random weights) or --clip-model none (no CLIP signal)")
-
-
-def _cached_weights(pcfg: dict[str, Any]) -> bool:
-    """Whether open_clip will find the tag's weights on disk (HF cache or its URL folder)."""
-    from huggingface_hub import try_to_load_from_cache
-    from open_clip.pretrained import HF_WEIGHTS_NAME
-
-    hub = str(pcfg.get("hf_hub", ""))
-    if hub:
-        repo, filename = os.path.split(hub)
-        names = [filename] if filename else ["open_clip_model.safetensors", HF_WEIGHTS_NAME]
-        if any(isinstance(try_to_load_from_cache(repo, n), str) for n in names):
-            return True
-    url = str(pcfg.get("url", ""))
-    return bool(url) and (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file()
-
-
-def _offline_reason() -> str | None:
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var} is set"
-    return None
-
-
-def _hub_unreachable() -> str | None:
-    """Why the Hugging Face hub cannot be reached (None when it accepts a connection)."""
-    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http"
-                                                                else 443)
     try:
-        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-    except OSError as exc:
-        return f"{host}:{port} is unreachable ({exc})"
-    return None
+        check_weights_available(name, pretrained, option="--clip-pretrained")
+    except PretrainedWeightsUnavailable as exc:
+        raise ClipWeightsError(
+            f"{exc}, --clip-pretrained none (random weights) or --clip-model none "
+            f"(no CLIP signal)") from exc
 
 
 class ClipScorer:

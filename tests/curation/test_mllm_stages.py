@@ -392,7 +392,7 @@ def test_verify_without_clip_weights_fails_first_naming_its_option(
         cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith("error: the weights of CLIP model 'ViT-B-16' (--clip-pretrained "
+    assert line.startswith("error: the weights of open_clip model 'ViT-B-16' (--clip-pretrained "
                            "'openai') are not in the local cache") and why in line, line
     assert "--clip-model none" in line and " --pretrained" not in line
     assert latest(video_store, "verify") == {}
