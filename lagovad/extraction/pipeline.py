@@ -265,7 +265,7 @@ class _Batcher:
 
     def run(self, workers: int) -> None:
         with _Decoder(self.jobs, self.protocol, self.batch_size, workers,
-                      max_chunks=max(4, 2 * workers)) as decoder:
+                      max_chunks=max(16, 4 * workers)) as decoder:  # decode-ahead
             for item in decoder:
                 self._handle(item)
                 while self.n_pending >= self.batch_size:

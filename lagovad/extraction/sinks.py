@@ -100,14 +100,17 @@ class StoreSink:
     Finished clips are committed together: up to ``commit_items`` clips (or ``commit_s``
     seconds, or :data:`COMMIT_BYTES`) in ONE atomic commit (their .npy files, Feature rows and
     StageResult rows), so a crash loses at most the buffered clips, which the next run
-    extracts again, and never leaves a file without its rows. A commit that is refused (a
-    clip's array clashes with a stored one) is retried clip by clip, so only that clip fails.
-    ``write`` and ``fail`` return the clips whose commit failed (possibly written earlier).
+    extracts again, and never leaves a file without its rows. With ``background`` (default)
+    a commit is made by a thread of its own while the next clips are decoded and encoded (the
+    commit's fsyncs would stall the encoder loop); one commit is in flight at most. A commit
+    that is refused (a clip's array clashes with a stored one) is retried clip by clip, so
+    only that clip fails. ``write``, ``fail`` and ``close`` return the clips whose commit
+    failed (clips written earlier).
     """
 
     def __init__(self, store: Any, model_id: str, protocol: Protocol,
                  export_dir: Path | None = None, *, commit_items: int = COMMIT_ITEMS,
-                 commit_s: float = COMMIT_S):
+                 commit_s: float = COMMIT_S, background: bool = True):
         if commit_items < 1:
             raise ExtractError(f"commit_items (--commit-every) must be >= 1, got {commit_items}")
         if not commit_s >= 0:  # also NaN
@@ -126,6 +129,9 @@ class StoreSink:
         self._buffer_since = 0.0
         self.exported = 0
         self.commits = 0
+        self.background = background
+        self._writer: Any = None  # the commit thread, started on the first commit
+        self._inflight: Any = None  # the commit it is making (a Future)
 
     def _stored_features(self) -> dict[str, dict[str, Any]]:
         from prevad import queries
@@ -250,14 +256,40 @@ class StoreSink:
             return self.flush()
         return []
 
-    def flush(self) -> list[tuple[VideoJob, BaseException]]:
-        """Commit every buffered clip in one atomic commit, then export their arrays; returns
-        the clips that could not be committed (each then stored as a failure)."""
+    def flush(self, wait: bool = False) -> list[tuple[VideoJob, BaseException]]:
+        """Hand every buffered clip to the commit thread (one atomic commit, then their
+        exports), after the commit in flight has landed; ``wait`` also waits for this one.
+
+        Returns:
+            The clips whose commit failed (each then stored as a failure), from the commits
+            that landed during this call.
+        """
         pending, self._buffer, self._buffer_bytes = self._buffer, [], 0
-        if not pending:
-            return []
+        failed = self._collect()  # one commit in flight at most: bounded memory, order kept
+        if pending:
+            if self.background:
+                if self._writer is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="extract-commit")
+                self._inflight = self._writer.submit(self._commit_or_split, pending)
+            else:
+                failed += self._failed(self._commit_or_split(pending))
+        if wait:
+            failed += self._collect()
+        return failed
+
+    def _collect(self) -> list[tuple[VideoJob, BaseException]]:
+        """Wait for the commit in flight; store its failed clips as failures."""
+        future, self._inflight = self._inflight, None
+        return [] if future is None else self._failed(future.result())
+
+    def _commit_or_split(self, pending: list[_Pending]) -> list[tuple[VideoJob, BaseException]]:
+        """One commit of ``pending``; refused, each clip alone (only the one at fault fails).
+        Runs in the commit thread (encoding and decoding go on meanwhile)."""
         try:
             self._commit(pending)
+            return []
         except Exception:  # noqa: BLE001 - find the clip at fault: retried one by one
             failed = []
             for item in pending:
@@ -265,18 +297,23 @@ class StoreSink:
                     self._commit([item])
                 except Exception as exc:  # noqa: BLE001 - this clip fails, the others land
                     failed.append((item.job, exc))
-            for job, _ in failed:  # that attempt never landed; another writer's may have
-                self._attempts[job.key] = 0
-            if failed:
-                self._stored_attempts([job.key for job, _ in failed])
-            for job, exc in failed:
-                self._done.pop(job.key, None)
-                info = failure_dict(job, exc)
-                row = self._stage_row(job, "failed", reason=info["reason"], error=info["error"])
-                self._attempts[job.key] = row.attempt
-                self.store.append("stage_results", [row])
             return failed
-        return []
+
+    def _failed(self, failed: list[tuple[VideoJob, BaseException]]
+                ) -> list[tuple[VideoJob, BaseException]]:
+        """Store a "failed" StageResult for each clip whose commit failed."""
+        if not failed:
+            return failed
+        for job, _ in failed:  # that attempt never landed; another writer's may have
+            self._attempts[job.key] = 0
+        self._stored_attempts([job.key for job, _ in failed])
+        for job, exc in failed:
+            self._done.pop(job.key, None)
+            info = failure_dict(job, exc)
+            row = self._stage_row(job, "failed", reason=info["reason"], error=info["error"])
+            self._attempts[job.key] = row.attempt
+            self.store.append("stage_results", [row])
+        return failed
 
     def _commit(self, pending: list[_Pending]) -> None:
         files: dict[str, bytes] = {}
@@ -305,8 +342,14 @@ class StoreSink:
         )
 
     def close(self) -> list[tuple[VideoJob, BaseException]]:
-        """Commit what is buffered; returns the clips whose commit failed."""
-        return self.flush()
+        """Commit what is buffered and wait for every commit; returns the clips whose commit
+        failed."""
+        try:
+            return self.flush(wait=True)
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
 
 @dataclass(slots=True)

@@ -50,18 +50,20 @@ def test_clips_are_committed_together(tmp_path, five_gray_videos, tiny_encoder, 
     assert _commits(store) == commits
 
 
-def test_refused_commit_fails_only_its_clip(tmp_path, five_gray_videos, tiny_encoder):
+@pytest.mark.parametrize("background", [True, False])
+def test_refused_commit_fails_only_its_clip(tmp_path, five_gray_videos, tiny_encoder,
+                                            background):
     """Another writer stored clip A's features (other values) while A awaited its commit."""
     store = Store.init(tmp_path / "store")
     protocol = make_protocol(tiny_encoder, 8, None, None)
-    mine = StoreSink(store, "m", protocol, commit_items=10)
-    other = StoreSink(Store(store.root), "m", protocol, commit_items=10)
+    mine = StoreSink(store, "m", protocol, commit_items=10, background=background)
+    other = StoreSink(Store(store.root), "m", protocol, commit_items=10, background=background)
     a, b = mine.jobs(sorted(five_gray_videos.glob("*.mp4"))[:2])
     assert mine.write(a, np.ones((3, 4), np.float32), 24) == []
     assert other.write(a, np.zeros((3, 4), np.float32), 24) == []
-    assert other.flush() == []
+    assert other.close() == []
     assert mine.write(b, np.ones((4, 4), np.float32), 32) == []
-    failed = mine.flush()
+    failed = mine.close()  # the commit thread's result
     assert [(j.key, type(e)) for j, e in failed] == [(a.key, DuplicateIdError)]
     feats = {r["video_id"]: store.load_features(r) for r in store.read("features").to_pylist()}
     assert set(feats) == {a.key, b.key} and not feats[a.key].any()  # the other writer's
