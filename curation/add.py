@@ -32,6 +32,7 @@ by one and counted by reason with their line numbers (``bad_url``, ``bad_span``,
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -44,8 +45,16 @@ from typing import Any
 
 import typer
 
-from curation.common import CurationError, clean_errors
-from curation.netpolicy import NetworkPolicy
+from curation.common import CurationError, clean_errors, print_summary
+from curation.netpolicy import NetworkPolicy, UrlRefused
+from curation.options import (
+    command_from,
+    json_option,
+    opt,
+    settings_from_cli,
+    settings_parameters,
+    store_argument,
+)
 from curation.sources import (
     MAX_KEPT_REJECTIONS,
     Entry,
@@ -75,35 +84,33 @@ _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 class AddSettings:
     """Options of ``prevad curate add`` (those that change the rows go into the version).
 
-    Attributes:
-        source: the ``candidates.source`` of every row (a short name: letters, digits, ``_.-``).
-        category: category of entries that name none (a taxonomy name).
-        expand: also expand the URLs of list and table files with yt-dlp (playlists in a list);
-            URLs given as SOURCE are always expanded.
-        search_prefix: yt-dlp search key used for keyword files (``ytsearch``).
-        max_per_query: results taken per search query (keyword files; also the cap of an
-            explicit ``<key>all:`` query).
-        max_per_playlist: entries taken per playlist, channel, feed or page.
-        allow_private_network: expansions may fetch from loopback/private addresses (D4).
-        allow_file: accept ``file:`` URLs (regular files only).
-        timeout_s: wall-clock limit of one expansion.
-        socket_timeout_s: a silent connection is dropped after this.
-        max_page_bytes: most bytes read from one page or feed.
-        max_file_bytes: largest input file read.
+    Every field is an option of ``prevad curate add`` (:mod:`curation.options`), checked when
+    the settings are built.
+
+    Raises:
+        CurationError: a value breaks its rule (the message names the option).
     """
 
-    source: str = "web"
-    category: str | None = None
-    expand: bool = False
-    search_prefix: str = "ytsearch"
-    max_per_query: int = 20
-    max_per_playlist: int = 1000
-    allow_private_network: bool = False
-    allow_file: bool = False
-    timeout_s: float = 120.0
-    socket_timeout_s: float = 20.0
-    max_page_bytes: int = 20 * 1024 * 1024
-    max_file_bytes: int = 1 << 30
+    source: str = opt("web", "candidates.source of the rows (letters, digits, '_.-').")
+    category: str | None = opt(None, "Category of entries that name none (a taxonomy name).")
+    expand: bool = opt(False, "Also expand the URLs listed in files with yt-dlp (playlists in "
+                       "a list); URLs given as SOURCE are always expanded.")
+    search_prefix: str = opt("ytsearch", "yt-dlp search key for keyword files.")
+    max_per_query: int = opt(20, "Results per search query (keyword files; also the cap of an "
+                             "explicit <key>all: query).")
+    max_per_playlist: int = opt(1000, "Entries per playlist, channel, feed or page.")
+    allow_private_network: bool = opt(False, "Let expansions fetch from loopback, private and "
+                                      "link-local addresses (refused by default, "
+                                      "docs/DECISIONS.md D4).")
+    allow_addresses: tuple[str, ...] = opt((), "A non-public network allowed anyway: CIDR or "
+                                           "address, optional :port (repeatable).",
+                                           "--allow-address", factory=tuple)
+    allow_file: bool = opt(False, "Accept file: URLs (regular files only).")
+    timeout_s: float = opt(120.0, "Wall-clock limit of one expansion (s).", "--timeout")
+    socket_timeout_s: float = opt(20.0, "Drop a silent connection after this (s).",
+                                  "--socket-timeout")
+    max_page_bytes: int = opt(20 * 1024 * 1024, "Most bytes read from one page or feed.")
+    max_file_bytes: int = opt(1 << 30, "Largest input file read (bytes).")
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not _SOURCE_NAME.match(self.source):
@@ -120,6 +127,21 @@ class AddSettings:
                     or v <= 0:
                 raise CurationError(f"--{name.removesuffix('_s').replace('_', '-')} {v!r}: "
                                     "expected a finite number of seconds > 0")
+        for name in ("expand", "allow_private_network", "allow_file"):
+            if not isinstance(getattr(self, name), bool):
+                raise CurationError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: "
+                                    "expected true or false")
+        if isinstance(self.allow_addresses, str):
+            self.allow_addresses = (self.allow_addresses,)
+        if not isinstance(self.allow_addresses, list | tuple) or \
+                not all(isinstance(a, str) for a in self.allow_addresses):
+            raise CurationError(f"--allow-address {self.allow_addresses!r}: expected networks "
+                                "(CIDR or address, optional :port)")
+        self.allow_addresses = tuple(self.allow_addresses)
+        try:
+            self.policy()
+        except (UrlRefused, ValueError) as exc:
+            raise CurationError(f"--allow-address: {exc}") from None
         if self.category is not None:
             try:
                 self.category = parse_category(self.category)
@@ -127,9 +149,10 @@ class AddSettings:
                 raise CurationError(f"--category: {exc}") from None
 
     def policy(self) -> NetworkPolicy:
-        """The network policy of the expansions."""
+        """The network policy of the expansions (checked on every request and redirect hop:
+        yt-dlp fetches through a :class:`curation.fetch.PolicyProxy`)."""
         return NetworkPolicy(allow_private_network=self.allow_private_network,
-                             allow_file=self.allow_file)
+                             allow_file=self.allow_file, allow_addresses=self.allow_addresses)
 
     def limits(self, per_query: bool = False) -> ExpandLimits:
         """Bounds of one expansion (a search takes at most ``max_per_query`` results)."""
@@ -389,42 +412,27 @@ def format_summary(summary: AddSummary, show: int = 5) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``prevad curate add``."""
-
-    @app.command("add")
-    @clean_errors
-    def add_cmd(
-        root: Path = typer.Argument(..., help="the store"),
-        sources: list[str] = typer.Argument(
+    """Add ``prevad curate add`` (one option per :class:`AddSettings` field)."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        store_argument(),
+        inspect.Parameter("sources", kw, annotation=list[str], default=typer.Argument(
             ..., help="URL list (.txt), table (.csv/.tsv/.jsonl: url, caption, category, start, "
             "end, title), keyword file (.json: category -> keywords), search query "
-            "(ytsearch10:words) or a URL to expand (playlist, channel, feed, page)"),
-        source: str = typer.Option("web", help="candidates.source of the rows"),
-        category: str | None = typer.Option(None, help="category of entries that name none"),
-        expand_lists: bool = typer.Option(False, "--expand", help="also expand the URLs "
-                                          "listed in files (playlists in a list)"),
-        search_prefix: str = typer.Option("ytsearch", help="yt-dlp search key for keyword "
-                                          "files"),
-        max_per_query: int = typer.Option(20, help="results per search query"),
-        max_per_playlist: int = typer.Option(1000, help="entries per playlist/channel/page"),
-        allow_private_network: bool = typer.Option(
-            False, help="let expansions fetch from loopback/private addresses (D4)"),
-        allow_file: bool = typer.Option(False, help="accept file: URLs (regular files only)"),
-        timeout: float = typer.Option(120.0, help="wall-clock limit of one expansion (s)"),
-        socket_timeout: float = typer.Option(20.0, help="drop a silent connection after (s)"),
-        max_page_bytes: int = typer.Option(20 * 1024 * 1024, help="most bytes read per page"),
-        max_file_bytes: int = typer.Option(1 << 30, help="largest input file read (bytes)"),
-        show: int = typer.Option(5, help="rejected lines listed per reason"),
-    ) -> None:
-        """Register videos from URL lists, tables, keyword files, searches and playlists as
-        candidates (idempotent: the same URL and span is the same candidate)."""
-        settings = AddSettings(source=source, category=category, expand=expand_lists,
-                               search_prefix=search_prefix, max_per_query=max_per_query,
-                               max_per_playlist=max_per_playlist,
-                               allow_private_network=allow_private_network,
-                               allow_file=allow_file, timeout_s=timeout,
-                               socket_timeout_s=socket_timeout, max_page_bytes=max_page_bytes,
-                               max_file_bytes=max_file_bytes)
-        summary = add(Store(root), list(sources), settings, progress=True)
-        for line in format_summary(summary, max(0, show)):
-            typer.echo(line)
+            "(ytsearch10:words) or a URL to expand (playlist, channel, feed, page)")),
+        *settings_parameters(AddSettings),
+        inspect.Parameter("show", kw, annotation=int, default=typer.Option(
+            5, help="rejected lines listed per reason")),
+        json_option(),
+    ]
+
+    @clean_errors
+    def body(root: Path, sources: list[str], show: int, as_json: bool, **values: Any) -> None:
+        settings = settings_from_cli(AddSettings, values)  # checked before anything is read
+        summary = add(Store(root), list(sources), settings, progress=not as_json)
+        print_summary(summary, as_json=as_json, lines=format_summary(summary, max(0, show)))
+
+    app.command("add")(command_from(
+        body, params, "Register videos from URL lists, tables, keyword files, searches and "
+        "playlists as candidates (idempotent: the same URL and span is the same candidate).",
+        "add_cmd"))

@@ -55,16 +55,23 @@ again. Run ``dedup`` before ``clean``: a video cleaned before dedup marked it ke
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import typer
 
-from curation.common import CurationError, clean_errors, print_summary, resolve_uri
+from curation.common import CurationError, resolve_uri
+from curation.options import (
+    check_bool,
+    check_choice,
+    check_number,
+    opt,
+    stage_command,
+)
 from curation.shots import (
     DETECTORS,
     Boundaries,
@@ -106,33 +113,47 @@ class CleanPolicy:
     """Shot detection, clip and intro/outro knobs (see the module docstring and
     :class:`curation.shots.ShotConfig`). Every field is part of the stage version."""
 
-    detector: str = "adaptive"
-    threshold: float = 27.0
-    adaptive_threshold: float = 3.0
-    min_shot_s: float = 0.3
-    detect_width: int = 128
-    flash_s: float = 0.6
-    flash_ratio: float = 0.35
-    dissolves: bool = True
-    dissolve_min_score: float = 12.0
-    dissolve_max_residual: float = 0.25
-    dissolve_min_contrast: float = 1.8
-    dissolve_linear_residual: float = 0.1
-    dissolve_max_s: float = 3.0
-    return_s: float = 10.0
-    return_ratio: float = 0.5
-    return_pair_corr: float = 0.7
-    max_edge_s: float = 15.0
-    black_luma: float = 20.0
-    black_fraction: float = 0.9
-    static_diff: float = 0.5
-    min_edge_shot_s: float = 0.5
-    unrelated_max_s: float = 3.0
-    unrelated_similarity: float = 0.2
-    unrelated_max_share: float = 0.25
-    min_clip_s: float = 1.0
-    max_clip_s: float = 60.0
-    dedup_version: str = ""
+    detector: str = opt("adaptive", "Hard-cut detector: content | adaptive.")
+    threshold: float = opt(27.0, "ContentDetector threshold.")
+    adaptive_threshold: float = opt(3.0, "AdaptiveDetector threshold.")
+    min_shot_s: float = opt(0.3, "Shortest shot the detector reports (s).", "--min-shot")
+    detect_width: int = opt(128, "Frames are scaled to this width for detection (>= 16).")
+    flash_s: float = opt(0.6, "A cut whose picture comes back within this many seconds is a "
+                         "flash, not a cut.", "--flash")
+    flash_ratio: float = opt(0.35, "A cut is a flash when frames around it match better than "
+                             "this share of its jump (0-1).")
+    dissolves: bool = opt(True, "Detect dissolves and fades.")
+    dissolve_min_score: float = opt(12.0, "Least dissolve score (0-255).")
+    dissolve_max_residual: float = opt(0.25, "Largest linear-blend residual, share of the "
+                                       "jump (0-1).")
+    dissolve_min_contrast: float = opt(1.8, "Least colour contrast of a dissolve.")
+    dissolve_linear_residual: float = opt(0.1, "A blend this linear (and twice the least "
+                                          "score) needs no colour contrast (0-1).")
+    dissolve_max_s: float = opt(3.0, "Longest dissolve or fade half (s).", "--dissolve-max")
+    return_s: float = opt(10.0, "A blend whose picture comes back within this many seconds is "
+                          "an overlay, not a transition (s).")
+    return_ratio: float = opt(0.5, "'Comes back' means closer than this share of the blend's "
+                              "jump (0-1).")
+    return_pair_corr: float = opt(0.7, "Two blends that correlate above this once one is "
+                                  "reversed undo each other (0-1).")
+    max_edge_s: float = opt(15.0, "Longest droppable edge shot (s).", "--max-edge")
+    black_luma: float = opt(20.0, "Black below this mean luma (0-255).")
+    black_fraction: float = opt(0.9, "An edge shot is black when at least this share of its "
+                                "frames is (0-1).")
+    static_diff: float = opt(0.5, "Static below this luma change.")
+    min_edge_shot_s: float = opt(0.5, "Edge shots shorter than this are dropped (s).",
+                                 "--min-edge-shot")
+    unrelated_max_s: float = opt(3.0, "Longest edge shot that may be dropped as unrelated (s).",
+                                 "--unrelated-max")
+    unrelated_similarity: float = opt(0.2, "Unrelated below this colour similarity to the "
+                                      "main shot (0-1).")
+    unrelated_max_share: float = opt(0.25, "Largest share of the kept span an unrelated edge "
+                                     "shot may have (0-1).")
+    min_clip_s: float = opt(1.0, "Drop clips shorter than this (s).", "--min-clip")
+    max_clip_s: float = opt(60.0, "Split longer shots into equal windows (s); 0 = never "
+                            "split.", "--max-clip")
+    dedup_version: str = opt("", "Dedup results to read (default: the newest with ok "
+                             "results; 'none' = skip no duplicate).")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -156,33 +177,20 @@ _POSITIVE = ("threshold", "adaptive_threshold", "dissolve_max_s", "flash_s")
 
 def _validate(p: CleanPolicy) -> None:
     """Every option checked before any item is touched (a bad option is never a rejection)."""
-    for f in fields(p):
-        v = getattr(p, f.name)
-        if f.name in ("detector", "dissolves", "dedup_version"):
-            continue
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise ValidationError(f"clean: {f.name} must be a number, got {v!r}")
-        if not math.isfinite(v) or v < 0:
-            raise ValidationError(f"clean: {f.name} must be a finite number >= 0, got {v!r}")
-    if not isinstance(p.dissolves, bool):
-        raise ValidationError(f"clean: dissolves must be true or false, got {p.dissolves!r}")
+    check_choice(p, "detector", list(DETECTORS))
+    check_bool(p, "dissolves")
     if not isinstance(p.dedup_version, str):
-        raise ValidationError(f"clean: dedup_version must be a string, got {p.dedup_version!r}")
-    if p.detector not in DETECTORS:
-        raise ValidationError(f"clean: detector must be one of {list(DETECTORS)}, "
-                              f"got {p.detector!r}")
-    for name in _FRACTIONS:
-        if getattr(p, name) > 1:
-            raise ValidationError(f"clean: {name} must be in [0, 1], got {getattr(p, name)!r}")
-    for name in _POSITIVE:
-        if getattr(p, name) <= 0:
-            raise ValidationError(f"clean: {name} must be > 0, got {getattr(p, name)!r}")
-    if not isinstance(p.detect_width, int) or p.detect_width < 16:
-        raise ValidationError(f"clean: detect_width must be an integer >= 16, "
-                              f"got {p.detect_width!r}")
+        raise ValidationError(f"--dedup-version (dedup_version) must be a text, got "
+                              f"{p.dedup_version!r}")
+    check_number(p, "detect_width", integer=True, minimum=16, strict=False)
+    for f in fields(p):
+        if f.name in ("detector", "dissolves", "dedup_version", "detect_width"):
+            continue
+        check_number(p, f.name, minimum=0, strict=f.name in _POSITIVE,
+                     maximum=1 if f.name in _FRACTIONS else None)
     if p.max_clip_s and p.max_clip_s < 2 * p.min_clip_s:
         raise ValidationError(
-            f"clean: max_clip_s must be 0 (no splitting) or at least twice min_clip_s "
+            f"--max-clip (max_clip_s) must be 0 (no splitting) or at least twice --min-clip "
             f"({2 * p.min_clip_s:g}), got {p.max_clip_s!r}: a long shot is split into equal "
             f"windows longer than max_clip_s / 2, which must not fall under min_clip_s"
         )
@@ -452,67 +460,25 @@ def clean(store: Store, policy: CleanPolicy | None = None, *, limit: int | None 
                      progress=progress, run_id=run_id)
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``prevad curate clean``."""
-    d = CleanPolicy()
+def _show(store: Store, policy: CleanPolicy, summary: StageSummary, show: bool) -> None:
+    """``--show``: each video's clips, cuts and dissolves of this run, one JSON line each."""
+    if not show:
+        return
+    for r in store.records("stage_results"):
+        if r.stage == STAGE and r.run_id == summary.run_id:
+            out = r.output or {}
+            typer.echo(json.dumps({
+                "video_id": r.id, "status": r.status, "reason": r.reason,
+                "clips_s": [[c["start_s"], c["end_s"]] for c in out.get("clips", [])],
+                "cuts_s": out.get("cuts_s"),
+                "dissolves_s": [[t["start_s"], t["end_s"]] for t in out.get("dissolves", [])]}))
 
-    @app.command("clean")
-    @clean_errors
-    def clean_cmd(
-        root: Path = typer.Argument(..., help="the store"),
-        detector: str = typer.Option(d.detector, help="hard-cut detector: content | adaptive"),
-        threshold: float = typer.Option(d.threshold, help="ContentDetector threshold"),
-        adaptive_threshold: float = typer.Option(d.adaptive_threshold,
-                                                 help="AdaptiveDetector threshold"),
-        min_shot: float = typer.Option(d.min_shot_s, help="shortest shot the detector reports "
-                                       "(s)"),
-        dissolves: bool = typer.Option(d.dissolves, help="detect dissolves and fades"),
-        dissolve_min_score: float = typer.Option(d.dissolve_min_score,
-                                                 help="least dissolve score (0-255)"),
-        dissolve_max_residual: float = typer.Option(d.dissolve_max_residual,
-                                                    help="largest linear-blend residual"),
-        dissolve_min_contrast: float = typer.Option(d.dissolve_min_contrast,
-                                                    help="least colour contrast of a dissolve"),
-        dissolve_max: float = typer.Option(d.dissolve_max_s, help="longest dissolve (s)"),
-        flash: float = typer.Option(d.flash_s, help="a cut whose picture comes back within "
-                                    "this many seconds is a flash, not a cut"),
-        max_edge: float = typer.Option(d.max_edge_s, help="longest droppable edge shot (s)"),
-        min_edge_shot: float = typer.Option(d.min_edge_shot_s,
-                                            help="edge shots shorter than this are dropped"),
-        static_diff: float = typer.Option(d.static_diff, help="static below this change"),
-        black_luma: float = typer.Option(d.black_luma, help="black below this mean luma"),
-        unrelated_similarity: float = typer.Option(d.unrelated_similarity,
-                                                   help="unrelated below this similarity"),
-        min_clip: float = typer.Option(d.min_clip_s, help="drop clips shorter than this (s)"),
-        max_clip: float = typer.Option(d.max_clip_s, help="split longer shots into equal "
-                                       "windows (s); 0 = never split"),
-        dedup_version: str = typer.Option(d.dedup_version, help="dedup results to read "
-                                          "(default: the newest; 'none' = skip no duplicate)"),
-        limit: int | None = typer.Option(None, help="at most this many videos"),
-        show: bool = typer.Option(False, help="print each video's clips, cuts and dissolves"),
-    ) -> None:
-        """Split videos into single-shot clips (cuts, dissolves), drop intros/outros/filler."""
-        if limit is not None and limit < 1:
-            raise ValidationError(f"--limit must be >= 1, got {limit}")
-        policy = CleanPolicy(
-            detector=detector, threshold=threshold, adaptive_threshold=adaptive_threshold,
-            min_shot_s=min_shot, dissolves=dissolves, dissolve_min_score=dissolve_min_score,
-            dissolve_max_residual=dissolve_max_residual,
-            dissolve_min_contrast=dissolve_min_contrast, dissolve_max_s=dissolve_max,
-            flash_s=flash, max_edge_s=max_edge, min_edge_shot_s=min_edge_shot,
-            static_diff=static_diff, black_luma=black_luma,
-            unrelated_similarity=unrelated_similarity, min_clip_s=min_clip,
-            max_clip_s=max_clip, dedup_version=dedup_version)
-        store = Store(root)
-        summary = clean(store, policy, limit=limit, progress=True)
-        print_summary(summary)
-        if show:
-            for r in store.records("stage_results"):
-                if r.stage == STAGE and r.run_id == summary.run_id:
-                    out = r.output or {}
-                    typer.echo(json.dumps({
-                        "video_id": r.id, "status": r.status, "reason": r.reason,
-                        "clips_s": [[c["start_s"], c["end_s"]] for c in out.get("clips", [])],
-                        "cuts_s": out.get("cuts_s"),
-                        "dissolves_s": [[t["start_s"], t["end_s"]]
-                                        for t in out.get("dissolves", [])]}))
+
+def register(app: typer.Typer) -> None:
+    """Add ``prevad curate clean`` (one option per :class:`CleanPolicy` field)."""
+    show = inspect.Parameter("show", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                             default=typer.Option(False, help="print each video's clips, cuts "
+                                                  "and dissolves"))
+    stage_command(app, STAGE, CleanPolicy, clean, "Split videos into single-shot clips (cuts, "
+                  "dissolves), drop intros/outros/filler.", limit_help="at most this many videos",
+                  extra=[show], after=_show)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import click
 import typer
@@ -61,26 +63,60 @@ def stage_command(name: str) -> click.Command:
     return command
 
 
+class LazyCommands(MutableMapping[str, click.Command]):
+    """A group's commands: its own, plus every stage of :data:`STAGE_COMMANDS`, whose module is
+    imported when the command is first looked up (``commands["acquire"]``, ``.get``), never when
+    the names are listed."""
+
+    def __init__(self, own: dict[str, click.Command] | None = None) -> None:
+        self._own: dict[str, click.Command] = dict(own or {})
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._own and name in STAGE_COMMANDS:
+            self._own[name] = stage_command(name)
+        return self._own[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._own[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._own[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._own
+        yield from (n for n in STAGE_COMMANDS if n not in self._own)
+
+    def __len__(self) -> int:
+        return len(set(self._own) | set(STAGE_COMMANDS))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._own or name in STAGE_COMMANDS
+
+
 class StageGroup(TyperGroup):
     """``prevad curate``: its own commands, plus the stage commands loaded on first use."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        """Own commands first, then the stages in :data:`STAGE_COMMANDS` order."""
-        own = super().list_commands(ctx)
-        return [*own, *(n for n in STAGE_COMMANDS if n not in own)]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = LazyCommands(self.commands)  # type: ignore[assignment]
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        """An own command, else the stage command of that name (imported now)."""
-        command = super().get_command(ctx, cmd_name)
-        if command is None and cmd_name in STAGE_COMMANDS:
-            command = stage_command(cmd_name)
-        return command
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Own commands first, then the stages in :data:`STAGE_COMMANDS` order (nothing
+        imported)."""
+        return list(self.commands)
 
 
 app = typer.Typer(cls=StageGroup,
                   help="Curation stages (retrieve, acquire, record, clean, describe, verify, "
                   "judge, ...) on a PreVAD store.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _curate() -> None:
+    """Curation stages (retrieve, acquire, record, clean, describe, verify, judge, ...) on a
+    PreVAD store."""
+    # a callback keeps ``app`` a group even while ``status`` is its only own command
 
 
 def upstream_reads(store: Store) -> list[dict[str, str]]:

@@ -1,5 +1,11 @@
-"""Command-line options shared by the model-based stage commands (describe, verify, judge,
-describe-anomaly), and their error handling: one ``error: ...`` line, exit code 2.
+"""The model-based stage commands (describe, verify, judge, describe-anomaly): their engine
+options, the command generated from a :class:`~curation.model_stage.ModelStage` declaration,
+and their error handling (one ``error: ...`` line, exit code 2).
+
+A model stage's options are declared once: the engine options here (:class:`EngineOptions`)
+and the stage's config dataclass (its fields, :mod:`curation.options`). The command, ``prevad
+curate run -p`` (:mod:`curation.stage_params`) and the flows (:mod:`curation.stages`) all read
+and check them from there.
 
 Nothing here imports the model stack: a stage command's module is imported only when that
 command runs (see :mod:`curation.cli`), and torch only when a model is built.
@@ -8,12 +14,10 @@ command runs (see :mod:`curation.cli`), and torch only when a model is built.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
-import json
 import sys
-import typing
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,50 +26,87 @@ import typer
 from curation.engines import ENGINES, EngineError, Sampling
 from curation.frames import FrameError
 from curation.mllm import EngineConfig
-from prevad.errors import PrevadError
-from prevad.stage import StageSummary
+from curation.options import (
+    check_bool,
+    check_choice,
+    check_limit,
+    check_number,
+    check_text,
+    command_from,
+    json_option,
+    opt,
+    settings_from,
+    settings_from_cli,
+    settings_parameters,
+    store_argument,
+)
+from prevad.errors import PrevadError, ValidationError
 from prevad.store import Store
 
 if TYPE_CHECKING:
     from curation.model_stage import ModelStage
 
-ROOT: Path = typer.Argument(..., help="The PreVAD store.")
-ENGINE: str = typer.Option("transformers", help=f"Inference engine: {' | '.join(ENGINES)}.")
-MODEL: str = typer.Option(..., help="Model directory or cached hub id (transformers, vllm); "
-                          "served model name (openai).")
-DEVICE: str = typer.Option("auto", help="transformers: auto | cpu | cuda | cuda:N.")
-BATCH_SIZE: int = typer.Option(8, min=1, help="Requests per engine call.")
-BASE_URL: str = typer.Option("", help="openai: server URL, e.g. http://127.0.0.1:8000/v1.")
-API_KEY: str = typer.Option("EMPTY", envvar="OPENAI_API_KEY", help="openai: API key.")
-CONCURRENCY: int = typer.Option(8, min=1, help="openai: requests in flight.")
-TIMEOUT: float = typer.Option(120.0, help="openai: seconds per request.")
-MAX_TOKENS: int = typer.Option(512, min=1, help="Most new tokens per answer.")
-TEMPERATURE: float = typer.Option(0.0, min=0.0, help="0 = greedy.")
-SEED: int = typer.Option(0, help="Sampling seed.")
-NO_CACHE: bool = typer.Option(False, "--no-cache", help="Do not use the request cache.")
-FRAMES: int = typer.Option(8, min=1, help="Frames sampled uniformly from each item's span.")
-FRAME_SIZE: int = typer.Option(224, min=8, help="Frame side in pixels (square).")
-LIMIT: int = typer.Option(0, min=0, help="Process at most this many items (0 = all).")
-MIN_CHARS: int = typer.Option(20, help="Shorter descriptions are rejected.")
-MAX_CHARS: int = typer.Option(2000, help="Longer descriptions are rejected.")
 
-
-def engine_config(engine: str, model: str, device: str, batch_size: int, base_url: str,
-                  api_key: str, concurrency: int, timeout: float, max_tokens: int,
-                  temperature: float, seed: int, no_cache: bool) -> EngineConfig:
-    """An :class:`EngineConfig` from the shared options.
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """The engine options every model stage takes (command options, ``-p`` keywords and flow
+    parameters alike), checked when built; :meth:`config` is the :class:`EngineConfig`.
 
     Raises:
-        EngineError: unknown engine, or openai without --base-url.
+        ValidationError: a value breaks its rule (unknown engine, openai without a base URL,
+            a count below 1, a NaN or negative timeout or temperature, ...).
     """
-    if engine not in ENGINES:
-        raise EngineError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "openai" and not base_url:
-        raise EngineError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-    return EngineConfig(engine, model, device=device, batch_size=batch_size,
-                        base_url=base_url or None, api_key=api_key, concurrency=concurrency,
-                        timeout=timeout, sampling=Sampling(max_tokens, temperature, 1.0, seed),
-                        cache=not no_cache)
+
+    engine: str = opt("transformers", f"Inference engine: {' | '.join(ENGINES)}.")
+    model: str = opt("", "Model directory or cached hub id (transformers, vllm); served model "
+                     "name (openai).", required=True)
+    device: str = opt("auto", "transformers: auto | cpu | cuda | cuda:N.")
+    batch_size: int = opt(8, "Requests per engine call.")
+    base_url: str = opt("", "openai: server URL, e.g. http://127.0.0.1:8000/v1.")
+    api_key: str = opt("EMPTY", "openai: API key.", envvar="OPENAI_API_KEY")
+    concurrency: int = opt(8, "openai: requests in flight.")
+    timeout: float = opt(120.0, "openai: seconds per request.")
+    max_tokens: int = opt(512, "Most new tokens per answer.")
+    temperature: float = opt(0.0, "Sampling temperature; 0 = greedy.")
+    seed: int = opt(0, "Sampling seed.")
+    cache: bool = opt(True, "Use the request cache under <store>/cache (--no-cache: ask the "
+                      "engine every time).")
+
+    def __post_init__(self) -> None:
+        check_choice(self, "engine", list(ENGINES))
+        check_text(self, "model", optional=False)
+        check_text(self, "device", optional=False)
+        for name in ("batch_size", "concurrency", "max_tokens"):
+            check_number(self, name, integer=True, minimum=1, strict=False)
+        check_number(self, "timeout")
+        check_number(self, "temperature", strict=False)
+        check_number(self, "seed", integer=True, strict=False)
+        check_bool(self, "cache")
+        for name in ("base_url", "api_key"):
+            if not isinstance(getattr(self, name), str):
+                raise ValidationError(f"--{name.replace('_', '-')} ({name}) must be a text, "
+                                      f"got {getattr(self, name)!r}")
+        if self.engine == "openai" and not self.base_url:
+            raise ValidationError("--engine openai needs --base-url (e.g. "
+                                  "http://127.0.0.1:8000/v1)")
+
+    def config(self) -> EngineConfig:
+        """The :class:`EngineConfig` of these options."""
+        return EngineConfig(self.engine, self.model, device=self.device,
+                            batch_size=self.batch_size, base_url=self.base_url or None,
+                            api_key=self.api_key, concurrency=self.concurrency,
+                            timeout=self.timeout,
+                            sampling=Sampling(self.max_tokens, self.temperature, 1.0, self.seed),
+                            cache=self.cache)
+
+
+def engine_config(**values: Any) -> EngineConfig:
+    """An :class:`EngineConfig` from engine option keywords (:class:`EngineOptions`).
+
+    Raises:
+        ValidationError: an unknown keyword or a value its option refuses.
+    """
+    return settings_from(EngineOptions, values, "engine options").config()
 
 
 def domain_errors() -> tuple[type[BaseException], ...]:
@@ -93,87 +134,50 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def print_summary(summary: StageSummary) -> None:
-    """The run's summary as one JSON line."""
-    typer.echo(json.dumps(summary.to_dict()))
+def model_stage_command(app: typer.Typer, spec: ModelStage) -> None:
+    """Register ``prevad curate <spec.name>`` for a model stage, generated from declarations.
 
-
-#: The engine options every model-stage command takes: name -> (type, typer default).
-ENGINE_OPTIONS: dict[str, tuple[type, Any]] = {
-    "engine": (str, ENGINE), "model": (str, MODEL), "device": (str, DEVICE),
-    "batch_size": (int, BATCH_SIZE), "base_url": (str, BASE_URL), "api_key": (str, API_KEY),
-    "concurrency": (int, CONCURRENCY), "timeout": (float, TIMEOUT),
-    "max_tokens": (int, MAX_TOKENS), "temperature": (float, TEMPERATURE), "seed": (int, SEED),
-    "no_cache": (bool, NO_CACHE),
-}
-
-
-def upstream_option(stage: str) -> Any:
-    """``--<stage>-version``: the upstream version a stage reads (default: newest with ok)."""
-    return typer.Option("", f"--{stage}-version",
-                        help=f"The {stage} version to read (default: the newest one with ok "
-                        f"results; `prevad curate status` shows it).")
-
-
-def model_stage_command(app: typer.Typer, spec: ModelStage) -> Callable[[Any], Any]:
-    """Register ``prevad curate <spec.name>`` for a model stage from its config builder.
-
-    The decorated function takes the stage's own options (typer defaults) and returns the
-    stage's config object; the command adds the store argument, the engine options
-    (:data:`ENGINE_OPTIONS`), one ``--<upstream>-version`` option per upstream stage the spec
-    reads, and ``--limit``, and runs ``spec.run(store, ecfg, cfg, limit=..., progress=True)``
-    with one-line errors. Its help is the decorated function's docstring.
+    Options: the store argument, the engine options (:class:`EngineOptions`), one option per
+    option of the stage's config class (``spec.config``: frames, thresholds, and the
+    ``--<upstream>-version`` of each upstream stage it reads), ``--limit`` and ``--json``. The
+    configs are built (and so checked) before the store is opened; the command runs
+    ``spec.run(store, ecfg, cfg, limit=..., progress=True)`` and prints its summary the way
+    every stage command does (:func:`curation.common.print_summary`); errors are one line.
     """
-    from curation.model_stage import version_field
+    from curation.common import print_summary
 
-    versions = {version_field(up): up for up in spec.upstream}
+    engine_params = settings_parameters(EngineOptions)
+    config_params = settings_parameters(spec.config)
+    engine_keys = {p.name for p in engine_params}
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        store_argument(), *engine_params, *config_params,
+        inspect.Parameter("limit", kw, annotation=int | None,
+                          default=typer.Option(None, help="at most this many items")),
+        json_option(),
+    ]
 
-    def decorate(build_cfg: Callable[..., Any]) -> Callable[..., Any]:
-        hints = typing.get_type_hints(build_cfg)
-        own = [p.replace(annotation=hints[p.name], kind=inspect.Parameter.KEYWORD_ONLY)
-               for p in inspect.signature(build_cfg).parameters.values()]
-        kw = inspect.Parameter.KEYWORD_ONLY
-        params = [
-            inspect.Parameter("root", kw, default=ROOT, annotation=Path),
-            *(inspect.Parameter(n, kw, default=d, annotation=t)
-              for n, (t, d) in ENGINE_OPTIONS.items()),
-            *own,
-            *(inspect.Parameter(f, kw, default=upstream_option(up), annotation=str)
-              for f, up in versions.items()),
-            inspect.Parameter("limit", kw, default=LIMIT, annotation=int),
-        ]
+    def body(root: Path, limit: int | None, as_json: bool, **values: Any) -> None:
+        with cli_errors():
+            check_limit(limit)
+            ecfg = settings_from(EngineOptions, {k: v for k, v in values.items()
+                                                 if k in engine_keys}).config()
+            cfg = settings_from_cli(spec.config, {k: v for k, v in values.items()
+                                                  if k not in engine_keys})
+            store = Store(root)
+            summary = spec.run(store, ecfg, cfg, limit=limit, progress=True)
+        print_summary(summary, as_json=as_json)
 
-        def command(**values: Any) -> None:
-            root, limit = values.pop("root"), values.pop("limit")
-            engine_values = {n: values.pop(n) for n in ENGINE_OPTIONS}
-            chosen = {f: values.pop(f) or None for f in versions}
-            with cli_errors():
-                store = Store(root)
-                ecfg = engine_config(**engine_values)
-                cfg = dataclasses.replace(build_cfg(**values), **chosen)
-                print_summary(spec.run(store, ecfg, cfg, limit=limit or None, progress=True))
-
-        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        command.__doc__ = build_cfg.__doc__
-        command.__name__ = f"{build_cfg.__name__}_cmd"
-        app.command(spec.name)(command)
-        return build_cfg
-
-    return decorate
+    doc = spec.help or (spec.config.__doc__ or "").split("\n\n")[0]
+    app.command(spec.name)(command_from(body, params, doc,
+                                        f"{spec.name.replace('-', '_')}_cmd"))
 
 
-def registrar(spec: ModelStage, options: Callable[..., Any]) -> Callable[[typer.Typer], None]:
-    """The ``register(app)`` of a model stage's module (see :mod:`curation.cli`).
-
-    Args:
-        spec: the stage's declaration.
-        options: the stage's own options (typer defaults) -> its config; its docstring is the
-            command's help (see :func:`model_stage_command`).
-    """
+def registrar(spec: ModelStage) -> Callable[[typer.Typer], None]:
+    """The ``register(app)`` of a model stage's module (see :mod:`curation.cli`)."""
 
     def register(app: typer.Typer) -> None:
-        model_stage_command(app, spec)(options)
+        model_stage_command(app, spec)
 
     register.__doc__ = f"Add ``prevad curate {spec.name}``."
     return register

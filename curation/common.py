@@ -195,23 +195,6 @@ def resolve_uri(store: Store, uri: str | None) -> Path:
     return p if p.is_absolute() else store.root / p
 
 
-def load_json_arg(text: str | None, what: str) -> dict[str, Any]:
-    """Parse a JSON object given on the command line (or {} for None).
-
-    Raises:
-        CurationError: not a JSON object.
-    """
-    if not text:
-        return {}
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise CurationError(f"{what} must be a JSON object, got {text!r}: {exc}") from None
-    if not isinstance(obj, dict):
-        raise CurationError(f"{what} must be a JSON object, got {text!r}")
-    return obj
-
-
 def clean_errors(fn: F) -> F:
     """CLI decorator: domain and I/O errors print one ``error: ...`` line and exit 2."""
 
@@ -226,12 +209,37 @@ def clean_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def print_summary(summary: StageSummary) -> None:
-    """Print a run summary: ok / rejected by reason / failed, items/s."""
+def summary_line(summary: StageSummary) -> str:
+    """A stage run as one human line: items, ok / rejected by reason / failed, items/s."""
     rej = ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected.items())) or "none"
-    typer.echo(
+    return (
         f"{summary.stage} {summary.stage_version} run {summary.run_id}: {summary.items} items, "
         f"ok {summary.ok}, rejected {sum(summary.rejected.values())} ({rej}), "
         f"failed {summary.failed}, exhausted {summary.exhausted}, "
         f"{summary.items_per_s:.2f} items/s"
     )
+
+
+def print_summary(summary: Any, *, as_json: bool = False, lines: list[str] | None = None
+                  ) -> None:
+    """How every ``prevad curate`` command reports its run, one way for all of them.
+
+    By default one human line on stdout (:func:`summary_line`, or the command's own ``lines``,
+    the first being the totals) that names the summary file every run saves,
+    ``stage_runs/<stage>/<run_id>.json``; with ``--json`` (``as_json``) exactly one line: that
+    summary as JSON, for scripts.
+
+    Args:
+        summary: a :class:`~prevad.stage.StageSummary` (or any summary with ``to_dict()``
+            holding ``stage`` and ``run_id``).
+        as_json: print the JSON line instead.
+        lines: the human lines (default: :func:`summary_line`).
+    """
+    data = summary.to_dict()
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    lines = list(lines) if lines else [summary_line(summary)]
+    lines[0] += f" (saved in stage_runs/{data['stage']}/{data['run_id']}.json)"
+    for line in lines:
+        typer.echo(line)

@@ -39,19 +39,18 @@ earlier ones): run it with the local engine, not on Ray actors.
 
 from __future__ import annotations
 
+import inspect
 import json
-import math
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import typer
 
-from curation.common import CurationError, clean_errors, print_summary, resolve_uri
+from curation.common import CurationError, resolve_uri
 from curation.fingerprints import Fingerprint, Match, file_sha256, frame_hashes, match
+from curation.options import check_bool, check_number, opt, stage_command
 from prevad import queries
-from prevad.errors import ValidationError
 from prevad.stage import (
     Failed,
     ItemResult,
@@ -92,37 +91,24 @@ class DedupConfig:
             at least ``VOTE_SHARE`` of the shorter video's samples).
     """
 
-    near: bool = True
-    rate: float = 4.0
-    frame_bits: int = 10
-    min_match: float = 0.6
-    min_cover: float = 0.5
-    min_overlap_s: float = 1.0
-    min_votes: int = 2
+    near: bool = opt(True, "Also find re-encoded/resized/trimmed copies (perceptual "
+                     "hashes); --no-near: identical files only.")
+    rate: float = opt(4.0, "Frames hashed per second of video (0-30].")
+    frame_bits: int = opt(10, "Largest Hamming distance (of 64 bits) of two matching frames "
+                          "[0, 32).")
+    min_match: float = opt(0.6, "Least share of the overlap that matches (0-1].")
+    min_cover: float = opt(0.5, "Least overlap, share of the shorter video (0-1].")
+    min_overlap_s: float = opt(1.0, "Least overlap (s).", "--min-overlap")
+    min_votes: int = opt(2, "Least band collisions to align two videos.")
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name == "near":
-                if not isinstance(v, bool):
-                    raise ValidationError(f"dedup: near must be true or false, got {v!r}")
-                continue
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise ValidationError(f"dedup: {f.name} must be a finite number, got {v!r}")
-        if not 0 < self.rate <= 30:
-            raise ValidationError(f"dedup: rate must be in (0, 30] samples/s, got {self.rate}")
-        if not isinstance(self.frame_bits, int) or not 0 <= self.frame_bits < 32:
-            raise ValidationError(f"dedup: frame_bits must be an integer in [0, 32), "
-                                  f"got {self.frame_bits!r}")
-        for name in ("min_match", "min_cover"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValidationError(f"dedup: {name} must be in (0, 1], "
-                                      f"got {getattr(self, name)}")
-        if self.min_overlap_s < 0:
-            raise ValidationError(f"dedup: min_overlap_s must be >= 0, got {self.min_overlap_s}")
-        if not isinstance(self.min_votes, int) or self.min_votes < 1:
-            raise ValidationError(f"dedup: min_votes must be an integer >= 1, "
-                                  f"got {self.min_votes!r}")
+        check_bool(self, "near")
+        check_number(self, "rate", maximum=30)
+        check_number(self, "frame_bits", integer=True, strict=False, maximum=31)
+        check_number(self, "min_match", maximum=1)
+        check_number(self, "min_cover", maximum=1)
+        check_number(self, "min_overlap_s", strict=False)
+        check_number(self, "min_votes", integer=True, minimum=1, strict=False)
 
     def version(self) -> str:
         """Stage version."""
@@ -393,37 +379,18 @@ def duplicate_groups(store: Store, version: str) -> dict[str, list[str]]:
     return groups
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``prevad curate dedup``."""
-    d = DedupConfig()
+def _show(store: Store, config: DedupConfig, summary: StageSummary, show: bool) -> None:
+    """``--show``: each kept video with its duplicates, one JSON line each."""
+    if show:
+        for kept, copies in sorted(duplicate_groups(store, config.version()).items()):
+            typer.echo(json.dumps({"kept": kept, "duplicates": sorted(copies)}))
 
-    @app.command("dedup")
-    @clean_errors
-    def dedup_cmd(
-        root: Path = typer.Argument(..., help="the store"),
-        near: bool = typer.Option(d.near, help="also find re-encoded/resized/trimmed copies "
-                                  "(perceptual hashes); --no-near: identical files only"),
-        rate: float = typer.Option(d.rate, help="frames hashed per second of video"),
-        frame_bits: int = typer.Option(d.frame_bits, help="largest Hamming distance (of 64 "
-                                       "bits) of two matching frames"),
-        min_match: float = typer.Option(d.min_match, help="least share of the overlap that "
-                                        "matches"),
-        min_cover: float = typer.Option(d.min_cover, help="least overlap, share of the "
-                                        "shorter video"),
-        min_overlap: float = typer.Option(d.min_overlap_s, help="least overlap (s)"),
-        min_votes: int = typer.Option(d.min_votes, help="least band collisions to align"),
-        limit: int | None = typer.Option(None, help="at most this many videos"),
-        show: bool = typer.Option(False, help="print each duplicate with its kept video"),
-    ) -> None:
-        """Mark exact and near-duplicate videos; the first-acquired copy is kept."""
-        if limit is not None and limit < 1:
-            raise ValidationError(f"--limit must be >= 1, got {limit}")
-        config = DedupConfig(near=near, rate=rate, frame_bits=frame_bits, min_match=min_match,
-                             min_cover=min_cover, min_overlap_s=min_overlap,
-                             min_votes=min_votes)
-        store = Store(root)
-        summary = dedup(store, config, limit=limit, progress=True)
-        print_summary(summary)
-        if show:
-            for kept, copies in sorted(duplicate_groups(store, config.version()).items()):
-                typer.echo(json.dumps({"kept": kept, "duplicates": sorted(copies)}))
+
+def register(app: typer.Typer) -> None:
+    """Add ``prevad curate dedup`` (one option per :class:`DedupConfig` field)."""
+    show = inspect.Parameter("show", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                             default=typer.Option(False, help="print each duplicate with its "
+                                                  "kept video"))
+    stage_command(app, STAGE, DedupConfig, dedup, "Mark exact and near-duplicate videos; the "
+                  "first-acquired copy is kept.", limit_help="at most this many videos",
+                  extra=[show], after=_show)

@@ -1,6 +1,7 @@
-"""Describe stage: a multimodal LLM writes a detailed description of each kept segment.
+"""Describe stage: a multimodal LLM writes a detailed description of each clip.
 
-Input: ``segments`` (kept by cleaning) when the store has any, else ``videos``. Each item's
+Input: the catalog's ``clips`` view (docs/DECISIONS.md, D1): the clips each video's latest clean
+decision kept, and every video clean never split as a clip of itself. Each item's
 frames (N uniform frames of its span, decoded once and cached) go to the engine with the prompt
 ``prompts/describe.md``; the answer is constrained to :func:`schema`. Output (the stage result's
 ``output_json``): ``video_id``, ``segment_id``, ``description``, ``model``, ``engine``,
@@ -11,12 +12,14 @@ no decodable frame, engine error, unparsable answer (raw text kept in ``output.r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from curation import cli_options as opt
+from curation import cli_options
 from curation.frames import FrameConfig
 from curation.model_stage import Answer, Context, ModelStage, Work
+from curation.options import check_config, check_number, opt
+from prevad.errors import ValidationError
 from prevad.stage import ItemResult, Ok, Rejected
 
 NAME = "describe"
@@ -25,11 +28,23 @@ PROMPT = "describe"
 
 @dataclass(frozen=True, slots=True)
 class DescribeConfig:
-    """Describe settings: frames and the accepted description length (characters)."""
+    """Describe settings: frames and the accepted description length (characters).
 
-    frames: FrameConfig = field(default_factory=FrameConfig)
-    min_chars: int = 20
-    max_chars: int = 2000
+    Raises:
+        ValidationError: a length that is not a whole number, or min above max.
+    """
+
+    frames: FrameConfig = opt(None, "Frames sampled from each clip.", factory=FrameConfig)
+    min_chars: int = opt(20, "Shorter descriptions are rejected.")
+    max_chars: int = opt(2000, "Longer descriptions are rejected.")
+
+    def __post_init__(self) -> None:
+        check_config(self, "frames", FrameConfig)
+        check_number(self, "min_chars", integer=True, strict=False)
+        check_number(self, "max_chars", integer=True, minimum=1, strict=False)
+        if self.min_chars > self.max_chars:
+            raise ValidationError(f"--min-chars ({self.min_chars}) must be at most --max-chars "
+                                  f"({self.max_chars})")
 
 
 def schema(cfg: DescribeConfig) -> dict[str, Any]:
@@ -65,13 +80,10 @@ def read(ctx: Context, work: Work, ans: Answer) -> ItemResult:
 SPEC = ModelStage(
     NAME, PROMPT, DescribeConfig, schema, read=read,
     params=lambda cfg: {"chars": [cfg.min_chars, cfg.max_chars]},
+    help="MLLM description of each clip (a never-split video is a clip of itself).",
+    # 2: items are the clips of the catalog's `clips` view (D1): a split video's own row, the
+    # clips of older clean decisions and a duplicate's clips are no longer items
+    code_version=2,
 )
 
-
-def options(frames: int = opt.FRAMES, frame_size: int = opt.FRAME_SIZE,
-            min_chars: int = opt.MIN_CHARS, max_chars: int = opt.MAX_CHARS) -> DescribeConfig:
-    """MLLM description of each kept segment (or video)."""
-    return DescribeConfig(FrameConfig(frames, frame_size), min_chars, max_chars)
-
-
-make_stage, run, register = SPEC.stage, SPEC.run, opt.registrar(SPEC, options)
+make_stage, run, register = SPEC.stage, SPEC.run, cli_options.registrar(SPEC)

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from curation import cli_options as opt
+from curation import cli_options
 from curation.describe import DescribeConfig, check_description, schema
-from curation.frames import FrameConfig
 from curation.model_stage import Answer, Context, ModelStage, Work
 from prevad import taxonomy
 from prevad.records import Annotation, make_id
@@ -69,14 +68,10 @@ SPEC = ModelStage(
     NAME, PROMPT, DescribeAnomalyConfig, schema, read=read, ask=ask,
     params=lambda cfg: {"chars": [cfg.min_chars, cfg.max_chars]},
     input_table="annotations", schema_name="description",
+    help="MLLM description of each human-labelled PreVAD anomaly, prompted with its category.",
+    # 2: an annotation's video_id is a clip id (D1): its frames come from the clip's span of
+    # the parent file (they failed for split clips)
+    code_version=2,
 )
 
-
-def options(frames: int = opt.FRAMES, frame_size: int = opt.FRAME_SIZE,
-            min_chars: int = opt.MIN_CHARS, max_chars: int = opt.MAX_CHARS
-            ) -> DescribeAnomalyConfig:
-    """MLLM description of each human-labelled PreVAD anomaly, prompted with its category."""
-    return DescribeAnomalyConfig(FrameConfig(frames, frame_size), min_chars, max_chars)
-
-
-make_stage, run, register = SPEC.stage, SPEC.run, opt.registrar(SPEC, options)
+make_stage, run, register = SPEC.stage, SPEC.run, cli_options.registrar(SPEC)

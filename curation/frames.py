@@ -18,6 +18,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from curation.options import check_number, opt
 from prevad.errors import PrevadError
 from prevad.io import atomic_write
 
@@ -30,12 +31,13 @@ class FrameError(PrevadError):
 class FrameConfig:
     """How many frames to sample and their size (square ``size`` x ``size`` RGB)."""
 
-    n: int = 8
-    size: int = 224
+    n: int = opt(8, "Frames sampled uniformly from each item's span.", "--frames", key="frames")
+    size: int = opt(224, "Frame side in pixels (square, >= 8).", "--frame-size",
+                    key="frame_size")
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.size < 8:
-            raise FrameError(f"frames need n >= 1 and size >= 8, got n={self.n} size={self.size}")
+        check_number(self, "n", integer=True, minimum=1, strict=False)
+        check_number(self, "size", integer=True, minimum=8, strict=False)
 
 
 def _targets(start: float, end: float, n: int) -> np.ndarray:

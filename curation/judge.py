@@ -27,10 +27,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import typer
-
-from curation import cli_options as opt
-from curation.model_stage import Answer, Context, ModelStage, Work, missing_upstream, upstream_text
+from curation import cli_options
+from curation.model_stage import (
+    UPSTREAM_HELP,
+    Answer,
+    Context,
+    ModelStage,
+    Work,
+    missing_upstream,
+    upstream_text,
+)
+from curation.options import check_bool, check_number, check_text, none_text, opt
 from prevad import taxonomy
 from prevad.errors import UnknownCategoryError
 from prevad.stage import ItemResult, Ok, Rejected
@@ -54,11 +61,22 @@ class JudgeConfig:
             with ok results).
     """
 
-    require_verified: bool = True
-    max_description_chars: int = 4000
-    max_reason_chars: int = 300
-    describe_version: str | None = None
-    verify_version: str | None = None
+    require_verified: bool = opt(True, "Judge only items whose verify result is ok.")
+    max_description_chars: int = opt(4000, "Longer descriptions are rejected without a model "
+                                     "call.")
+    max_reason_chars: int = opt(300, "Longest reason in an answer (characters).")
+    describe_version: str | None = opt(None, UPSTREAM_HELP.format(stage="describe"),
+                                       "--describe-version")
+    verify_version: str | None = opt(None, UPSTREAM_HELP.format(stage="verify"),
+                                     "--verify-version")
+
+    def __post_init__(self) -> None:
+        check_bool(self, "require_verified")
+        for name in ("max_description_chars", "max_reason_chars"):
+            check_number(self, name, integer=True, minimum=1, strict=False)
+        for name in ("describe_version", "verify_version"):
+            none_text(self, name)
+            check_text(self, name)
 
 
 def schema(cfg: JudgeConfig | None = None) -> dict[str, Any]:
@@ -145,16 +163,12 @@ SPEC = ModelStage(
                         "max_chars": [cfg.max_description_chars, cfg.max_reason_chars]},
     upstream=("describe", "verify"), reads=reads,
     fixed_fields=lambda: {"taxonomy": taxonomy_text()},
+    help="LLM anomaly judgement (taxonomy category, confidence, reason) of each clip from its "
+    "description.",
     # 2: reads one describe and one verify version (D3), which are in the version, instead of
-    # the latest describe output and verify status of any version
-    code_version=2,
+    # the latest describe output and verify status of any version; 3: items are the clips of
+    # the `clips` view (D1)
+    code_version=3,
 )
 
-
-def options(require_verified: bool = typer.Option(
-        True, help="Judge only items whose verify result is ok.")) -> JudgeConfig:
-    """LLM anomaly judgement (taxonomy category, confidence, reason) from the description."""
-    return JudgeConfig(require_verified)
-
-
-make_stage, run, register = SPEC.stage, SPEC.run, opt.registrar(SPEC, options)
+make_stage, run, register = SPEC.stage, SPEC.run, cli_options.registrar(SPEC)

@@ -1,9 +1,13 @@
 """What the model-based curation stages share: engine settings, items, prompts, frames.
 
-An *item* is one work row of a stage resolved to a video file and a span: a ``segments`` row
-(the span ``[start_s, end_s]`` of its video's file, ``videos.uri``), a ``videos`` row (the whole
-file) or, for describe-anomaly, an ``annotations`` row (its video, narrowed to its spans).
-Relative URIs are taken relative to the store root.
+An *item* is one work row of a stage resolved to a video file and a span. Describe, verify and
+judge read rows of the catalog's ``clips`` view (docs/DECISIONS.md, D1): a split clip is the span
+``[start_s, end_s]`` of its parent video's file (``videos.uri``), a never-split video is a clip of
+itself (the whole file); the item id is the clip id, ``video_id`` the parent video and
+``segment_id`` the clip's ``segments`` row (None for a whole video). Describe-anomaly reads
+``annotations`` rows (the annotated clip, narrowed to the annotation's spans). Rows of
+``segments`` and ``videos`` resolve the same way. Relative URIs are taken relative to the store
+root.
 
 Prompts are data files under ``curation/prompts/``; :func:`render` fills ``{name}`` fields, and
 the files' bytes are part of each stage's ``stage_version``.
@@ -58,6 +62,26 @@ class EngineConfig:
     cache: bool = True
     llm_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # the library's way in (the commands and flows check EngineOptions first, with the
+        # same rules): a bad value is an error here, never a failed item per request
+        from curation.engines import ENGINES
+        from curation.options import check_bool, check_choice, check_number
+
+        check_choice(self, "kind", list(ENGINES))
+        for name in ("batch_size", "concurrency"):
+            check_number(self, name, integer=True, minimum=1, strict=False)
+        check_number(self, "max_retries", integer=True, strict=False)
+        check_number(self, "timeout")
+        check_bool(self, "cache")
+        if not isinstance(self.sampling, Sampling):
+            raise ValidationError(f"sampling must be a Sampling, got {self.sampling!r}")
+        sampling = self.sampling
+        check_number(sampling, "max_tokens", integer=True, minimum=1, strict=False)
+        check_number(sampling, "temperature", strict=False)
+        check_number(sampling, "top_p", maximum=1)
+        check_number(sampling, "seed", integer=True, strict=False)
+
     def version_params(self) -> dict[str, Any]:
         """What of the engine changes a stage's results (model and sampling, not the engine)."""
         return {"model": self.model, "sampling": self.sampling.as_dict()}
@@ -98,12 +122,6 @@ def render(template: str, **fields: Any) -> str:
     return template
 
 
-def default_input_table(store: Store) -> str:
-    """``segments`` when the store has any (cleaning ran), else ``videos``."""
-    n = store.query(queries.COUNT_SEGMENTS).column("n")[0].as_py()
-    return "segments" if n else "videos"
-
-
 def resolve_uri(store: Store, uri: str | None) -> Path | None:
     """A video URI as a local path (``file://`` and relative paths are resolved)."""
     if not uri:
@@ -133,7 +151,14 @@ def videos_by_id(store: Store, ids: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def items_of(store: Store, input_table: str, rows: list[dict[str, Any]]) -> list[Item]:
-    """Resolve work rows of ``segments``, ``videos`` or ``annotations`` to :class:`Item`."""
+    """Resolve work rows of ``clips``, ``segments``, ``videos`` or ``annotations`` to
+    :class:`Item` (see the module docstring)."""
+    if input_table == "clips":
+        return [_clip_item(store, r) for r in rows]
+    if input_table == "annotations":
+        ids = sorted({r["video_id"] for r in rows})
+        clips = {c["clip_id"]: c for c in store.query(queries.CLIP_FILES_BY_ID,
+                                                       {"ids": ids}).to_pylist()}
     videos = videos_by_id(store, [r["video_id"] for r in rows])
     out = []
     for r in rows:
@@ -151,11 +176,43 @@ def items_of(store: Store, input_table: str, rows: list[dict[str, Any]]) -> list
         elif input_table == "videos":
             out.append(Item(r["video_id"], r["video_id"], None, vpath, None, None))
         elif input_table == "annotations":
-            start, end = _span_of(r.get("spans") or [], v.get("duration_s"))
-            out.append(Item(r["annotation_id"], r["video_id"], None, vpath, start, end))
+            out.append(_annotation_item(store, r, clips.get(r["video_id"])))
         else:
             raise ValidationError(f"no items for input table {input_table!r}")
     return out
+
+
+def _clip_item(store: Store, r: dict[str, Any]) -> Item:
+    """A ``clips`` row as an item: a split clip is its span of the parent file (or its own file,
+    for a clip stored as one by older code); a whole video is its whole file."""
+    path = resolve_uri(store, r.get("uri"))
+    if not r["is_segment"]:
+        return Item(r["clip_id"], r["video_id"], None, path, None, None)
+    if path is None and r.get("clip_uri"):
+        return Item(r["clip_id"], r["video_id"], r["clip_id"],
+                    resolve_uri(store, r["clip_uri"]), None, None)
+    return Item(r["clip_id"], r["video_id"], r["clip_id"], path, r["start_s"], r["end_s"])
+
+
+def _annotation_item(store: Store, r: dict[str, Any], clip: dict[str, Any] | None) -> Item:
+    """An annotation as an item: its clip (``video_id`` is a clip id, D1), narrowed to the
+    annotation's spans (relative to the clip) when the clip's length is known."""
+    if clip is None:  # no such clip or video: its frames fail, naming it
+        return Item(r["annotation_id"], r["video_id"], None, None, None, None)
+    whole = not clip["is_segment"]
+    path = resolve_uri(store, clip["uri"])
+    offset = 0.0 if whole else clip["start_s"]
+    length = clip["video_duration_s"] if whole else clip["end_s"] - clip["start_s"]
+    if not whole and path is None and clip["clip_uri"]:
+        # a clip stored as a file of its own (older stores): the file is the clip
+        path, offset, whole = resolve_uri(store, clip["clip_uri"]), 0.0, True
+    start, end = _span_of(r.get("spans") or [], length)
+    if start is not None and end is not None:
+        start, end = offset + start, offset + end
+    elif not whole:
+        start, end = clip["start_s"], clip["end_s"]
+    return Item(r["annotation_id"], clip["video_id"], None if clip["is_segment"] is False
+                else r["video_id"], path, start, end)
 
 
 def _span_of(spans: list[list[float]], duration: float | None) -> tuple[float | None,

@@ -23,8 +23,14 @@ so a new upstream run puts the downstream stage back to work, and a failed run o
 upstream configuration hides nothing.
 
 The stage version hashes :meth:`EngineConfig.version_params` (model, sampling), the frame
-settings (vision stages), ``params(cfg)``, the input table (unless fixed), the upstream versions,
-the prompt file's bytes and ``code_version``.
+settings (vision stages), ``params(cfg)``, the upstream versions, the prompt file's bytes and
+``code_version``.
+
+Items (docs/DECISIONS.md, D1): a stage's work list is the rows of the catalog's ``clips`` view
+(:data:`prevad.queries.CLIPS_VIEW`): the clips the latest clean decision of each video kept, and
+every video clean never split as a clip of itself; duplicates found by ``dedup`` have none. The
+item id is the clip id; outputs carry ``video_id`` = the parent video and ``segment_id`` = the
+clip's ``segments`` row (None for a whole video).
 """
 
 from __future__ import annotations
@@ -45,7 +51,6 @@ from curation.mllm import (
     FrameSource,
     Item,
     build_engine,
-    default_input_table,
     items_of,
     prompt_path,
     render,
@@ -134,6 +139,10 @@ class Context:
     upstream_versions: Mapping[str, str | None]
 
 
+#: Help of a config's ``<stage>_version`` option (``--describe-version``, ...).
+UPSTREAM_HELP = ("The {stage} version to read (default: the newest one with ok results; "
+                 "`prevad curate status` shows it).")
+
 Ask = Callable[[Context, Work], "dict[str, Any] | ItemResult"]
 Read = Callable[[Context, Work, Answer], ItemResult]
 
@@ -161,8 +170,9 @@ class ModelStage:
         read: the answer of one item -> its result.
         ask: one item -> its prompt fields, or its result decided without the model.
         vision: frames are sampled (``cfg.frames``, a FrameConfig) and sent with the prompt.
-        input_table: a fixed input table; None: ``segments`` when the store has any, else
-            ``videos`` (and the table is part of the version).
+        input_table: the work-list input: ``clips`` (the catalog's view, D1: every clip, a
+            never-split video being a clip of itself; duplicates have none) or
+            ``annotations``.
         upstream: stages whose results it may read; for each, the config has a
             ``<stage>_version`` field (None: the newest version with ok results).
         reads: config -> the upstream stages it reads with that config (default: all).
@@ -171,6 +181,7 @@ class ModelStage:
             functions use (``ctx.tools``), built before the engine.
         schema_name: the schema's name in requests (default: ``name``).
         code_version: bump when the stage's code changes its results.
+        help: the command's help (default: the config class's first docstring paragraph).
     """
 
     name: str
@@ -181,13 +192,14 @@ class ModelStage:
     read: Read
     ask: Ask = no_fields
     vision: bool = True
-    input_table: str | None = None
+    input_table: str = "clips"
     upstream: tuple[str, ...] = ()
     reads: Callable[[Any], tuple[str, ...]] | None = None
     fixed_fields: Callable[[], dict[str, Any]] = dict
     tools: Callable[[Any, EngineConfig, dict[str, Any]], dict[str, Any]] = no_tools
     schema_name: str | None = None
     code_version: int = 1
+    help: str = ""
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self.config)}
@@ -223,22 +235,19 @@ class ModelStage:
             out[up] = chosen
         return out
 
-    def version(self, ecfg: EngineConfig, cfg: Any, table: str,
+    def version(self, ecfg: EngineConfig, cfg: Any,
                 upstream: Mapping[str, str | None]) -> str:
         """The stage version (see the module docstring).
 
         Args:
             ecfg: engine and model.
             cfg: the stage's config.
-            table: the input table.
             upstream: the upstream versions read (:meth:`upstream_versions`).
         """
         params = dict(ecfg.version_params())
         if self.vision:
             params["frames"] = [cfg.frames.n, cfg.frames.size]
         params.update(self.params(cfg))
-        if self.input_table is None:
-            params["input"] = table
         if upstream:
             params["upstream"] = dict(upstream)
         return hash_version(self.name, params, files=[self.prompt_file()],
@@ -250,8 +259,7 @@ class ModelStage:
 
     # ------------------------------------------------------------------ the stage
     def stage(self, store: Store, ecfg: EngineConfig, cfg: Any = None, *,
-              engine: Engine | None = None, input_table: str | None = None,
-              **tools: Any) -> Stage:
+              engine: Engine | None = None, **tools: Any) -> Stage:
         """The stage on ``store``.
 
         Args:
@@ -259,17 +267,19 @@ class ModelStage:
             ecfg: engine and model.
             cfg: the stage's config (default: ``config()``).
             engine: an already built engine (else built from ``ecfg``).
-            input_table: "segments" or "videos" (default: segments when there are any); a
-                stage with a fixed input table ignores it.
             **tools: passed to the declaration's ``tools`` (verify: ``clip=``).
 
         Raises:
-            ValidationError: a named upstream version has no ok or rejected result.
+            ValidationError: a config of another class, or a named upstream version with no
+                ok or rejected result.
         """
         cfg = self.config() if cfg is None else cfg
-        table = self.input_table or input_table or default_input_table(store)
+        if not isinstance(cfg, self.config):
+            raise ValidationError(f"model stage {self.name!r}: expected a "
+                                  f"{self.config.__name__}, got {type(cfg).__name__}")
+        table = self.input_table
         ups = self.upstream_versions(store, cfg)
-        version = self.version(ecfg, cfg, table, ups)
+        version = self.version(ecfg, cfg, ups)
         built = self.tools(cfg, ecfg, tools)
         eng = engine or build_engine(ecfg, store, vision=self.vision,
                                      **({"frames": cfg.frames.n} if self.vision else {}))

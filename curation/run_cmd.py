@@ -75,8 +75,12 @@ def run_command(
     num_gpus: float = typer.Option(0.0, help="GPUs per Ray actor."),
     shard_size: int = typer.Option(64, help="Items committed together."),
     limit: int | None = typer.Option(None, help="Process at most this many items."),
+    as_json: bool = typer.Option(False, "--json", help="print the run's summary as one JSON "
+                                 "line (the file saved under stage_runs/) instead of the "
+                                 "human line"),
 ) -> None:
     """Run one stage over its work list; print the summary (ok / rejected / failed)."""
+    from curation.common import print_summary
     from curation.ray_exec import mapper_for
     from curation.registry import stage_factory, with_store
     from curation.stage_params import check_params
@@ -97,7 +101,7 @@ def run_command(
     except (PrevadError, ValueError, TypeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
-    typer.echo(json.dumps(summary.to_dict()))
+    print_summary(summary, as_json=as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -43,7 +43,8 @@ from prevad.store import Store
 ANNOTATOR = "simulated-reviewer"
 SPAN_CHOICES = ("val", "all")
 #: The catalog view that resolves any clip id (docs/DECISIONS.md D1), when the store has it.
-CLIPS_SQL = "SELECT clip_id, parent_video_id, start_s, end_s FROM clips WHERE clip_id = $id"
+CLIPS_SQL = ("SELECT clip_id, video_id AS parent_video_id, start_s, end_s FROM clips "
+             "WHERE clip_id = $id")
 
 
 class SimulatedReviewError(PrevadError):

@@ -21,9 +21,10 @@ Kinds of input (:func:`classify`):
 Files are read as bytes, line by line, with bounds: a line over :data:`MAX_LINE_BYTES`, a URL
 over :data:`MAX_URL_CHARS`, a text over :data:`MAX_TEXT_CHARS`, undecodable bytes and JSON nested
 too deep reject that row; a file over ``max_file_bytes``, a binary file or one without the
-needed columns is one error for the whole file. Expanding a URL or a search fetches pages: every
-request (and the address a redirect ends at) follows :class:`curation.netpolicy.NetworkPolicy`,
-each page read is bounded in bytes and every expansion in wall time.
+needed columns is one error for the whole file. Expanding a URL or a search fetches pages: yt-dlp
+fetches them through a :class:`curation.fetch.PolicyProxy`, so every request and every hop of a
+redirect chain follows :class:`curation.netpolicy.NetworkPolicy` (checked after DNS, on the
+connection that fetches it); each page read is bounded in bytes and every expansion in wall time.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import itertools
 import json
 import math
 import re
+import sys
 import threading
 import time
 import urllib.parse
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.common import CurationError
+from curation.fetch import Budget, DeadlineExceeded, HttpClient, PolicyProxy
 from curation.netpolicy import NetworkPolicy, UrlRefused
 from prevad import taxonomy
 
@@ -752,6 +755,14 @@ def expand(target: str, origin: dict[str, Any], policy: NetworkPolicy, limits: E
         "enable_file_urls": allow_file, "playlistend": limits.max_entries,
         "noplaylist": False, "ignoreerrors": False,
     }
+    # Every request yt-dlp makes goes through a policy proxy on 127.0.0.1: each one, every hop
+    # of a redirect chain included (the proxy hands redirects back, so the next hop is a new
+    # request), is checked against the policy on the connection that really fetches it
+    # (resolved and pinned), as acquire's and record's downloads are.
+    budget = Budget(sys.maxsize, limits.timeout_s, limits.socket_timeout_s)
+    proxy = PolicyProxy(HttpClient(policy))
+    proxy.budget = budget
+    params["proxy"] = proxy.url
     ydl = _policy_ydl(params, policy, limits)
     outcome: dict[str, Any] = {}
 
@@ -766,10 +777,15 @@ def expand(target: str, origin: dict[str, Any], policy: NetworkPolicy, limits: E
 
     # the reads are bounded by the deadline; the thread bounds what they cannot reach (a
     # server that drips its headers): past the deadline the caller gets a timeout at once
-    worker = threading.Thread(target=work, name="prevad-add-expand", daemon=True)
-    worker.start()
-    worker.join(limits.timeout_s + 1.0)
-    if worker.is_alive():
+    with budget, proxy:
+        worker = threading.Thread(target=work, name="prevad-add-expand", daemon=True)
+        worker.start()
+        worker.join(limits.timeout_s + 1.0)
+    if budget.refusals:  # a hop the proxy refused (yt-dlp only saw a 403)
+        refused = budget.refusals[0]
+        raise ExpansionError(refused.reason, str(refused))
+    if worker.is_alive() or isinstance(budget.aborted, DeadlineExceeded):
+        # (the proxy's connections were closed at the deadline: what yt-dlp read was cut)
         raise ExpansionError("timeout", f"expanding {target} ran over its "
                              f"{limits.timeout_s:g} s limit")
     if ydl.refused is not None:

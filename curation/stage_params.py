@@ -1,22 +1,26 @@
-"""What ``prevad curate run STAGE -p key=value`` accepts for each stage, and the check of values.
+"""What ``prevad curate run STAGE -p key=value`` and the flows accept for each stage, and the
+check of values before anything runs.
 
 A stage factory (:mod:`curation.stages`) takes its own keyword parameters plus, through
-``**settings``, the fields of the stage's config dataclass (``AcquireSettings``, ``CleanPolicy``,
-...) and, for model stages, the engine options of :func:`curation.stages.engine_config`.
-:func:`accepted_params` lists them all with their type hints, read from those signatures and
-dataclasses (so a field added to a config class is accepted and checked without a change here);
-:data:`KEYWORD_SOURCES` says where each registered factory's ``**settings`` go.
+``**settings``, the options of the stage's config dataclass (``AcquireSettings``,
+``CleanPolicy``, ``DescribeConfig``, ...) and, for model stages, the engine options
+(:class:`curation.cli_options.EngineOptions`). Those dataclasses are the one declaration of a
+stage's options (:mod:`curation.options`): the stage's command is generated from the same
+fields, so :func:`accepted_params` (read from them; :data:`KEYWORD_SOURCES` says where each
+registered factory's ``**settings`` go) lists exactly the command's options.
 
-:func:`check_params` checks every value against its type before any stage is built: wrong types,
-NaN and infinities, negative numbers (and zero where a count, a size or a timeout is meant) are
-refused with a :class:`~prevad.errors.ValidationError` naming the parameter, the value and what
-was expected. The same list is what the CLI test compares with each stage command's options, so
-no option is reachable only through ``-p``.
+:func:`check_params` checks what was given before any stage is built: unknown names, and
+values of the wrong type for their field (a list for a number, a text for a flag, ``null`` where
+a value is needed) are refused with a :class:`~prevad.errors.ValidationError` naming the
+parameter, the value and what was expected; then it builds the config objects, whose own checks
+(ranges, NaN and infinities, choices, files) are the ones the command runs, with the same
+message. ``prevad curate run``, the stage flows and ``flows.curate.curate`` call it for every
+stage before the first item of any is touched.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import importlib
 import inspect
 import math
@@ -28,12 +32,13 @@ from typing import Any
 
 from prevad.errors import ValidationError
 
-ENGINE = "curation.stages:engine_config"
+ENGINE = "curation.cli_options:EngineOptions"
 
-#: Registered factory -> the callables / dataclasses its ``**settings`` keywords go to.
+#: Registered factory -> the dataclasses its ``**settings`` keywords go to.
 KEYWORD_SOURCES: dict[str, tuple[str, ...]] = {
     "curation.stages:acquire": ("curation.acquire:AcquireSettings",),
     "curation.stages:record": ("curation.record:RecordSettings",),
+    "curation.stages:dedup": ("curation.dedup:DedupConfig",),
     "curation.stages:clean": ("curation.clean:CleanPolicy",),
     "curation.stages:describe": (ENGINE, "curation.describe:DescribeConfig"),
     "curation.stages:verify": (ENGINE, "curation.verify:VerifyConfig"),
@@ -42,25 +47,6 @@ KEYWORD_SOURCES: dict[str, tuple[str, ...]] = {
                                          "curation.describe_anomaly:DescribeAnomalyConfig"),
     "curation.stages:retrieve_settings": ("curation.retrieve:Settings",),
 }
-
-#: Config fields whose type is a small dataclass given as plain keywords on the command line:
-#: field name -> {keyword: (field of the nested dataclass, type)} (see ``curation.stages._split``).
-FLATTENED: dict[str, dict[str, tuple[str, type]]] = {
-    "frames": {"frames": ("n", int), "frame_size": ("size", int)},
-}
-
-#: Numbers that may be negative (similarity thresholds; cosine scores go below 0).
-SIGNED = frozenset({"min_score", "min_clip_mean"})
-#: Numbers that must be > 0: counts, sizes, timeouts, rates.
-POSITIVE = frozenset({
-    "batch_size", "concurrency", "max_attempts", "max_tokens", "frames", "frame_size",
-    "timeout", "socket_timeout_s", "io_timeout_s", "detect_width", "max_height", "top_k",
-    "rrf_k", "rate_limit", "max_chars", "max_description_chars", "max_reason_chars",
-    "max_claims", "max_claim_chars", "max_bytes", "max_duration_s", "wall_timeout_s",
-    "max_corpus_bytes",
-})
-#: Numbers that are fractions in [0, 1].
-FRACTIONS = frozenset({"black_fraction", "short_fraction", "unrelated_max_share"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +58,15 @@ class Param:
         hint: its type hint (``int``, ``float | None``, ``tuple[str, ...]``, ...).
         default: its default (``inspect.Parameter.empty`` when required).
         origin: where it is defined, e.g. ``AcquireSettings.max_height``.
+        source: the config dataclass that checks its value when built (None: a keyword of the
+            factory itself, checked here for a finite value only).
     """
 
     name: str
     hint: Any
     default: Any
     origin: str
+    source: type | None = None
 
 
 def _import(path: str) -> Any:
@@ -101,21 +90,11 @@ def _from_signature(fn: Any, origin: str) -> tuple[dict[str, Param], bool]:
 
 
 def _from_dataclass(cls: type) -> dict[str, Param]:
-    hints = typing.get_type_hints(cls)
-    out: dict[str, Param] = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
-            else inspect.Parameter.empty)
-        if f.name in FLATTENED:
-            for kw, (inner, typ) in FLATTENED[f.name].items():
-                out[kw] = Param(kw, typ, getattr(default, inner, inspect.Parameter.empty),
-                                f"{cls.__name__}.{f.name}.{inner}")
-            continue
-        out[f.name] = Param(f.name, hints.get(f.name, Any), default, f"{cls.__name__}.{f.name}")
-    return out
+    """The options of a config dataclass (flattened fields expanded)."""
+    from curation.options import option_fields
+
+    return {o.keyword: Param(o.keyword, o.hint, o.default, o.origin, cls)
+            for o in option_fields(cls)}
 
 
 def factory_path(ref: str) -> str:
@@ -146,11 +125,7 @@ def accepted_params(ref: str) -> tuple[dict[str, Param], bool]:
     if sources is None:
         return params, not var_kw
     for src in sources:
-        obj = _import(src)
-        if dataclasses.is_dataclass(obj):
-            params.update(_from_dataclass(obj))
-        else:
-            params.update(_from_signature(obj, src.rpartition(":")[2])[0])
+        params.update(_from_dataclass(_import(src)))
     return params, True
 
 
@@ -161,27 +136,20 @@ def _args(hint: Any) -> tuple[Any, ...]:
     return (hint,)
 
 
-def _expected(name: str, kind: str) -> str:
-    if kind not in ("an integer", "a number"):
-        return kind
-    if name in FRACTIONS:
-        return f"{kind} between 0 and 1"
-    if name in POSITIVE:
-        return f"{kind} > 0"
-    return kind if name in SIGNED else f"{kind} >= 0"
-
-
-def _number(name: str, value: Any, integer: bool) -> Any:
+def _number(name: str, value: Any, integer: bool, finite: bool) -> Any:
     kind = "an integer" if integer else "a number"
+    if not integer and isinstance(value, str):
+        # what the command line reads as a number (nan, inf, 1e3, " 2") is one here too
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if integer and isinstance(value, float) and value.is_integer():
+        value = int(value)  # 480.0 is 480, as the config classes read it
     ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
     if isinstance(value, bool) or not ok_type:
-        raise _bad(name, value, _expected(name, kind))
-    if not math.isfinite(value):
-        raise _bad(name, value, f"a finite {_expected(name, kind)[2:]}")
-    low_ok = (value > 0 if name in POSITIVE else value >= 0) if name not in SIGNED else True
-    if not low_ok or (name in FRACTIONS and value > 1):
-        raise _bad(name, value, _expected(name, kind))
-    return value if integer else float(value)
+        raise _bad(name, value, kind)
+    if finite and isinstance(value, float) and not math.isfinite(value):
+        raise _bad(name, value, f"a finite {kind[2:]}")
+    return value
 
 
 def _bad(name: str, value: Any, expected: str) -> ValidationError:
@@ -191,15 +159,20 @@ def _bad(name: str, value: Any, expected: str) -> ValidationError:
     return ValidationError(f"parameter {name}={text}: expected {expected}")
 
 
-def check_value(name: str, value: Any, hint: Any, raw: str | None = None) -> Any:
+def check_value(name: str, value: Any, hint: Any, raw: str | None = None, *,
+                finite: bool = True) -> Any:
     """``value`` checked against ``hint``; returns it (text re-read as text where needed).
 
+    Ranges are the config classes' own checks (see :func:`check_params`); here a number is
+    only checked to be one (and finite, with ``finite``).
+
     Args:
-        name: the parameter (for the message and the range rules).
+        name: the parameter (for the message).
         value: the parsed value (JSON when it parsed, else the text).
         hint: the type hint.
         raw: the text as given on the command line (a ``str`` parameter keeps it as written:
             ``-p device=0`` means the text ``"0"``).
+        finite: refuse NaN and infinities here (a factory's own keyword: no class checks it).
 
     Raises:
         ValidationError: the value does not fit; the message names it and what was expected.
@@ -214,13 +187,13 @@ def check_value(name: str, value: Any, hint: Any, raw: str | None = None) -> Any
         if opt is type(None):
             continue
         try:
-            return _check_one(name, value, opt, raw)
+            return _check_one(name, value, opt, raw, finite)
         except ValidationError as exc:
             errors.append(exc)
     raise errors[0] if len(errors) == 1 else _bad(name, value, _describe(hint))
 
 
-def _check_one(name: str, value: Any, hint: Any, raw: str | None) -> Any:
+def _check_one(name: str, value: Any, hint: Any, raw: str | None, finite: bool) -> Any:
     origin = typing.get_origin(hint) or hint
     if hint is Any:
         return value
@@ -229,9 +202,9 @@ def _check_one(name: str, value: Any, hint: Any, raw: str | None) -> Any:
             return value
         raise _bad(name, value, "true or false")
     if origin is int:
-        return _number(name, value, integer=True)
+        return _number(name, value, True, finite)
     if origin is float:
-        return _number(name, value, integer=False)
+        return _number(name, value, False, finite)
     if origin in (str, Path):
         # a number or true/false typed for a text is the text as written; an object is not
         text = value if isinstance(value, str) else (
@@ -245,7 +218,8 @@ def _check_one(name: str, value: Any, hint: Any, raw: str | None) -> Any:
         if not isinstance(value, list):
             raise _bad(name, value, f"a JSON list ({_describe(hint)})")
         inner = typing.get_args(hint)[:1] or (Any,)
-        items = [check_value(f"{name}[{i}]", v, inner[0]) for i, v in enumerate(value)]
+        items = [check_value(f"{name}[{i}]", v, inner[0], finite=finite)
+                 for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -264,7 +238,11 @@ def _describe(hint: Any) -> str:
 
 def check_params(ref: str, values: dict[str, Any], raw: dict[str, str] | None = None
                  ) -> dict[str, Any]:
-    """Check every value given for a stage; unknown names are refused when the list is complete.
+    """Check every value given for a stage, before anything is built or touched.
+
+    Types come from the options' type hints; then the stage's config objects are built from
+    the values (:func:`build_configs`), so their own rules (ranges, choices, files) refuse a
+    bad value with the message its command gives.
 
     Args:
         ref: the stage reference.
@@ -276,7 +254,8 @@ def check_params(ref: str, values: dict[str, Any], raw: dict[str, str] | None = 
         where the field is a tuple).
 
     Raises:
-        ValidationError: an unknown name, or a value of the wrong type or range.
+        ValidationError: an unknown name (when the list is complete), a value of the wrong
+            type, or a value the stage's config refuses.
     """
     accepted, complete = accepted_params(ref)
     unknown = sorted(set(values) - set(accepted) - {"store"})
@@ -287,5 +266,27 @@ def check_params(ref: str, values: dict[str, Any], raw: dict[str, str] | None = 
     out = dict(values)
     for name, value in values.items():
         if name in accepted:
-            out[name] = check_value(name, value, accepted[name].hint, (raw or {}).get(name))
+            p = accepted[name]
+            out[name] = check_value(name, value, p.hint, (raw or {}).get(name),
+                                    finite=p.source is None)
+    build_configs(ref, out)
     return out
+
+
+def build_configs(ref: str, values: dict[str, Any]) -> list[Any]:
+    """The config objects of a registered stage built from ``values`` (their own checks run;
+    nothing else is touched). An unregistered factory's configs are its own business: [].
+
+    Raises:
+        ValidationError: a value a config refuses (its message names the option).
+    """
+    from curation.options import iter_keywords, settings_from
+
+    sources = KEYWORD_SOURCES.get(factory_path(ref), ())
+    built = []
+    for src in sources:
+        cls = _import(src)
+        keys = set(iter_keywords(cls))
+        built.append(settings_from(cls, {k: v for k, v in values.items() if k in keys},
+                                   cls.__name__))
+    return built

@@ -6,14 +6,15 @@ dicts), build the config objects and return the :class:`~prevad.stage.Stage`. Th
 by short name in :data:`curation.registry.STAGES`. A bad keyword fails with a
 :class:`~prevad.errors.ValidationError` naming it (before any model is loaded).
 
-Model stages (describe, verify, judge, describe-anomaly) take the engine options of the CLI
-(``engine``, ``model``, ``device``, ...) and their config as keywords (``frames``, ``frame_size``,
-``min_chars``, ...).
+Every keyword is an option of the stage's config dataclass (its fields, :mod:`curation.options`),
+the same options the stage's command has; model stages (describe, verify, judge,
+describe-anomaly) also take the engine options of the commands
+(:class:`curation.cli_options.EngineOptions`: ``engine``, ``model``, ``device``, ...). Every
+config is built, and so checked, before the store is opened or any item touched.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,11 @@ __all__ = ["acquire", "clean", "dedup", "describe", "describe_anomaly", "engine_
 
 
 def _config(cls: type, what: str, values: dict[str, Any]) -> Any:
-    """``cls(**values)`` for a dataclass; unknown keys -> ValidationError naming them."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValidationError(f"{what}: unknown parameter(s) {unknown}; expected some of "
-                              f"{sorted(names)}")
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ValidationError(f"{what}: bad parameters {values}: {exc}") from exc
+    """``cls`` from option keywords (:func:`curation.options.settings_from`): unknown keys and
+    bad values -> ValidationError naming them."""
+    from curation.options import settings_from
+
+    return settings_from(cls, values, what)
 
 
 def _store(store: str | Path) -> Store:
@@ -52,28 +48,32 @@ def acquire(store: str, **settings: Any) -> Stage:
 
     if "schemes" in settings:
         settings["schemes"] = tuple(settings["schemes"])
-    return make_stage(_store(store), _config(AcquireSettings, "acquire", settings))
+    cfg = _config(AcquireSettings, "acquire", settings)  # checked before the store is opened
+    return make_stage(_store(store), cfg)
 
 
 def record(store: str, **settings: Any) -> Stage:
     """The ``record`` stage; keywords are :class:`curation.record.RecordSettings` fields."""
     from curation.record import RecordSettings, make_stage
 
-    return make_stage(_store(store), _config(RecordSettings, "record", settings))
+    cfg = _config(RecordSettings, "record", settings)  # checked before the store is opened
+    return make_stage(_store(store), cfg)
 
 
 def dedup(store: str, **config: Any) -> Stage:
     """The ``dedup`` stage; keywords are :class:`curation.dedup.DedupConfig` fields."""
     from curation.dedup import DedupConfig, make_stage
 
-    return make_stage(_store(store), _config(DedupConfig, "dedup", config))
+    cfg = _config(DedupConfig, "dedup", config)  # checked before the store is opened
+    return make_stage(_store(store), cfg)
 
 
 def clean(store: str, **policy: Any) -> Stage:
     """The ``clean`` stage; keywords are :class:`curation.clean.CleanPolicy` fields."""
     from curation.clean import CleanPolicy, make_stage
 
-    return make_stage(_store(store), _config(CleanPolicy, "clean", policy))
+    cfg = _config(CleanPolicy, "clean", policy)  # checked before the store is opened
+    return make_stage(_store(store), cfg)
 
 
 def retrieve_settings(**settings: Any) -> Any:
@@ -87,72 +87,54 @@ def retrieve_settings(**settings: Any) -> Any:
 
 
 # ------------------------------------------------------------------ model stages
-def engine_config(engine: str = "transformers", model: str = "", device: str = "auto",
-                  batch_size: int = 8, base_url: str = "", api_key: str = "EMPTY",
-                  concurrency: int = 8, timeout: float = 120.0, max_tokens: int = 512,
-                  temperature: float = 0.0, seed: int = 0, cache: bool = True) -> Any:
-    """A :class:`curation.mllm.EngineConfig` from the same options as the stage commands.
+def engine_config(**options: Any) -> Any:
+    """A :class:`curation.mllm.EngineConfig` from the engine options of the stage commands
+    (:class:`curation.cli_options.EngineOptions` fields: ``engine``, ``model``, ``device``, ...).
 
     Raises:
-        ValidationError: no model given.
-        EngineError: unknown engine, or openai without ``base_url``.
+        ValidationError: an unknown option, no model, or a value its option refuses.
     """
     from curation.cli_options import engine_config as build
 
-    if not model:
-        raise ValidationError("model: expected a model directory, hub id or served model name")
-    return build(engine, model, device, batch_size, base_url, api_key, concurrency, timeout,
-                 max_tokens, temperature, seed, not cache)
-
-
-_ENGINE_KEYS = frozenset(
-    ("engine", "model", "device", "batch_size", "base_url", "api_key", "concurrency",
-     "timeout", "max_tokens", "temperature", "seed", "cache")
-)
+    return build(**options)
 
 
 def _split(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(engine keywords, config keywords); ``frames``/``frame_size`` become a FrameConfig."""
-    from curation.frames import FrameConfig
+    """(engine keywords, config keywords)."""
+    from curation.cli_options import EngineOptions
+    from curation.options import iter_keywords
 
-    eng = {k: v for k, v in params.items() if k in _ENGINE_KEYS}
-    cfg = {k: v for k, v in params.items() if k not in _ENGINE_KEYS}
-    if "frames" in cfg or "frame_size" in cfg:
-        cfg["frames"] = FrameConfig(int(cfg.pop("frames", 8)), int(cfg.pop("frame_size", 224)))
-    return eng, cfg
+    engine_keys = set(iter_keywords(EngineOptions))
+    return ({k: v for k, v in params.items() if k in engine_keys},
+            {k: v for k, v in params.items() if k not in engine_keys})
 
 
-def describe(store: str, input_table: str | None = None, **params: Any) -> Stage:
+def _model_stage(module: str, store: str, params: dict[str, Any]) -> Stage:
+    """A model stage (``module``'s SPEC) from engine options and its config's keywords; both
+    are checked before the store is opened."""
+    import importlib
+
+    spec = importlib.import_module(module).SPEC
+    eng, cfg = _split(params)
+    ecfg, config = engine_config(**eng), _config(spec.config, spec.name, cfg)
+    return spec.stage(_store(store), ecfg, config)
+
+
+def describe(store: str, **params: Any) -> Stage:
     """The ``describe`` stage: engine options + :class:`curation.describe.DescribeConfig`."""
-    from curation.describe import DescribeConfig, make_stage
-
-    eng, cfg = _split(params)
-    return make_stage(_store(store), engine_config(**eng),
-                      _config(DescribeConfig, "describe", cfg), input_table=input_table)
+    return _model_stage("curation.describe", store, params)
 
 
-def verify(store: str, input_table: str | None = None, **params: Any) -> Stage:
+def verify(store: str, **params: Any) -> Stage:
     """The ``verify`` stage: engine options + :class:`curation.verify.VerifyConfig`."""
-    from curation.verify import VerifyConfig, make_stage
-
-    eng, cfg = _split(params)
-    return make_stage(_store(store), engine_config(**eng),
-                      _config(VerifyConfig, "verify", cfg), input_table=input_table)
+    return _model_stage("curation.verify", store, params)
 
 
-def judge(store: str, input_table: str | None = None, **params: Any) -> Stage:
+def judge(store: str, **params: Any) -> Stage:
     """The ``judge`` stage: engine options + :class:`curation.judge.JudgeConfig`."""
-    from curation.judge import JudgeConfig, make_stage
-
-    eng, cfg = _split(params)
-    return make_stage(_store(store), engine_config(**eng), _config(JudgeConfig, "judge", cfg),
-                      input_table=input_table)
+    return _model_stage("curation.judge", store, params)
 
 
 def describe_anomaly(store: str, **params: Any) -> Stage:
-    """The ``describe-anomaly`` stage: engine options + its config."""
-    from curation.describe_anomaly import DescribeAnomalyConfig, make_stage
-
-    eng, cfg = _split(params)
-    return make_stage(_store(store), engine_config(**eng),
-                      _config(DescribeAnomalyConfig, "describe-anomaly", cfg))
+    """The ``describe-anomaly`` stage: engine options + its config (describe's)."""
+    return _model_stage("curation.describe_anomaly", store, params)

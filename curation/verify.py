@@ -23,17 +23,25 @@ from __future__ import annotations
 import os
 import socket
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
-from curation import cli_options as opt
+from curation import cli_options
 from curation.frames import FrameConfig
 from curation.mllm import EngineConfig
-from curation.model_stage import Answer, Context, ModelStage, Work, missing_upstream, upstream_text
+from curation.model_stage import (
+    UPSTREAM_HELP,
+    Answer,
+    Context,
+    ModelStage,
+    Work,
+    missing_upstream,
+    upstream_text,
+)
+from curation.options import check_config, check_number, check_text, none_text, opt
 from prevad.errors import PrevadError
 from prevad.stage import Failed, ItemResult, Ok, Rejected
 
@@ -65,15 +73,31 @@ class VerifyConfig:
             newest one with ok results).
     """
 
-    frames: FrameConfig = field(default_factory=FrameConfig)
-    min_score: float = 0.5
-    min_clip_mean: float | None = 0.2
-    clip_model: str | None = "ViT-B-16"
-    clip_pretrained: str | None = "openai"
-    max_description_chars: int = 4000
-    max_claims: int = 10
-    max_claim_chars: int = 200
-    describe_version: str | None = None
+    frames: FrameConfig = opt(None, "Frames sampled from each clip.", factory=FrameConfig)
+    min_score: float = opt(0.5, "Reject items whose VLM score is below.")
+    min_clip_mean: float | None = opt(0.2, "Reject items whose mean CLIP similarity is below "
+                                      "(negative: no check).")
+    clip_model: str | None = opt("ViT-B-16", "open_clip model ('none': no CLIP signal).")
+    clip_pretrained: str | None = opt("openai", "open_clip pretrained tag or checkpoint file "
+                                      "('none': random weights).")
+    max_description_chars: int = opt(4000, "Longer descriptions are rejected without a model "
+                                     "call.")
+    max_claims: int = opt(10, "Most unsupported claims in an answer.")
+    max_claim_chars: int = opt(200, "Longest unsupported claim (characters).")
+    describe_version: str | None = opt(None, UPSTREAM_HELP.format(stage="describe"),
+                                       "--describe-version")
+
+    def __post_init__(self) -> None:
+        check_config(self, "frames", FrameConfig)
+        check_number(self, "min_score", minimum=None)
+        check_number(self, "min_clip_mean", minimum=None, optional=True)
+        if self.min_clip_mean is not None and self.min_clip_mean < 0:
+            object.__setattr__(self, "min_clip_mean", None)  # the CLI's "no check"
+        for name in ("clip_model", "clip_pretrained", "describe_version"):
+            none_text(self, name)
+            check_text(self, name)
+        for name in ("max_description_chars", "max_claims", "max_claim_chars"):
+            check_number(self, name, integer=True, minimum=1, strict=False)
 
 
 def schema(cfg: VerifyConfig | None = None) -> dict[str, Any]:
@@ -256,29 +280,10 @@ SPEC = ModelStage(
         "clip": [cfg.clip_model, cfg.clip_pretrained],
         "max_chars": [cfg.max_description_chars, cfg.max_claims, cfg.max_claim_chars]},
     upstream=("describe",),
+    help="VLM consistency check of each clip's description, plus CLIP image-text similarity.",
     # 2: reads one describe version (D3), which is in the version, instead of the latest ok
-    # describe output of every version
-    code_version=2,
+    # describe output of every version; 3: items are the clips of the `clips` view (D1)
+    code_version=3,
 )
 
-
-def options(
-    frames: int = opt.FRAMES,
-    frame_size: int = opt.FRAME_SIZE,
-    min_score: float = typer.Option(0.5, help="Reject items whose VLM score is below."),
-    min_clip_mean: float = typer.Option(
-        0.2, help="Reject items whose mean CLIP similarity is below (negative: no check)."),
-    clip_model: str = typer.Option("ViT-B-16", help="open_clip model ('none': no CLIP)."),
-    clip_pretrained: str = typer.Option(
-        "openai", help="open_clip pretrained tag or checkpoint file ('none': random)."),
-) -> VerifyConfig:
-    """VLM consistency check of each description, plus CLIP image-text similarity."""
-    return VerifyConfig(
-        FrameConfig(frames, frame_size), min_score,
-        None if min_clip_mean < 0 else min_clip_mean,
-        None if clip_model == "none" else clip_model,
-        None if clip_pretrained == "none" else clip_pretrained,
-    )
-
-
-make_stage, run, register = SPEC.stage, SPEC.run, opt.registrar(SPEC, options)
+make_stage, run, register = SPEC.stage, SPEC.run, cli_options.registrar(SPEC)

@@ -33,6 +33,7 @@ from flows.lagovad_flows import extract_task
 from flows.stage_flow import (
     CURATION_CHAIN,
     artifact_key,
+    checked_params,
     data_card_task,
     make_stage_flow,
     retry_transient,
@@ -199,14 +200,18 @@ def curate(store: str, steps: list[str] | None = None, corpus: str | None = None
         ``{"steps": {step: result}, "card": path or None}``.
 
     Raises:
-        ValidationError: unknown step, missing corpus file, a model step without a model
-            (all checked before the first step runs).
+        ValidationError: unknown step, missing corpus file, a model step without a model, a
+            stage parameter its option refuses (all checked before the first step runs).
     """
     asked = list(steps) if steps else [s for s in STEPS if s != "features" or features]
     _check(asked, corpus, review_import, auto_accept, features)
     chosen = [s for s in STEPS if s in asked]
     params = params or {}
-    stage_params = {n: _stage_params(n, params, model) for n in CURATION_CHAIN if n in chosen}
+    # every step's options are checked before the first step touches anything
+    stage_params = {n: checked_params(n, _stage_params(n, params, model))
+                    for n in CURATION_CHAIN if n in chosen}
+    if "retrieve" in chosen and corpus is not None:
+        checked_params("curation.stages:retrieve_settings", retrieve)
     out: dict[str, Any] = {"steps": {}, "card": None}
     if video_urls or streams:
         out["steps"]["register"] = register_task(store, video_urls or [], streams or [],

@@ -35,8 +35,8 @@ from prefect.cache_policies import NO_CACHE
 from curation.registry import STAGES, resolve_factory, short_name, stage_factory, with_store
 from prevad.stage import StageSummary
 
-__all__ = ["CURATION_CHAIN", "STAGES", "STAGE_TAGS", "chain", "make_stage_flow",
-           "resolve_factory", "stage_flow", "submit_stage"]
+__all__ = ["CURATION_CHAIN", "STAGES", "STAGE_TAGS", "chain", "checked_params",
+           "make_stage_flow", "resolve_factory", "stage_flow", "submit_stage"]
 
 #: The work-list stages of the curation chain, in order (names registered in ``STAGES``); run
 #: by :func:`chain`. ``flows.curate.curate`` adds retrieval before and review + features after.
@@ -172,6 +172,19 @@ def run_stage_task(store: str, stage: str, params: dict[str, Any] | None = None,
     return summary.to_dict()
 
 
+def checked_params(stage: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """``params`` of ``stage`` checked as ``prevad curate run -p`` checks them (names, types,
+    and the stage's own config checks), before anything is built or touched.
+
+    Raises:
+        ValidationError: an unknown stage or parameter, or a value its option refuses.
+    """
+    from curation.stage_params import check_params
+
+    resolve_factory(stage)
+    return check_params(stage, dict(params or {}))
+
+
 def submit_stage(store: str, stage: str, params: dict[str, Any] | None = None, *,
                  engine: str = "auto", shard_size: int = 64, limit: int | None = None,
                  actors: int = 1, num_gpus: float = 0.0, retries: int = 2,
@@ -208,6 +221,7 @@ def stage_flow(store: str, stage: str, params: dict[str, Any] | None = None,
     Returns:
         The stage run's summary, with ``card`` (the card's path) when written.
     """
+    params = checked_params(stage, params)
     summary = submit_stage(store, stage, params, engine=engine, shard_size=shard_size,
                            limit=limit, actors=actors, num_gpus=num_gpus, retries=retries,
                            retry_delay_s=retry_delay_s, tags=tags)
@@ -228,7 +242,8 @@ def make_stage_flow(name: str, ref: str, tags: Sequence[str] | None = None,
     def run(store: str, params: dict[str, Any] | None = None, engine: str = "auto",
             shard_size: int = 64, limit: int | None = None, actors: int = 1,
             num_gpus: float = 0.0, card: bool = True) -> dict[str, Any]:
-        summary = submit_stage(store, ref, {**defaults, **(params or {})}, engine=engine,
+        checked = checked_params(ref, {**defaults, **(params or {})})
+        summary = submit_stage(store, ref, checked, engine=engine,
                                shard_size=shard_size, limit=limit, actors=actors,
                                num_gpus=num_gpus,
                                tags=STAGE_TAGS.get(name, ()) if tags is None else tags)
@@ -247,8 +262,9 @@ def chain(store: str, stages: list[str] | None = None,
            retry_delay_s: float = 10.0, card: bool = True) -> dict[str, Any]:
     """Run stages in order on a store (default :data:`CURATION_CHAIN`), then the data card.
 
-    Every reference is resolved before the first stage runs, so a typo fails at once. Rerunning
-    after a crash continues where the store says work is left.
+    Every reference is resolved and every stage's parameters checked (:func:`checked_params`)
+    before the first stage runs, so a typo or a bad value fails at once. Rerunning after a
+    crash continues where the store says work is left.
 
     Args:
         store: store root.
@@ -261,14 +277,15 @@ def chain(store: str, stages: list[str] | None = None,
         ``{"stages": {name: summary}, "card": path or None}``.
     """
     refs = list(stages or CURATION_CHAIN)
-    for ref in refs:
-        resolve_factory(ref)
     params = params or {}
+    # every stage's parameters are checked before the first stage touches anything
+    checked = {ref: checked_params(ref, params.get(ref, params.get(short_name(ref))))
+               for ref in refs}
     out: dict[str, Any] = {"stages": {}, "card": None}
     for ref in refs:
         name = short_name(ref)
         out["stages"][name] = submit_stage(
-            store, ref, params.get(ref, params.get(name)), engine=engine, shard_size=shard_size,
+            store, ref, checked[ref], engine=engine, shard_size=shard_size,
             actors=actors, num_gpus=num_gpus, retries=retries, retry_delay_s=retry_delay_s)
     if card:
         out["card"] = data_card_task(store)

@@ -344,7 +344,7 @@ def encoder_for(
     cfg = model.config.get("image_clip", {})
     name = clip_model or cfg.get("name") or "ViT-B-16"
     pretrained = clip_pretrained if clip_pretrained is not None else cfg.get("pretrained")
-    encoder = load_image_encoder(name, pretrained, device=device)
+    encoder = load_image_encoder(name, pretrained, device=device, option="--clip-pretrained")
     check_dims(encoder, model)
     return encoder
 

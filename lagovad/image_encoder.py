@@ -10,6 +10,8 @@ Hugging Face cache once) or from a local checkpoint file. Half precision on GPU,
 from __future__ import annotations
 
 import os
+import socket
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,9 @@ DEFAULT_PRETRAINED = "openai"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+#: Seconds the hub may take to accept a connection before uncached weights count as
+#: unreachable (one attempt, instead of the hub client's retries).
+HUB_PROBE_TIMEOUT_S = 3.0
 
 
 class ImageEncoderError(LagovadError):
@@ -115,6 +120,7 @@ def load_image_encoder(
     half: bool | None = None,
     quick_gelu: bool | None = None,
     seed: int = 0,
+    option: str = "--pretrained",
 ) -> ImageEncoder:
     """Build an open_clip image encoder.
 
@@ -131,13 +137,16 @@ def load_image_encoder(
         seed: Seed of random weights (``pretrained`` None): every load gives the same encoder,
             so features extracted by two processes (a store and a held-out folder, ``extract``
             and ``detect``) are comparable. The global torch RNG is left as it was.
+        option: The command-line option that sets ``pretrained`` (named in errors:
+            ``--pretrained`` for ``lagovad extract``, ``--clip-pretrained`` for ``detect``).
 
     Returns:
         The encoder in eval mode.
 
     Raises:
         PretrainedWeightsUnavailable: If `pretrained` is a tag whose weights are not cached and
-            cannot be downloaded (offline).
+            cannot be downloaded (offline): checked before the model is built, see
+            :func:`check_weights_available`.
         ImageEncoderError: If the name or checkpoint is unknown or does not fit the model.
     """
     register_open_clip_configs()
@@ -151,6 +160,7 @@ def load_image_encoder(
             f"or a config in {MODEL_CONFIG_DIR}"
         )
     pretrained = None if pretrained in (None, "", "none") else str(pretrained)
+    check_weights_available(name, pretrained, option=option)
     quick_gelu = _resolve_quick_gelu(name, pretrained, quick_gelu)
     try:
         with torch.random.fork_rng(devices=[]):
@@ -163,7 +173,7 @@ def load_image_encoder(
                 force_quick_gelu=quick_gelu,
             )
     except RuntimeError as exc:
-        raise _explain_load_error(name, pretrained, exc) from exc
+        raise _explain_load_error(name, pretrained, exc, option) from exc
     model.eval()
     image_size = model.visual.image_size
     image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -192,14 +202,76 @@ def _resolve_quick_gelu(name: str, pretrained: str | None, quick_gelu: bool | No
     return name == DEFAULT_MODEL
 
 
-def _explain_load_error(name: str, pretrained: str | None, exc: Exception) -> ImageEncoderError:
+def check_weights_available(name: str, pretrained: str | None,
+                            option: str = "--pretrained") -> None:
+    """Fail fast when a pretrained tag's weights can only come from a network that is not there.
+
+    Runs before any model is built: a tag whose weights are in neither the Hugging Face cache
+    nor open_clip's download folder needs the hub; with ``HF_HUB_OFFLINE`` (or
+    ``TRANSFORMERS_OFFLINE``) set, or when the hub does not accept a connection within
+    :data:`HUB_PROBE_TIMEOUT_S` (one attempt), that is one error naming ``option`` instead of
+    the hub client's retries and log lines. A local file, no weights (None) and an unknown tag
+    (the loader lists the known ones) pass.
+
+    Raises:
+        PretrainedWeightsUnavailable: the weights are not here and cannot be downloaded.
+    """
+    if pretrained is None or Path(pretrained).expanduser().is_file():
+        return
+    register_open_clip_configs()
+    pcfg = get_pretrained_cfg(name, pretrained)
+    if not pcfg or _cached_weights(pcfg):
+        return
+    why = _offline_reason() or _hub_unreachable()
+    if why:
+        raise PretrainedWeightsUnavailable(
+            f"the weights of open_clip model {name!r} ({option} {pretrained!r}) are not in the "
+            f"local cache and cannot be downloaded: {why}. Download them once with network "
+            f"access, or pass {option} /path/to/checkpoint")
+
+
+def _cached_weights(pcfg: dict) -> bool:
+    """Whether open_clip will find a tag's weights on disk (HF cache or its URL folder)."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import HF_WEIGHTS_NAME
+
+    hub = str(pcfg.get("hf_hub", ""))
+    if hub:
+        repo, filename = os.path.split(hub)  # "org/repo/" names the repo's default file
+        names = [filename] if filename else ["open_clip_model.safetensors", HF_WEIGHTS_NAME]
+        if any(isinstance(try_to_load_from_cache(repo, n), str) for n in names):
+            return True
+    url = str(pcfg.get("url", ""))
+    return bool(url) and (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file()
+
+
+def _offline_reason() -> str | None:
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var} is set"
+    return None
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (None when it accepts a connection)."""
+    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"{host}:{port} is unreachable ({exc})"
+    return None
+
+
+def _explain_load_error(name: str, pretrained: str | None, exc: Exception,
+                        option: str = "--pretrained") -> ImageEncoderError:
     if pretrained and not os.path.exists(pretrained):
         if get_pretrained_cfg(name, pretrained):
             return PretrainedWeightsUnavailable(
-                f"the weights of open_clip model {name!r} with pretrained tag {pretrained!r} are "
-                f"not in the local cache and cannot be downloaded here (offline?). Download them "
-                f"once where there is network access, or pass a local checkpoint file: "
-                f"--pretrained /path/to/checkpoint ({exc})"
+                f"the weights of open_clip model {name!r} ({option} {pretrained!r}) could not "
+                f"be loaded (offline?). Download them once where there is network access, or "
+                f"pass {option} /path/to/checkpoint ({exc})"
             )
         return ImageEncoderError(
             f"pretrained {pretrained!r} is neither a pretrained tag of {name!r} "

@@ -11,8 +11,10 @@ leak into valid scores (identical to the authors' output on unpadded input).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -73,6 +75,72 @@ def apply_rotary(x: Tensor, table: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+#: Query block of the banded attention: each block of this many steps attends to the keys of its
+#: own steps and ``radius`` more on either side.
+BAND_BLOCK = 64
+
+
+@dataclass
+class BandBias:
+    """Additive attention bias of a local band, laid out per query block (see
+    :func:`banded_attention`).
+
+    Attributes:
+        bias: [B, 1, n_blocks, block, block + 2 * radius] 0 where a query may attend to a key
+            (inside the band, key valid), else the dtype's minimum (as the full bias: never
+            -inf, so a query without any valid key stays finite).
+        radius: band half-width.
+        block: query block length.
+    """
+
+    bias: Tensor
+    radius: int
+    block: int
+
+
+def _key_blocks(x: Tensor, radius: int, block: int, n_blocks: int) -> Tensor:
+    """[..., T, d] -> [..., n_blocks, block + 2 radius, d]: the keys each query block sees
+    (zero rows outside the sequence; the bias masks them)."""
+    t = x.shape[-2]
+    pad_end = n_blocks * block - t + radius
+    padded = F.pad(x, (0, 0, radius, pad_end))
+    return padded.unfold(-2, block + 2 * radius, block).transpose(-1, -2)
+
+
+def band_bias(mask: Tensor, radius: int, dtype: torch.dtype, block: int = BAND_BLOCK) -> BandBias:
+    """The :class:`BandBias` of key mask ``mask`` [B, T] (True = valid step)."""
+    t = mask.shape[1]
+    n_blocks = -(-t // block)
+    keys = _key_blocks(mask[:, :, None].to(dtype), radius, block, n_blocks)[..., 0] > 0.5
+    i = torch.arange(block, device=mask.device)[:, None]
+    m = torch.arange(block + 2 * radius, device=mask.device)[None, :]
+    band = (m - i >= 0) & (m - i <= 2 * radius)  # key step q - radius + (m - i) in the band
+    allowed = band[None, None] & keys[:, :, None, :]  # [B, n_blocks, block, keys]
+    bias = (1.0 - allowed.to(dtype))[:, None] * torch.finfo(dtype).min
+    return BandBias(bias, radius, block)
+
+
+def banded_attention(q: Tensor, k: Tensor, v: Tensor, bias: BandBias, dropout_p: float) -> Tensor:
+    """Local-band attention computed block by block: the same result as full attention with the
+    band bias (keys outside the band get weight exactly 0 either way), at a cost linear in T.
+
+    Args:
+        q, k, v: [B, heads, T, d].
+        bias: from :func:`band_bias` for this T.
+        dropout_p: attention dropout (on the in-band weights; the others are 0 anyway).
+
+    Returns:
+        [B, heads, T, d].
+    """
+    b, heads, t, d = q.shape
+    n_blocks = bias.bias.shape[2]
+    qb = F.pad(q, (0, 0, 0, n_blocks * bias.block - t)).view(b, heads, n_blocks, bias.block, d)
+    kb = _key_blocks(k, bias.radius, bias.block, n_blocks)
+    vb = _key_blocks(v, bias.radius, bias.block, n_blocks)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias.bias, dropout_p=dropout_p)
+    return out.reshape(b, heads, n_blocks * bias.block, d)[:, :, :t]
+
+
 class RoFormerLayer(nn.Module):
     """Post-LN transformer layer with rotary self-attention (GELU FFN)."""
 
@@ -93,7 +161,7 @@ class RoFormerLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.attn_dropout = attn_dropout
 
-    def forward(self, x: Tensor, bias: Tensor, table: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor | BandBias, table: Tensor) -> Tensor:
         b, t, h = x.shape
 
         def split(y: Tensor) -> Tensor:
@@ -103,7 +171,10 @@ class RoFormerLayer(nn.Module):
         k = apply_rotary(split(self.key(x)), table)
         v = split(self.value(x))
         p = self.attn_dropout if self.training else 0.0
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
+        if isinstance(bias, BandBias):
+            ctx = banded_attention(q, k, v, bias, p)
+        else:
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
         ctx = ctx.transpose(1, 2).reshape(b, t, h)
         x = self.attn_norm(x + self.dropout(self.attn_out(ctx)))
         y = self.ffn_out(F.gelu(self.ffn_in(x)))
@@ -126,7 +197,14 @@ class TemporalEncoder(nn.Module):
             for _ in range(layers)
         )
 
-    def attention_bias(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    def attention_bias(self, mask: Tensor, dtype: torch.dtype) -> Tensor | BandBias:
+        """The band bias: per query block (:class:`BandBias`) when that is cheaper than the full
+        [B, 1, T, T] bias (sequences longer than a few windows), else the full bias."""
+        if mask.shape[1] > 2 * BAND_BLOCK and 2 * self.radius < BAND_BLOCK:
+            return band_bias(mask, self.radius, dtype)
+        return self.full_attention_bias(mask, dtype)
+
+    def full_attention_bias(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
         """Additive bias [B, 1, T, T]: 0 inside the ±radius band on valid keys, else dtype min."""
         t = mask.shape[1]
         idx = torch.arange(t, device=mask.device)
@@ -158,6 +236,34 @@ def _ffn(hidden: int, ffn: int, dropout: float) -> nn.Sequential:
                          nn.Linear(ffn, hidden), nn.Dropout(dropout))
 
 
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    b, length, h = x.shape
+    return x.view(b, length, heads, h // heads).transpose(1, 2)
+
+
+def _attend(attn: nn.MultiheadAttention, q: Tensor, k: Tensor, v: Tensor,
+            key_pad: Tensor | None) -> Tensor:
+    """``attn``'s attention and output projection on already projected q, k, v [B, L, E].
+
+    The same computation as ``nn.MultiheadAttention.forward`` (its weights, no dropout, a key
+    padding mask), without its sequence-first transposes, so that a projection can be shared.
+    """
+    heads = attn.num_heads
+    mask = None if key_pad is None else (~key_pad)[:, None, None, :]
+    ctx = F.scaled_dot_product_attention(
+        _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads), attn_mask=mask
+    )
+    b, _, length, d = ctx.shape
+    return attn.out_proj(ctx.transpose(1, 2).reshape(b, length, heads * d))
+
+
+def _in_proj(attn: nn.MultiheadAttention, x: Tensor, which: slice) -> Tensor:
+    """Rows ``which`` (of q, k, v in that order) of ``attn``'s packed input projection on x."""
+    e = attn.embed_dim
+    rows = slice(which.start * e, which.stop * e)
+    return F.linear(x, attn.in_proj_weight[rows], attn.in_proj_bias[rows])
+
+
 class CoAttentionLayer(nn.Module):
     """Video attends to text and text attends to video, both from the layer input (post-LN)."""
 
@@ -175,12 +281,27 @@ class CoAttentionLayer(nn.Module):
         self.text_norm2 = nn.LayerNorm(hidden)
 
     def forward(self, v: Tensor, t: Tensor, pad: Tensor) -> tuple[Tensor, Tensor]:
-        t_new = self.text_norm1(t + self.text_attn(t, v, v, key_padding_mask=pad,
-                                                   need_weights=False)[0])
-        v_new = self.vis_norm1(v + self.vis_attn(v, t, t, need_weights=False)[0])
-        t_new = self.text_norm2(t_new + self.text_ffn(t_new))
-        v_new = self.vis_norm2(v_new + self.vis_ffn(v_new))
-        return v_new, t_new
+        return self.forward_many(v, [t], pad)[0]
+
+    def forward_many(self, v: Tensor, ts: list[Tensor], pad: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """The layer on one video stream against several text streams (one per branch).
+
+        What depends on the video stream alone (its query projection for video->text attention,
+        its key/value projections for text->video attention) is computed once and shared by the
+        branches; the rest, dropout included, runs per branch as separate forwards would.
+        """
+        vis_q = _in_proj(self.vis_attn, v, slice(0, 1))
+        text_k, text_v = _in_proj(self.text_attn, v, slice(1, 3)).chunk(2, dim=-1)
+        outs = []
+        for t in ts:
+            text_q = _in_proj(self.text_attn, t, slice(0, 1))
+            t_new = self.text_norm1(t + _attend(self.text_attn, text_q, text_k, text_v, pad))
+            vis_k, vis_v = _in_proj(self.vis_attn, t, slice(1, 3)).chunk(2, dim=-1)
+            v_new = self.vis_norm1(v + _attend(self.vis_attn, vis_q, vis_k, vis_v, None))
+            t_new = self.text_norm2(t_new + self.text_ffn(t_new))
+            v_new = self.vis_norm2(v_new + self.vis_ffn(v_new))
+            outs.append((v_new, t_new))
+        return outs
 
 
 class CoAttentionFusion(nn.Module):
@@ -193,10 +314,22 @@ class CoAttentionFusion(nn.Module):
         )
 
     def forward(self, v: Tensor, t: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        return self.forward_many(v, [t], mask)[0]
+
+    def forward_many(
+        self, v: Tensor, ts: list[Tensor], mask: Tensor
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Fuse one video stream with each of several text streams (the first layer shares its
+        video-side projections, :meth:`CoAttentionLayer.forward_many`)."""
         pad = ~mask
-        for layer in self.layers:
-            v, t = layer(v, t, pad)
-        return v, t
+        if not self.layers:
+            return [(v, t) for t in ts]
+        outs = []
+        for v_i, t_i in self.layers[0].forward_many(v, ts, pad):
+            for layer in self.layers[1:]:
+                v_i, t_i = layer(v_i, t_i, pad)
+            outs.append((v_i, t_i))
+        return outs
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,10 +370,29 @@ class AdaptiveBinaryHead(nn.Module):
     def forward(self, temporal: Tensor, fused: Tensor, mask: Tensor) -> Tensor:
         if not bool(mask.all()):
             temporal, fused = fill_padding(temporal, mask), fill_padding(fused, mask)
-        h1 = self.temporal_conv(temporal.transpose(1, 2)).squeeze(1)
-        h2 = self.fused_conv(fused.transpose(1, 2)).squeeze(1)
+        h1 = single_channel_conv(self.temporal_conv, temporal)
+        h2 = single_channel_conv(self.fused_conv, fused)
         w = self.weight
         return w * h1 + (1 - w) * h2
+
+
+def single_channel_conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """``conv`` (H -> 1 channel, odd kernel k, replicate padding) on x [B, T, H] -> [B, T].
+
+    The same sum as ``conv(x.transpose(1, 2))``, computed as one [B, T + k - 1, H] x [H, k]
+    product and k shifted adds: a one-channel convolution's backward is slow on CPU, a product's
+    is not.
+    """
+    k = conv.kernel_size[0]
+    pad = (k - 1) // 2
+    t = x.shape[1]
+    if pad:
+        x = torch.cat([x[:, :1].expand(-1, pad, -1), x, x[:, -1:].expand(-1, pad, -1)], dim=1)
+    z = torch.matmul(x, conv.weight[0])  # [B, T + k - 1, k]
+    out = z[:, 0:t, 0]
+    for j in range(1, k):
+        out = out + z[:, j : j + t, j]
+    return out + conv.bias if conv.bias is not None else out
 
 
 class SimilarityClassHead(nn.Module):
@@ -352,7 +504,6 @@ class LaGoVAD(nn.Module):
         Returns:
             LaGoVADOutput.
         """
-        video, mask = self._check_inputs(video, mask)
         if (definition is None) == (text is None):
             raise ModelInputError("pass exactly one of definition or text")
         if definition is not None:
@@ -361,17 +512,85 @@ class LaGoVAD(nn.Module):
                     f"definition must be an AnomalyDefinition, got {type(definition).__name__}"
                 )
             text = self.encode_definition(definition)
-        text = text.to(device=video.device, dtype=video.dtype)
-        if text.dim() not in (2, 3) or text.shape[-1] != self.hidden:
-            raise ModelInputError(f"text must be [C, {self.hidden}] or [B, C, {self.hidden}], "
-                                  f"got {tuple(text.shape)}")
+        return self.forward_texts(video, mask, [text])[0]
+
+    def forward_texts(
+        self, video: Tensor, mask: Tensor | None, texts: Sequence[Tensor]
+    ) -> list[LaGoVADOutput]:
+        """Score video features under several text sets at once (the training branches).
+
+        The temporal encoder runs once (one dropout draw shared by the branches, as in the
+        authors' training forward); the fusion and heads run once per text set, sharing the
+        first fusion layer's video-side projections. Rows run in groups of similar length
+        (:func:`length_groups`), each group cut to its own longest row, so padded steps cost
+        nothing; every row's valid steps get the values a full-batch forward gives them (rows
+        are independent and padded steps are masked everywhere). Outputs are laid out as the
+        input, [B, T, ...], with zeros at steps after a row's last valid one.
+
+        Args:
+            video: [B, T, D] float features.
+            mask: [B, T] bool, True = valid step (default: all valid).
+            texts: pre-fusion text features per set, each [C_i, H] or per sample [B, C_i, H].
+
+        Returns:
+            One :class:`LaGoVADOutput` per text set (``temporal`` is shared).
+        """
+        video, mask = self._check_inputs(video, mask)
+        texts = [self._check_text(t, video) for t in texts]
+        b, t = mask.shape
+        steps = torch.arange(1, t + 1, device=mask.device)
+        ends = (mask * steps).amax(dim=1).tolist()  # one past each row's last valid step
+        groups = length_groups(ends, GROUP_OVERHEAD.get(video.device.type, 4096))
+        if len(groups) == 1 and max(ends) == t:
+            return self._forward_rows(video, mask, texts)
+        parts = []
+        for rows in groups:
+            idx = torch.tensor(rows, device=video.device)
+            n = max(ends[r] for r in rows)
+            own = [x[idx] if x.dim() == 3 else x for x in texts]
+            parts.append((idx, self._forward_rows(video[idx, :n], mask[idx, :n], own)))
+        inverse = torch.argsort(torch.cat([idx for idx, _ in parts]))
+
+        def join(get) -> Tensor:
+            return torch.cat([_pad_steps(get(outs), t) for _, outs in parts])[inverse]
+
+        temporal = join(lambda outs: outs[0].temporal)
+        return [
+            LaGoVADOutput(
+                frame_logits=join(lambda outs, i=i: outs[i].frame_logits),
+                class_logits=join(lambda outs, i=i: outs[i].class_logits),
+                temporal=temporal,
+                fused=join(lambda outs, i=i: outs[i].fused),
+                text=text,
+                fused_text=torch.cat([outs[i].fused_text for _, outs in parts])[inverse],
+            )
+            for i, text in enumerate(texts)
+        ]
+
+    def _forward_rows(
+        self, video: Tensor, mask: Tensor, texts: list[Tensor]
+    ) -> list[LaGoVADOutput]:
         b = video.shape[0]
-        text_b = text.expand(b, -1, -1) if text.dim() == 2 else text
         temporal = self.temporal(video, mask)
-        fused, fused_text = self.fusion(temporal, text_b, mask)
-        frame_logits = self.binary_head(temporal, fused, mask)
-        class_logits = self.class_head(fused, fused_text)
-        return LaGoVADOutput(frame_logits, class_logits, temporal, fused, text, fused_text)
+        per_row = [x.expand(b, -1, -1) if x.dim() == 2 else x for x in texts]
+        outs = []
+        for text, (fused, fused_text) in zip(
+            texts, self.fusion.forward_many(temporal, per_row, mask), strict=True
+        ):
+            frame_logits = self.binary_head(temporal, fused, mask)
+            class_logits = self.class_head(fused, fused_text)
+            outs.append(LaGoVADOutput(frame_logits, class_logits, temporal, fused, text,
+                                      fused_text))
+        return outs
+
+    def _check_text(self, text: Tensor, video: Tensor) -> Tensor:
+        text = text.to(device=video.device, dtype=video.dtype)
+        if text.dim() not in (2, 3) or text.shape[-1] != self.hidden or (
+            text.dim() == 3 and text.shape[0] != video.shape[0]
+        ):
+            raise ModelInputError(f"text must be [C, {self.hidden}] or [B, C, {self.hidden}] "
+                                  f"(B = {video.shape[0]}), got {tuple(text.shape)}")
+        return text
 
     def _check_inputs(self, video: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         d = int(self.config["video_dim"])
@@ -392,6 +611,64 @@ class LaGoVAD(nn.Module):
         return video, mask
 
 
+#: The work of running a group of rows on its own, in padded steps (kernel launches, smaller
+#: products): rows are split into groups only where the padding this saves is larger.
+GROUP_OVERHEAD = {"cpu": 256, "cuda": 16384}
+MAX_GROUPS = 8
+
+
+def length_groups(
+    lengths: Sequence[int], overhead: int, max_groups: int = MAX_GROUPS
+) -> list[list[int]]:
+    """Split rows into groups of similar length so that padding each group to its own longest
+    row costs least: minimise sum over groups (rows x longest + ``overhead``).
+
+    Args:
+        lengths: steps each row needs.
+        overhead: cost of one more group, in steps.
+        max_groups: at most this many groups.
+
+    Returns:
+        Row indices per group, shortest group first; every row in exactly one group.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    n = len(order)
+    if n < 2:
+        return [order]
+    size = np.array([lengths[i] for i in order], dtype=np.float64)
+    start = np.arange(n)
+    # best[j]: least cost of the first j sorted rows; cut[g][j]: where that group starts
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cuts = []
+    for _ in range(max_groups):
+        new = np.full(n + 1, np.inf)
+        cut = np.zeros(n + 1, dtype=np.int64)
+        for j in range(1, n + 1):
+            cost = best[:j] + (j - start[:j]) * size[j - 1] + overhead
+            cut[j] = int(np.argmin(cost))
+            new[j] = cost[cut[j]]
+        if not new[n] < best[n]:
+            break
+        best = new
+        cuts.append(cut)
+    groups, j = [], n
+    for cut in reversed(cuts):
+        if j == 0:
+            break
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _pad_steps(x: Tensor, steps: int) -> Tensor:
+    """Zero-pad dim 1 (time) of x [B, t, ...] to ``steps``."""
+    missing = steps - x.shape[1]
+    if not missing:
+        return x
+    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, missing))
+
+
 def count_parameters(model: nn.Module, trainable: bool | None = None) -> int:
     """Number of parameters (all, trainable only, or frozen only)."""
     return sum(
@@ -402,6 +679,7 @@ def count_parameters(model: nn.Module, trainable: bool | None = None) -> int:
 __all__ = [
     "LaGoVAD",
     "LaGoVADOutput",
+    "length_groups",
     "ModelConfigError",
     "ModelInputError",
     "count_parameters",

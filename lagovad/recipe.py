@@ -168,7 +168,8 @@ def forward_branches(
     """Run the temporal encoder once and the fusion and heads once per text set.
 
     This is the authors' forward in training: both branches share one temporal encoding (and,
-    in train mode, one dropout draw of it).
+    in train mode, one dropout draw of it); each branch's fusion draws its own dropout. See
+    :meth:`lagovad.model.LaGoVAD.forward_texts` (rows in length groups, shared projections).
 
     Args:
         model: the model.
@@ -179,14 +180,4 @@ def forward_branches(
     Returns:
         One :class:`LaGoVADOutput` per branch (``temporal`` is shared).
     """
-    temporal = model.temporal(video, mask)
-    outputs = []
-    for text in texts:
-        text = text.to(device=video.device, dtype=video.dtype)
-        fused, fused_text = model.fusion(temporal, text.expand(video.shape[0], -1, -1), mask)
-        frame_logits = model.binary_head(temporal, fused, mask)
-        class_logits = model.class_head(fused, fused_text)
-        outputs.append(
-            LaGoVADOutput(frame_logits, class_logits, temporal, fused, text, fused_text)
-        )
-    return outputs
+    return model.forward_texts(video, mask, texts)

@@ -35,12 +35,14 @@ the same samples in any order, which makes runs reproducible and resumable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -176,12 +178,99 @@ def _cut_offset(
     return int(rng.integers(max(0, end - max_len), min(start, total - max_len) + 1))
 
 
+class VideoList:
+    """Rows over in-memory :class:`TrainVideo` objects (the :class:`Clips` of small sets)."""
+
+    def __init__(self, videos: Sequence[TrainVideo]):
+        self._videos = list(videos)
+        self.video_ids = [v.video_id for v in self._videos]
+        self.is_anomaly = np.array([v.is_anomaly for v in self._videos], dtype=bool)
+        self.lengths = np.array([len(v.features) for v in self._videos], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._videos)
+
+    def category(self, row: int) -> str:
+        """Class of a row."""
+        return self._videos[row].category
+
+    def descriptions(self, row: int) -> tuple[str, ...]:
+        """Descriptions a sample of the row may use."""
+        return self._videos[row].all_descriptions
+
+    def read(self, row: int, start: int = 0, end: int | None = None) -> np.ndarray:
+        """Feature steps ``[start, end)`` of a row."""
+        return np.asarray(self._videos[row].features[start:end], dtype=np.float32)
+
+
+class Clips(Protocol):
+    """What synthesis needs of a training set: per row its id, label, length, class,
+    descriptions, and its features on request (:class:`VideoList` in memory,
+    :class:`lagovad.data.SplitData` from the store's files)."""
+
+    video_ids: Sequence[str]
+    is_anomaly: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def category(self, row: int) -> str: ...
+
+    def descriptions(self, row: int) -> tuple[str, ...]: ...
+
+    def read(self, row: int, start: int = 0, end: int | None = None) -> np.ndarray: ...
+
+
+@dataclass
+class Neighbours:
+    """Neighbour rows per row, compressed (CSR): row ``i``'s are ``rows[offsets[i]:offsets[i+1]]``.
+
+    Attributes:
+        offsets: [N + 1] int64.
+        rows: int32 row indices, nearest first.
+    """
+
+    offsets: np.ndarray
+    rows: np.ndarray
+
+    def of(self, row: int) -> np.ndarray:
+        """The neighbour rows of ``row``."""
+        return self.rows[self.offsets[row] : self.offsets[row + 1]]
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[Sequence[int]]) -> Neighbours:
+        """From one list of rows per row."""
+        offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(x) for x in lists])
+        flat = [r for x in lists for r in x]
+        return cls(offsets, np.asarray(flat, dtype=np.int32))
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Sequence[str]], ids: Sequence[str],
+                     keep: np.ndarray | None = None) -> Neighbours:
+        """From video id -> neighbour ids; ids that are not rows (or not ``keep``) are dropped."""
+        row_of = {v: i for i, v in enumerate(ids)}
+        lists = []
+        for vid in ids:
+            rows = [row_of[n] for n in mapping.get(vid, ()) if n in row_of]
+            lists.append([r for r in rows if keep is None or keep[r]])
+        return cls.from_lists(lists)
+
+    def to_mapping(self, ids: Sequence[str]) -> dict[str, list[str]]:
+        """Video id -> neighbour ids."""
+        return {vid: [ids[r] for r in self.of(i)] for i, vid in enumerate(ids)}
+
+
 class DynamicSynthesizer:
     """Synthesizes training videos on the fly from stored clip features.
 
+    Features are read only for the steps a sample keeps (a clip beyond the ``max_len`` cut is
+    never read), so the training set can stay on disk (:class:`lagovad.data.SplitData`).
+
     Args:
-        videos: training videos (both labels needed).
-        neighbours: video id -> ids of its nearest normal videos (from the neighbour index).
+        videos: training videos (both labels needed): :class:`TrainVideo` objects or any
+            :class:`Clips`.
+        neighbours: video id -> ids of its nearest normal videos, or :class:`Neighbours` rows.
         max_len: maximum synthesized length (512 in the paper).
         seed: base seed; sample ``i`` of epoch ``e`` uses ``default_rng([seed, e, i])``.
         cut: ``"first"`` (the authors' rule) or ``"window"`` (our fix), see the module doc.
@@ -193,8 +282,8 @@ class DynamicSynthesizer:
 
     def __init__(
         self,
-        videos: Sequence[TrainVideo],
-        neighbours: Mapping[str, Sequence[str]],
+        videos: Sequence[TrainVideo] | Clips,
+        neighbours: Mapping[str, Sequence[str]] | Neighbours,
         max_len: int = 512,
         seed: int = 2024,
         cut: str = "first",
@@ -203,17 +292,19 @@ class DynamicSynthesizer:
             raise SynthesisError(f"max_len must be >= 1, got {max_len}")
         if cut not in CUT_RULES:
             raise SynthesisError(f"cut must be one of {CUT_RULES}, got {cut!r}")
-        self.abnormal = [v for v in videos if v.is_anomaly]
-        self.normal = [v for v in videos if not v.is_anomaly]
-        if not self.abnormal or not self.normal:
+        clips = videos if hasattr(videos, "read") else VideoList(videos)  # type: ignore[arg-type]
+        self.clips = clips
+        self.abnormal = np.flatnonzero(clips.is_anomaly)
+        self.normal = np.flatnonzero(~clips.is_anomaly)
+        if not len(self.abnormal) or not len(self.normal):
             raise SynthesisError(
                 "dynamic synthesis needs abnormal and normal videos, got "
                 f"{len(self.abnormal)} abnormal and {len(self.normal)} normal"
             )
-        self.by_id = {v.video_id: v for v in self.normal}
-        self.neighbours = {
-            vid: [n for n in ids if n in self.by_id] for vid, ids in neighbours.items()
-        }
+        if not isinstance(neighbours, Neighbours):
+            neighbours = Neighbours.from_mapping(neighbours, clips.video_ids,
+                                                 keep=~clips.is_anomaly)
+        self.neighbours = neighbours
         self.max_len = max_len
         self.seed = seed
         self.cut = cut
@@ -222,14 +313,14 @@ class DynamicSynthesizer:
         """Epoch length: 2 x number of abnormal videos."""
         return 2 * len(self.abnormal)
 
-    def _filler(self, anchor: TrainVideo, rng: np.random.Generator) -> tuple[str, np.ndarray]:
-        near = self.neighbours.get(anchor.video_id, [])
-        if near and rng.random() >= P_RANDOM_FILLER:
-            video = self.by_id[near[int(rng.integers(0, len(near)))]]
+    def _filler(self, anchor: int, rng: np.random.Generator) -> tuple[int, int, int]:
+        near = self.neighbours.of(anchor)
+        if len(near) and rng.random() >= P_RANDOM_FILLER:
+            row = int(near[int(rng.integers(0, len(near)))])
         else:
-            video = self.normal[int(rng.integers(0, len(self.normal)))]
-        start, end = random_crop(len(video.features), rng)
-        return video.video_id, video.features[start:end]
+            row = int(self.normal[int(rng.integers(0, len(self.normal)))])
+        start, end = random_crop(int(self.clips.lengths[row]), rng)
+        return row, start, end
 
     def sample(self, index: int, epoch: int = 0) -> SynthSample:
         """Synthesize sample ``index`` of ``epoch`` (deterministic given the seed).
@@ -247,41 +338,44 @@ class DynamicSynthesizer:
         abnormal = index < len(self.abnormal)
         n_clips = 1 if rng.random() < P_SINGLE_CLIP else int(rng.integers(1, MAX_CLIPS + 1))
         if abnormal:
-            anchor = self.abnormal[index]
+            anchor = int(self.abnormal[index])
             position = int(rng.integers(0, n_clips))
         else:
-            anchor = self.normal[int(rng.integers(0, len(self.normal)))]
+            anchor = int(self.normal[int(rng.integers(0, len(self.normal)))])
             position = 0
-        clips: list[tuple[str, np.ndarray]] = []
+        pieces: list[tuple[int, int, int]] = []  # (row, start, end) per clip
         for slot in range(n_clips):
-            clips.append(
-                (anchor.video_id, anchor.features)
+            pieces.append(
+                (anchor, 0, int(self.clips.lengths[anchor]))
                 if slot == position
                 else self._filler(anchor, rng)
             )
-        descriptions = anchor.all_descriptions if abnormal else ()
+        descriptions = self.clips.descriptions(anchor) if abnormal else ()
         description = (
             descriptions[int(rng.integers(0, len(descriptions)))] if descriptions else ""
         )
-        lengths = [len(c[1]) for c in clips]
-        starts = np.cumsum([0, *lengths])
+        starts = np.cumsum([0, *(end - start for _, start, end in pieces)])
         total = int(starts[-1])
         span = (int(starts[position]), int(starts[position + 1]))
-        labels = np.zeros(total, dtype=np.float32)
-        if abnormal:
-            labels[span[0] : span[1]] = 1.0
-        features = np.concatenate([np.asarray(c[1], dtype=np.float32) for c in clips])
         offset = _cut_offset(total, span, self.max_len, self.cut, rng)
-        window = slice(offset, offset + self.max_len)
+        stop = min(total, offset + self.max_len)
+        parts = []
+        for (row, start, _), lo, hi in zip(pieces, starts[:-1], starts[1:], strict=True):
+            a, b = max(lo, offset), min(hi, stop)  # the kept steps of this clip
+            if a < b:
+                parts.append(self.clips.read(row, start + a - lo, start + b - lo))
+        labels = np.zeros(stop - offset, dtype=np.float32)
         kept_start = min(max(span[0] - offset, 0), self.max_len)
         kept_end = min(max(span[1] - offset, 0), self.max_len)
+        if abnormal:
+            labels[kept_start:kept_end] = 1.0
         return SynthSample(
-            features=features[window],
-            frame_labels=labels[window],
+            features=np.concatenate(parts),
+            frame_labels=labels,
             label=int(abnormal),
-            category=anchor.category if abnormal else "Normal",
+            category=self.clips.category(anchor) if abnormal else "Normal",
             description=description,
-            video_ids=[c[0] for c in clips],
+            video_ids=[self.clips.video_ids[row] for row, _, _ in pieces],
             anchor_span=(kept_start, kept_end) if kept_end > kept_start else (0, 0),
         )
 
@@ -319,6 +413,46 @@ def collate(samples: Sequence[SynthSample], pad_to: int | None = None) -> Batch:
     )
 
 
+def nearest_normals(means: np.ndarray, is_anomaly: np.ndarray, k: int = 10,
+                    chunk: int = 1024) -> Neighbours:
+    """Cosine kNN over mean-pooled features: for every row, its k nearest normal rows.
+
+    Memory is bounded by ``chunk`` query rows at a time ([chunk, n_normal] similarities).
+
+    Args:
+        means: [N, D] mean-pooled features.
+        is_anomaly: [N] bool; normal rows are the candidates.
+        k: neighbours per row (fewer when there are fewer normal rows).
+        chunk: query rows per block.
+
+    Returns:
+        Neighbours (nearest first, never the row itself; ties in row order).
+    """
+    if k < 1:
+        raise SynthesisError(f"k must be >= 1, got {k}")
+    pooled = torch.from_numpy(np.ascontiguousarray(means, dtype=np.float32))
+    pooled = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    normal_rows = torch.from_numpy(np.flatnonzero(~np.asarray(is_anomaly, dtype=bool)))
+    n = pooled.shape[0]
+    if normal_rows.numel() == 0:
+        return Neighbours(np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int32))
+    candidates = pooled[normal_rows]
+    take = min(k + 1, normal_rows.numel())  # +1: the query itself may be a candidate
+    lists: list[list[int]] = []
+    for lo in range(0, n, chunk):
+        sims = pooled[lo : lo + chunk] @ candidates.T
+        # stable order among ties: sort by (-similarity, candidate row) through a stable sort
+        top = torch.topk(sims, take, dim=1).indices
+        top_sims = torch.gather(sims, 1, top)
+        order = torch.argsort(top, dim=1)
+        top, top_sims = torch.gather(top, 1, order), torch.gather(top_sims, 1, order)
+        top = torch.gather(top, 1, torch.argsort(-top_sims, dim=1, stable=True))
+        rows = normal_rows[top].tolist()
+        for r, found in enumerate(rows):
+            lists.append([c for c in found if c != lo + r][:k])
+    return Neighbours.from_lists(lists)
+
+
 def build_neighbour_index(videos: Sequence[TrainVideo], k: int = 10) -> dict[str, list[str]]:
     """Cosine kNN over mean-pooled features: for every video, its k nearest normal videos.
 
@@ -331,69 +465,98 @@ def build_neighbour_index(videos: Sequence[TrainVideo], k: int = 10) -> dict[str
     """
     if k < 1:
         raise SynthesisError(f"k must be >= 1, got {k}")
-    pooled = np.stack([np.asarray(v.features, dtype=np.float32).mean(axis=0) for v in videos])
-    pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-    normal_rows = np.array([i for i, v in enumerate(videos) if not v.is_anomaly], dtype=np.int64)
-    if normal_rows.size == 0:
-        return {v.video_id: [] for v in videos}
-    candidates = pooled[normal_rows]
-    result: dict[str, list[str]] = {}
-    for lo in range(0, len(videos), 4096):  # chunks bound the [chunk, n_normal] matrix
-        sims = pooled[lo : lo + 4096] @ candidates.T
-        take = min(k + 1, len(normal_rows))  # +1: the query itself may be a candidate
-        top = np.argpartition(-sims, take - 1, axis=1)[:, :take]
-        for r, cols in enumerate(top):
-            me = lo + r
-            cols = cols[np.argsort(-sims[r, cols], kind="stable")]
-            ids = [videos[normal_rows[j]].video_id for j in cols if normal_rows[j] != me]
-            result[videos[me].video_id] = ids[:k]
-    return result
+    means = np.stack([np.asarray(v.features, dtype=np.float32).mean(axis=0) for v in videos])
+    flags = np.array([v.is_anomaly for v in videos], dtype=bool)
+    return nearest_normals(means, flags, k).to_mapping([v.video_id for v in videos])
 
 
 def load_or_build_neighbours(
     path: Path, videos: Sequence[TrainVideo], k: int = 10
 ) -> dict[str, list[str]]:
-    """Reuse the stored neighbour index if it covers ``videos``, else build and store it.
-
-    The stored index is reused when it has a row for every video, with neighbours that are all
-    among the current normal videos and as many of them as ``k`` allows; otherwise it is rebuilt
-    (the training set changed) and rewritten atomically.
-
-    Args:
-        path: Parquet file (columns video_id: string, neighbours: list<string>).
-        videos: training videos.
-        k: neighbours per video.
+    """Reuse the stored neighbour index if it covers ``videos``, else build and store it
+    (:func:`neighbour_rows` for in-memory videos).
 
     Returns:
         video id -> neighbour ids.
     """
+    clips = VideoList(videos)
+    means = np.stack([np.asarray(v.features, dtype=np.float32).mean(axis=0) for v in videos])
+    return neighbour_rows(path, clips.video_ids, clips.is_anomaly, lambda: means, k).to_mapping(
+        clips.video_ids)
+
+
+def neighbour_rows(
+    path: Path,
+    ids: Sequence[str],
+    is_anomaly: np.ndarray,
+    means: Callable[[], np.ndarray],
+    k: int = 10,
+) -> Neighbours:
+    """Reuse the stored neighbour index if it covers the rows, else build and store it.
+
+    The stored index (Parquet: video_id string, neighbours list<string>) is reused when it has a
+    row for every video, with neighbours that are all among the current normal videos and as
+    many of them as ``k`` allows; otherwise it is rebuilt (the training set changed) from
+    ``means()`` and rewritten atomically. Ids are matched with Arrow, not Python loops, so a
+    100k-row index loads in about a second.
+
+    Args:
+        path: the Parquet file.
+        ids: video id per row.
+        is_anomaly: [N] bool.
+        means: returns [N, D] mean-pooled features (called only to rebuild).
+        k: neighbours per row.
+
+    Returns:
+        Neighbour rows.
+    """
     path = Path(path)
-    normal_ids = {v.video_id for v in videos if not v.is_anomaly}
-    want = min(k, len(normal_ids))
+    is_anomaly = np.asarray(is_anomaly, dtype=bool)
     if path.exists():
-        table = pq.read_table(path)
-        stored = dict(
-            zip(
-                table.column("video_id").to_pylist(),
-                table.column("neighbours").to_pylist(),
-                strict=True,
-            )
-        )
-        fits = all(
-            v.video_id in stored
-            and set(stored[v.video_id]) <= normal_ids
-            and len(stored[v.video_id]) >= min(want, len(normal_ids - {v.video_id}))
-            for v in videos
-        )
-        if fits:
-            return {v.video_id: list(stored[v.video_id])[:k] for v in videos}
-    index = build_neighbour_index(videos, k)
-    table = pa.table(
-        {
-            "video_id": pa.array(list(index), pa.string()),
-            "neighbours": pa.array(list(index.values()), pa.list_(pa.string())),
-        }
-    )
+        stored = _stored_neighbours(path, ids, is_anomaly, k)
+        if stored is not None:
+            return stored
+    index = nearest_normals(means(), is_anomaly, k)
+    names = pa.array(list(ids), pa.string())
+    flat = names.take(pa.array(index.rows, pa.int32())) if len(index.rows) else pa.array(
+        [], pa.string())
+    table = pa.table({
+        "video_id": names,
+        "neighbours": pa.ListArray.from_arrays(pa.array(index.offsets, pa.int32()), flat),
+    })
     with atomic_write(path) as fh:
         pq.write_table(table, fh)
     return index
+
+
+def _stored_neighbours(path: Path, ids: Sequence[str], is_anomaly: np.ndarray,
+                       k: int) -> Neighbours | None:
+    """The stored index as rows when it covers every row (see :func:`neighbour_rows`)."""
+    try:
+        table = pq.read_table(path)
+        stored_ids = table.column("video_id").combine_chunks()
+        lists = table.column("neighbours").combine_chunks()
+    except (OSError, pa.ArrowException, KeyError):
+        return None
+    names = pa.array(list(ids), pa.string())
+    at = pc.index_in(names, value_set=stored_ids)  # row -> stored row
+    if at.null_count:
+        return None
+    n_normal = int((~is_anomaly).sum())
+    picked = lists.take(at)
+    counts = pc.list_value_length(picked).to_numpy(zero_copy_only=False)
+    rows = pc.index_in(pc.list_flatten(picked), value_set=names)
+    if rows.null_count:
+        return None
+    rows = rows.to_numpy(zero_copy_only=False).astype(np.int32)
+    if len(rows) and is_anomaly[rows].any():
+        return None
+    need = np.minimum(min(k, n_normal), n_normal - (~is_anomaly).astype(np.int64))
+    if (counts < need).any():
+        return None
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(counts)
+    full = Neighbours(offsets, rows)
+    if (counts <= k).all():
+        return full
+    return Neighbours.from_lists([full.of(i)[:k].tolist() for i in range(len(ids))])

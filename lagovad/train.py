@@ -49,7 +49,10 @@ from tqdm.auto import tqdm
 import lagovad
 from lagovad.checkpoint import WEIGHTS, load_weights, read_checkpoint_config
 from lagovad.data import (
+    DataError,
+    FeatureIndex,
     SplitData,
+    feature_index,
     frame_ground_truth,
     load_retrieval_cache,
     load_split,
@@ -58,15 +61,25 @@ from lagovad.data import (
 from lagovad.definition import AnomalyDefinition
 from lagovad.errors import LagovadError, LagovadWarning
 from lagovad.loss import LaGoVADLoss, OfficialLoss
+from lagovad.manifest import (
+    MANIFEST,
+    ManifestError,
+    build_manifest,
+    link_manifest,
+    read_manifest,
+    verify,
+    write_manifest,
+)
 from lagovad.metrics import average_precision, roc_auc
 from lagovad.recipe import RECIPES, forward_branches, names_vocabulary, plan_official
 from lagovad.synthesis import (
     CUT_RULES,
     Batch,
     DynamicSynthesizer,
+    Neighbours,
     SynthSample,
     collate,
-    load_or_build_neighbours,
+    neighbour_rows,
 )
 from prevad import Store
 from prevad.io import atomic_save_png, atomic_write, atomic_write_json
@@ -79,6 +92,7 @@ __all__ = [
     "lr_at",
     "plot_history",
     "train",
+    "train_step",
     "train_step_terms",
 ]
 
@@ -121,6 +135,11 @@ class TrainConfig:
         neighbour_cache: the authors' retrieval cache (train_search_cache.json) to use as the
             synthesis neighbour index instead of computing one.
         neighbours_k: neighbours per video in the synthesis index.
+        workers: DataLoader processes that synthesize batches while the model trains (0 = on
+            the training thread); the batches do not depend on it.
+        manifest: train on exactly the dataset this manifest lists (``dataset.parquet`` of an
+            earlier run, :mod:`lagovad.manifest`); its label rule, feature model and splits
+            replace ``labels``, ``feature_model``, ``dataset`` and the split names.
         progress: show a progress bar.
         keep_last: keep only the newest N epoch folders (0 = keep all).
         resume: checkpoint folder (or output folder) to continue from.
@@ -153,6 +172,8 @@ class TrainConfig:
     synth_cut: str = ""
     neighbour_cache: str | None = None
     neighbours_k: int = 10
+    workers: int = 2
+    manifest: str | None = None
     progress: bool = True
     keep_last: int = 0
     resume: str | None = None
@@ -176,8 +197,10 @@ class TrainConfig:
         for name in ("description_prob", "exclude_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise TrainError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if min(self.warmup_steps, self.weight_decay, self.grad_clip, self.keep_last) < 0:
-            raise TrainError("warmup_steps, weight_decay, grad_clip and keep_last must be >= 0")
+        if min(self.warmup_steps, self.weight_decay, self.grad_clip, self.keep_last,
+               self.workers) < 0:
+            raise TrainError("warmup_steps, weight_decay, grad_clip, keep_last and workers must "
+                             "be >= 0")
         if self.recipe not in RECIPES:
             raise TrainError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.synth_cut not in ("", *CUT_RULES):
@@ -199,7 +222,9 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- run folder
 #: Settings that may change between a run and its resume without a warning: where files go and
 #: how the run is shown, not what it computes.
-RESUMABLE_CHANGES = frozenset({"out", "progress", "device", "keep_last", "resume", "overwrite"})
+RESUMABLE_CHANGES = frozenset(
+    {"out", "progress", "device", "keep_last", "resume", "overwrite", "workers"}
+)
 
 
 def run_contents(out: Path) -> list[Path]:
@@ -256,8 +281,8 @@ def clear_out_folder(found: Sequence[Path]) -> None:
 
 def check_train_split(cfg: TrainConfig, data: SplitData) -> None:
     """Training needs abnormal and normal videos (MIL pairs them; synthesis mixes them)."""
-    n_abnormal = sum(v.is_anomaly for v in data.videos)
-    n_normal = len(data.videos) - n_abnormal
+    n_abnormal = int(data.is_anomaly.sum())
+    n_normal = len(data) - n_abnormal
     if not n_abnormal or not n_normal:
         where = f"store {cfg.store}, split {cfg.train_split!r}" + (
             f", dataset {cfg.dataset!r}" if cfg.dataset else "")
@@ -300,6 +325,138 @@ def warn_resume_changes(cfg: TrainConfig, folder: Path) -> None:
             LagovadWarning,
             stacklevel=2,
         )
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class TrainingData:
+    """What a run trains and validates on.
+
+    Attributes:
+        feature_model: the feature model id.
+        train: the training split.
+        val: the validation split (None: no validation).
+        train_index: checksums and means of the training features.
+        manifest: the run's manifest rows (:mod:`lagovad.manifest`).
+        meta: the manifest's summary (digest, label rule, sources, ...).
+    """
+
+    feature_model: str
+    train: SplitData
+    val: SplitData | None
+    train_index: FeatureIndex
+    manifest: Any
+    meta: dict[str, Any]
+
+
+def load_training_data(cfg: TrainConfig, store: Store, dim: int) -> TrainingData:
+    """Resolve the training (and validation) split, check every feature file, build the
+    manifest; with ``cfg.manifest`` take exactly the annotations it lists and verify them.
+
+    Raises:
+        DataError: the store cannot provide the data (named ids).
+        ManifestError: the manifest cannot be read or lists what the store no longer holds.
+    """
+    pinned = read_manifest(cfg.manifest) if cfg.manifest else None
+    if pinned is None:
+        feature_model = resolve_feature_model(store, cfg.feature_model)
+        labels, dataset = cfg.labels, cfg.dataset
+        train_split, val_split = cfg.train_split, cfg.val_split
+    else:
+        meta = pinned.meta
+        feature_model, labels, dataset = meta["feature_model"], meta["labels"], meta["dataset"]
+        train_split = meta["train_split"]
+        val_split = (meta.get("val_split") or "") if cfg.val_split else ""
+
+    def split(role: str, name: str) -> tuple[SplitData, FeatureIndex]:
+        ids = None
+        if pinned is not None:
+            ids = pinned.rows(role).column("annotation_id").to_pylist()
+        try:
+            data = load_split(store, name, feature_model, dim, dataset, require_spans=role == "val",
+                              labels=labels, annotation_ids=ids)
+            if role == "train":
+                check_train_split(cfg, data)
+            index = feature_index(store, data, progress=cfg.progress)
+        except (DataError, TrainError) as exc:
+            if pinned is None:
+                raise
+            raise ManifestError(f"manifest {pinned.path} ({role}): the store no longer holds "
+                                f"the dataset it lists: {exc}") from None
+        if pinned is not None:
+            verify(pinned, role, data, index.checksums)
+        return data, index
+
+    train_data, train_index = split("train", train_split)
+    val_data = val_index = None
+    if val_split:
+        val_data, val_index = split("val", val_split)
+    parts = {"train": (train_data, train_index.checksums)}
+    if val_data is not None:
+        parts["val"] = (val_data, val_index.checksums)
+    table, meta = build_manifest(parts, {
+        "store": str(store.root), "feature_model": feature_model, "labels": labels,
+        "dataset": dataset, "train_split": train_split, "val_split": val_split,
+        "from_manifest": str(pinned.path) if pinned is not None else None,
+    })
+    return TrainingData(feature_model, train_data, val_data, train_index, table, meta)
+
+
+def warn_dataset_changed(saved: dict[str, Any], meta: dict[str, Any], out: Path) -> None:
+    """Warn when a resumed run's dataset differs from the one its checkpoint trained on."""
+    before = ((saved.get("extra") or {}).get("dataset") or {}).get("digest")
+    if before and before != meta["digest"]:
+        warnings.warn(
+            f"the training data changed since the run began (dataset {before[:12]} -> "
+            f"{meta['digest'][:12]}); pass --manifest {out / MANIFEST} to continue on the "
+            "data the run started with",
+            LagovadWarning,
+            stacklevel=2,
+        )
+
+
+class _EpochSamples(torch.utils.data.Dataset):
+    """Sample ``i`` of one epoch (for ``DataLoader`` workers)."""
+
+    def __init__(self, synth: DynamicSynthesizer, epoch: int):
+        self.synth, self.epoch = synth, epoch
+
+    def __len__(self) -> int:
+        return len(self.synth)
+
+    def __getitem__(self, index: int) -> SynthSample | str:
+        try:
+            return self.synth.sample(index, self.epoch)
+        except LagovadError as exc:  # one error line in the trainer, not a worker traceback
+            return f"{type(exc).__name__}: {exc}"
+
+
+def _collate_or_fail(samples: list[SynthSample | str]) -> Batch | str:
+    failed = [s for s in samples if isinstance(s, str)]
+    return failed[0] if failed else collate(samples)  # type: ignore[arg-type]
+
+
+def epoch_batches(
+    synth: DynamicSynthesizer, epoch: int, order: list[list[int]], workers: int
+) -> Iterator[Batch]:
+    """The epoch's batches in ``order``, synthesized by ``workers`` DataLoader processes (0: on
+    this thread) while the model trains. Samples depend only on (seed, epoch, index), so the
+    batches are the same for any number of workers.
+
+    Raises:
+        DataError: a sample could not be read (its feature file is gone or damaged).
+    """
+    loader = torch.utils.data.DataLoader(
+        _EpochSamples(synth, epoch), batch_sampler=order, collate_fn=_collate_or_fail,
+        num_workers=workers, prefetch_factor=2 if workers else None,
+        # its own generator: the loader's worker seeds must not draw from the global RNG,
+        # which the model's dropout uses (runs with any number of workers stay identical)
+        generator=torch.Generator().manual_seed(epoch),
+    )
+    for batch in loader:
+        if isinstance(batch, str):
+            raise DataError(batch.partition(": ")[2])
+        yield batch
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -433,6 +590,38 @@ def train_step_terms(
     )
 
 
+def train_step(
+    model: torch.nn.Module,
+    batch: Batch,
+    cfg: TrainConfig,
+    categories: Sequence[str],
+    rng: np.random.Generator,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None = None,
+) -> dict[str, torch.Tensor]:
+    """One optimisation step: the recipe's terms, backward, clipping, optimizer, schedule.
+
+    Args:
+        model, batch, cfg, categories, rng, device: as :func:`train_step_terms`.
+        optimizer: the optimizer of the trainable parameters.
+        scheduler: the learning-rate schedule (stepped after the optimizer), if any.
+
+    Returns:
+        The step's loss terms (graphs kept; ``float(term)`` to log them).
+    """
+    terms = train_step_terms(model, batch, cfg, categories, rng, device)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    if cfg.grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return terms
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
     order = torch.randperm(n, generator=generator).tolist()
     for lo in range(0, n, batch_size):
@@ -458,24 +647,25 @@ def evaluate_split(
     """
     was_training = model.training
     model.eval()
-    chunks = [
-        (vi, lo, v.features[lo : lo + max_len])
-        for vi, v in enumerate(data.videos)
-        for lo in range(0, len(v.features), max_len)
-    ]
-    scores = [np.zeros(len(v.features), dtype=np.float64) for v in data.videos]
+    lengths = [int(n) for n in data.lengths]
+    chunks = [(vi, lo, min(lo + max_len, n)) for vi, n in enumerate(lengths)
+              for lo in range(0, n, max_len)]
+    scores = [np.zeros(n, dtype=np.float64) for n in lengths]
     for lo in range(0, len(chunks), batch_size):
         part = chunks[lo : lo + batch_size]
-        samples = [SynthSample(c[2], np.zeros(len(c[2]), np.float32), 0, "", "") for c in part]
+        samples = []
+        for vi, a, b in part:  # features read per batch, never the whole split
+            feats = data.read(vi, a, b)
+            samples.append(SynthSample(feats, np.zeros(len(feats), np.float32), 0, "", ""))
         batch = collate(samples)
         with _autocast(device):
             out = model(batch.features.to(device), batch.mask.to(device), definition)
         probs = torch.sigmoid(out.frame_logits.float()).cpu().numpy()
-        for row, (vi, start, arr) in enumerate(part):
-            scores[vi][start : start + len(arr)] = probs[row, : len(arr)]
+        for row, (vi, a, b) in enumerate(part):
+            scores[vi][a:b] = probs[row, : b - a]
     model.train(was_training)
     y_true = np.concatenate(
-        [frame_ground_truth(data.spans[v.video_id], len(v.features)) for v in data.videos]
+        [frame_ground_truth(spans, n) for spans, n in zip(data.row_spans, lengths, strict=True)]
     )
     y_score = np.concatenate(scores)
     if y_true.min() == y_true.max():
@@ -537,11 +727,15 @@ def _write_checkpoint(
     scheduler: Any,
     device: torch.device,
     extra: dict[str, Any],
+    manifest: Path | None = None,
 ) -> Path:
-    """Write epoch ``epoch`` into a temp folder, then rename it into place (atomic)."""
+    """Write epoch ``epoch`` into a temp folder, then rename it into place (atomic); the run's
+    dataset manifest goes into the folder too."""
     final = out / f"epoch-{epoch:03d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out))
     try:
+        if manifest is not None:
+            link_manifest(manifest, tmp)
         with atomic_write(tmp / RNG_STATE) as fh:
             fh.write(save(_rng_state(device)))
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
@@ -631,26 +825,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     # -- data: every problem is raised here, before any step
     store = Store(cfg.store)
-    feature_model = resolve_feature_model(store, cfg.feature_model)
-    train_data = load_split(store, cfg.train_split, feature_model, dim, cfg.dataset,
-                            labels=cfg.labels)
-    check_train_split(cfg, train_data)
-    val_data = (
-        load_split(store, cfg.val_split, feature_model, dim, cfg.dataset, require_spans=True,
-                   labels=cfg.labels)
-        if cfg.val_split
-        else None
-    )
+    data = load_training_data(cfg, store, dim)
+    train_data, val_data = data.train, data.val
     if cfg.neighbour_cache:
-        neighbours = load_retrieval_cache(store, cfg.neighbour_cache, train_data.videos)
+        neighbours = Neighbours.from_mapping(
+            load_retrieval_cache(store, cfg.neighbour_cache, train_data),
+            train_data.video_ids, keep=~train_data.is_anomaly)
     else:
-        neighbours = load_or_build_neighbours(
-            store.root / "indexes" / f"neighbours-{_safe_name(feature_model)}.parquet",
-            train_data.videos,
+        neighbours = neighbour_rows(
+            store.root / "indexes" / f"neighbours-{_safe_name(data.feature_model)}.parquet",
+            train_data.video_ids, train_data.is_anomaly, lambda: data.train_index.means,
             cfg.neighbours_k,
         )
     synth = DynamicSynthesizer(
-        train_data.videos, neighbours, max_len=max_len, seed=cfg.seed, cut=cfg.cut_rule
+        train_data, neighbours, max_len=max_len, seed=cfg.seed, cut=cfg.cut_rule
     )
     categories = train_data.categories
     val_definition = AnomalyDefinition.from_strings(categories, kind="names")
@@ -670,31 +858,29 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         extra = _restore(resume_from, model, optimizer, scheduler, device)
         start_epoch, step = int(extra["epoch"]), int(extra["step"])
         history = list(extra.get("history", []))
+    if resume_from is not None:
+        warn_dataset_changed(read_checkpoint_config(resume_from), data.meta, out)
     clear_out_folder(replaced)  # every check passed: only now is the old run replaced
     out.mkdir(parents=True, exist_ok=True)
+    manifest_path = write_manifest(out, data.manifest, data.meta)
 
     metrics: dict[str, Any] = history[-1] if history else {}
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         sums: dict[str, float] = {}
+        order = list(_batches(len(synth), cfg.batch_size, shuffle))
         bar = tqdm(
-            list(_batches(len(synth), cfg.batch_size, shuffle)),
+            epoch_batches(synth, epoch, order, cfg.workers),
+            total=len(order),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             disable=not cfg.progress,
             leave=False,
         )
         t0 = time.perf_counter()
-        for n_batch, indices in enumerate(bar, start=1):
-            batch = collate([synth.sample(i, epoch) for i in indices])
+        for n_batch, batch in enumerate(bar, start=1):
             rng = np.random.default_rng([cfg.seed, epoch, step])
-            terms = train_step_terms(model, batch, cfg, categories, rng, device)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            terms = train_step(model, batch, cfg, categories, rng, device, optimizer, scheduler)
             step += 1
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
@@ -724,9 +910,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "step": step,
                 "metrics": metrics,
                 "history": history,
-                "feature_model": feature_model,
+                "feature_model": data.feature_model,
                 "definition": val_definition.to_dict(),
+                "dataset": {**data.meta, "manifest": MANIFEST},
             },
+            manifest_path,
         )
         _prune_checkpoints(out, cfg.keep_last)
         plot_history(history, out / CURVES)

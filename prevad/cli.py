@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prevad.cli_errors import EXIT_BAD_INPUT, exit_on, fail
+from prevad.cli_errors import EXIT_BAD_INPUT, exit_on, fail, number_option
 from prevad.errors import PrevadError
 from prevad.store import Store
 
@@ -73,8 +73,9 @@ def _print_table(tbl: pa.Table, title: str | None = None) -> None:
 @_clean_errors
 def init(
     root: Path,
-    compact_threshold: int | None = typer.Option(
-        None, help="part files per partition that trigger automatic compaction (default 32)"),
+    compact_threshold: int | None = number_option(
+        None, integer=True, min=0,
+        help="part files per partition that trigger automatic compaction (default 32; 0 = off)"),
 ) -> None:
     """Create a store at ROOT (idempotent; an existing store is checked, not trusted)."""
     store = Store.init(root, compact_threshold=compact_threshold)

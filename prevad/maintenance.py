@@ -60,6 +60,7 @@ from prevad.store import (
     JOURNAL,
     PARTITION_COLUMNS,
     QUARANTINE,
+    SCHEMA_ID,
     TABLES,
     WRITING_MARKER,
     Store,
@@ -303,8 +304,12 @@ def _check_table(root: Path, spec: TableSpec, full: bool, report: VerifyReport) 
     tdir = root / "tables" / spec.name
     schema_file = tdir / "_schema.parquet"
     try:
-        if not pq.read_schema(schema_file).equals(spec.schema):
-            add(Problem("schema", str(schema_file), "schema file does not match the table"))
+        # an older schema (added columns missing) is a supported evolution: readers fill the
+        # columns in and the next writable open upgrades the file
+        why = spec.schema_problem(pq.read_schema(schema_file))
+        if why:
+            add(Problem("schema", str(schema_file), f"schema file does not match the table: "
+                        f"{why}"))
     except (OSError, pa.ArrowException) as exc:
         add(Problem("schema", str(schema_file), f"schema file unreadable ({exc})"))
     healthy = []
@@ -319,15 +324,12 @@ def _check_table(root: Path, spec: TableSpec, full: bool, report: VerifyReport) 
 
 
 def part_problem(part: Path, spec: TableSpec, full: bool = True) -> str | None:
-    """What is wrong with a part file (unreadable, foreign columns), or None."""
+    """What is wrong with a part file (unreadable; a foreign, mistyped or missing column), or
+    None. A file written before a column was added (``records.ADDED_FIELDS``) is fine."""
     try:
-        schema = pq.read_schema(part)
-        for f in schema:
-            if f.name not in spec.schema.names:
-                return f"unexpected column {f.name!r} for table {spec.name!r}"
-            if not f.type.equals(spec.schema.field(f.name).type):
-                return (f"column {f.name!r} has type {f.type}, table {spec.name!r} "
-                        f"expects {spec.schema.field(f.name).type}")
+        why = spec.schema_problem(pq.read_schema(part))
+        if why:
+            return why
         if full:
             pq.read_table(part, schema=spec.schema)
     except (OSError, pa.ArrowException) as exc:
@@ -336,15 +338,23 @@ def part_problem(part: Path, spec: TableSpec, full: bool = True) -> str | None:
 
 
 # ---------------------------------------------------------------------- reconciliation
-def _column_values(con: duckdb.DuckDBPyConnection, files: list[Path], column: str) -> pa.Array:
+def _column_values(con: duckdb.DuckDBPyConnection, spec: TableSpec, files: list[Path],
+                   column: str) -> pa.Array:
     if not files:
         return pa.array([], pa.string())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Arrow output on a DB-API result makes a copy"
         return con.execute(
-            f"SELECT DISTINCT {queries._ident(column)} AS v FROM read_parquet($f, "
-            "union_by_name = true) WHERE v IS NOT NULL", {"f": [str(p) for p in files]}
+            f"SELECT DISTINCT {queries._ident(column)} AS v FROM ({_typed(spec)}) "
+            "WHERE v IS NOT NULL", {"f": [str(p) for p in files]}
         ).to_arrow_table().column("v").combine_chunks()
+
+
+def _typed(spec: TableSpec, filename: bool = False) -> str:
+    """The table's columns (typed, added ones filled) from the part files ``$f``."""
+    source = f"read_parquet($f, union_by_name = true{', filename = true' if filename else ''})"
+    columns = spec.sql_columns + ([("filename", "VARCHAR", None)] if filename else [])
+    return queries.typed_select(columns, source)
 
 
 def _lost_message(root: Path, side: Path, healthy: dict[str, list[Path]]) -> str:
@@ -367,7 +377,7 @@ def _lost_message(root: Path, side: Path, healthy: dict[str, list[Path]]) -> str
     named: set[str] = set()
     with _reader(root) as con:
         for ref_table, col in REFERENCES[table]:
-            ids = _column_values(con, healthy.get(ref_table, []), col)
+            ids = _column_values(con, TABLES[ref_table], healthy.get(ref_table, []), col)
             if len(ids):
                 probe = key_hashes(spec, pa.table({spec.key[0]: ids.cast(pa.string())}))
                 named |= {str(v) for v, hit in zip(ids.to_pylist(), np.isin(probe, hashes),
@@ -395,7 +405,7 @@ def _duplicate_messages(con: duckdb.DuckDBPyConnection, spec: TableSpec,
         WITH g AS (
             SELECT count(*) AS n, count(DISTINCT row({content})) AS variants,
                    list(DISTINCT filename) AS fs
-            FROM read_parquet($f, union_by_name = true, filename = true)
+            FROM ({_typed(spec, filename=True)})
             GROUP BY {key} HAVING count(*) > 1)
         SELECT count(*), sum(n), count(*) FILTER (WHERE variants > 1),
                (SELECT list(DISTINCT f ORDER BY f) FROM (SELECT unnest(fs) AS f FROM g))
@@ -416,10 +426,10 @@ def _duplicate_messages(con: duckdb.DuckDBPyConnection, spec: TableSpec,
 def _dangling(con: duckdb.DuckDBPyConnection, table: str, col: str,
               targets: list[tuple[str, str]], healthy: dict[str, list[Path]]) -> list[str]:
     """Distinct values of ``table.col`` found in none of the targets."""
-    have = _column_values(con, healthy[table], col)
+    have = _column_values(con, TABLES[table], healthy[table], col)
     if not len(have):
         return []
-    known = [_column_values(con, healthy[t], k) for t, k in targets]
+    known = [_column_values(con, TABLES[t], healthy[t], k) for t, k in targets]
     con.register("__have", pa.table({"v": have.cast(pa.string())}))
     con.register("__known", pa.table({"v": pa.concat_arrays(
         [k.cast(pa.string()) for k in known]) if known else pa.array([], pa.string())}))
@@ -522,6 +532,7 @@ def repair(store: Store | str | os.PathLike[str], *, accept_loss: bool = False
             _accept_loss(bare, qdir, report)
         bare._write_catalog()
         report.actions.append("rebuilt catalog.duckdb")
+        _mark_current(root)
     if report.quarantined:
         atomic_write_json(qdir / "report.json", {
             "quarantined": report.quarantined, "actions": report.actions,
@@ -551,25 +562,40 @@ def _repair_marker(root: Path, report: RepairReport) -> None:
         keep["compact_threshold"] = threshold
     atomic_write_json(root / "store.json", {"format": FORMAT, "version": FORMAT_VERSION,
                                             "root": str(root), "catalog": CATALOG_VERSION,
+                                            "schema": SCHEMA_ID,
                                             **keep})
     report.actions.append(f"{verb} {root / 'store.json'}")
+
+
+def _mark_current(root: Path) -> None:
+    """Record in a valid marker that the catalog and schema files are this code's."""
+    try:
+        meta = read_marker(root)
+    except PrevadError:
+        return
+    now = {**meta, "root": str(root), "catalog": CATALOG_VERSION, "schema": SCHEMA_ID}
+    if now != meta:
+        atomic_write_json(root / "store.json", now)
 
 
 def _repair_table(root: Path, spec: TableSpec, qdir: Path, report: RepairReport) -> None:
     tdir = root / "tables" / spec.name
     schema_file = tdir / "_schema.parquet"
     try:
-        good = pq.read_schema(schema_file).equals(spec.schema)
-    except (OSError, pa.ArrowException):
-        good = False
-    if not good:
-        if schema_file.exists() or schema_file.is_symlink():
-            _quarantine(root, schema_file, qdir, "bad schema file", report)
+        have = pq.read_schema(schema_file)
+        why = spec.schema_problem(have)
+    except (OSError, pa.ArrowException) as exc:
+        have, why = None, f"unreadable ({str(exc).splitlines()[0]})"
+    if why or not have.equals(spec.schema):
+        if why and (schema_file.exists() or schema_file.is_symlink()):
+            _quarantine(root, schema_file, qdir, f"bad schema file: {why}", report)
         from prevad.io import atomic_write
 
         with atomic_write(schema_file) as fh:
             pq.write_table(spec.schema.empty_table(), fh)
-        report.actions.append(f"rewrote {schema_file}")
+        added = [n for n in spec.schema.names if have is not None and n not in have.names]
+        report.actions.append(f"rewrote {schema_file}" if why else
+                              f"upgraded {schema_file} (added columns {added})")
     for part in _parts(root, spec):
         msg = part_problem(part, spec, full=True)
         if msg:

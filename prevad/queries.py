@@ -9,7 +9,7 @@ store's own table specs, never from users.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -52,11 +52,13 @@ LEFT JOIN (
 ORDER BY i.{input_key}
 """
 
-#: input table -> its id column, for work lists.
+#: input table -> its id column, for work lists. ``clips`` is the catalog's view (D1,
+#: :data:`CLIPS_VIEW`): the input of the model stages after clean.
 WORK_LIST_INPUTS: dict[str, str] = {
     "candidates": "candidate_id",
     "videos": "video_id",
     "segments": "segment_id",
+    "clips": "clip_id",
     "annotations": "annotation_id",
 }
 
@@ -131,8 +133,23 @@ SELECT source, duration_s FROM videos WHERE duration_s IS NOT NULL ORDER BY sour
 
 # ---------------------------------------------------------------- model-based curation stages
 
-#: Number of segments in the store (the multimodal stages read segments when there are any).
-COUNT_SEGMENTS = "SELECT count(*) AS n FROM segments"
+#: Any clip id of the store resolved to its parent video's file and span, whatever the clean
+#: decisions say now (a ``segments`` row, or a video as a clip of itself): what an annotation's
+#: ``video_id`` names (D1). Parameter: $ids (VARCHAR[]).
+CLIP_FILES_BY_ID = """
+SELECT s.segment_id AS clip_id, s.video_id, v.uri, s.start_s, s.end_s, TRUE AS is_segment,
+       s.uri AS clip_uri, v.duration_s AS video_duration_s
+FROM segments AS s LEFT JOIN videos AS v ON v.video_id = s.video_id
+WHERE list_contains($ids::VARCHAR[], s.segment_id)
+UNION ALL
+SELECT v.video_id AS clip_id, v.video_id, v.uri, 0.0 AS start_s, v.duration_s AS end_s,
+       FALSE AS is_segment, NULL AS clip_uri, v.duration_s AS video_duration_s
+FROM videos AS v
+WHERE list_contains($ids::VARCHAR[], v.video_id)
+"""
+
+#: The ids of the catalog's ``clips`` view (D1): what review makes tasks of.
+CLIP_IDS = "SELECT clip_id FROM clips ORDER BY clip_id"
 
 #: Video rows by id. Parameter: $ids (VARCHAR[]).
 VIDEOS_BY_ID = """
@@ -362,6 +379,43 @@ WHERE ($dataset::VARCHAR IS NULL OR a.dataset = $dataset::VARCHAR)
 ORDER BY a.dataset, a.split, a.source_index NULLS LAST, a.video_id
 """
 
+#: The training set of one split (``lagovad train``): per clip its chosen annotation (human
+#: before model, then the latest ``created_at``, then the largest ``annotation_id``) joined to
+#: its feature row of one model (NULL columns when it has none). Parameters: $split,
+#: $dataset (NULL = all), $human_only (BOOLEAN: only human annotations), $model_id, $ids
+#: (VARCHAR[] of annotation ids to choose from, e.g. a training manifest's; NULL = all).
+TRAINING_SET = """
+WITH candidates AS (
+    SELECT * FROM annotations
+    WHERE split = $split::VARCHAR
+      AND ($dataset::VARCHAR IS NULL OR dataset = $dataset::VARCHAR)
+      AND (NOT $human_only::BOOLEAN OR annotator_kind = 'human')
+      AND ($ids::VARCHAR[] IS NULL
+           OR annotation_id IN (SELECT unnest($ids::VARCHAR[])))
+), chosen AS (
+    SELECT *, row_number() OVER (
+        PARTITION BY video_id
+        ORDER BY annotator_kind = 'human' DESC, created_at DESC, annotation_id DESC
+    ) AS rn
+    FROM candidates
+)
+SELECT c.video_id, c.annotation_id, c.annotator_kind, c.annotator, c.dataset, c.is_anomaly,
+       c.category, c.description, c.descriptions, c.spans,
+       f.location, f.count, f.dim, f.dtype
+FROM chosen AS c
+LEFT JOIN features AS f ON f.video_id = c.video_id AND f.model_id = $model_id::VARCHAR
+WHERE c.rn = 1
+ORDER BY c.video_id
+"""
+
+#: Annotations of a split by annotator kind (why a ``--labels human`` training set is empty).
+#: Parameters: $split, $dataset (NULL = all).
+ANNOTATION_KINDS_OF_SPLIT = """
+SELECT annotator_kind, count(*) AS n FROM annotations
+WHERE split = $split::VARCHAR AND ($dataset::VARCHAR IS NULL OR dataset = $dataset::VARCHAR)
+GROUP BY annotator_kind ORDER BY annotator_kind
+"""
+
 #: Feature rows of one model (``lagovad extract`` resume check). Parameter: $model_id.
 FEATURES_OF_MODEL = """
 SELECT video_id, frame_stride, frame_offset, frame_size, location, count, dim FROM features
@@ -547,11 +601,13 @@ JUDGEMENTS_VIEW = _model_results("judge", """
        json_extract_string(r.output_json, '$.reason') AS judge_reason,""")
 
 #: One row per (dataset, clip): its latest human annotation, else its latest model one.
-#: ``clip_id`` is ``annotations.video_id`` (a clip id, D1), ``video_id`` the parent video.
+#: ``clip_id`` is ``annotations.video_id`` (a clip id, D1), ``video_id`` the parent video;
+#: ``description_source`` says whether a human row's description was written by the reviewer
+#: or is model text the reviewer accepted (NULL for model rows and rows stored before it).
 FINAL_LABELS_VIEW = """
 SELECT a.dataset, a.video_id AS clip_id, coalesce(c.video_id, a.video_id) AS video_id,
-       a.category, a.is_anomaly, a.description, a.spans, a.split, a.annotator_kind,
-       a.annotator, a.annotation_id, a.created_at, a.n_human, a.n_model
+       a.category, a.is_anomaly, a.description, a.description_source, a.spans, a.split,
+       a.annotator_kind, a.annotator, a.annotation_id, a.created_at, a.n_human, a.n_model
 FROM (
     SELECT *,
            row_number() OVER (
@@ -579,21 +635,73 @@ RESULT_VIEWS: dict[str, str] = {
 
 
 # ------------------------------------------------------------------ store internals
-#: One catalog view over a table's Parquet files (``{view}``, ``{glob}`` from the store itself).
-CATALOG_VIEW = (
-    "CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet("
-    "'{glob}', hive_partitioning = false, union_by_name = true)"
-)
-
 #: DuckDB variable holding a snapshot's file lists (a struct: table -> paths), set per cursor.
 SNAPSHOT_VARIABLE = "__prevad_snapshot"
 
-#: One view over the files of a table in the cursor's snapshot (``Store.query``).
-SNAPSHOT_VIEW = (
-    "CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet("
-    f"getvariable('{SNAPSHOT_VARIABLE}').{{view}}, hive_partitioning = false, "
+#: A table's Parquet files in the catalog (``{glob}`` from the store itself: any DuckDB that
+#: opens catalog.duckdb sees new commits).
+CATALOG_SOURCE = "read_parquet('{glob}', hive_partitioning = false, union_by_name = true)"
+
+#: A table's files in the cursor's snapshot (``Store.query``).
+SNAPSHOT_SOURCE = (
+    f"read_parquet(getvariable('{SNAPSHOT_VARIABLE}').{{view}}, hive_partitioning = false, "
     "union_by_name = true)"
 )
+
+#: Part files handed to a key lookup as the parameter ``$files``.
+FILES_SOURCE = "read_parquet($files, hive_partitioning = false, union_by_name = true)"
+
+#: One view per table over :func:`typed_select` of its files.
+TABLE_VIEW = "CREATE OR REPLACE VIEW {view} AS {select}"
+
+#: A stored column for SQL: (name, DuckDB type, SQL literal that rows without it read as, or
+#: None for NULL).
+Column = tuple[str, str, str | None]
+
+
+def duckdb_type(t: pa.DataType) -> str:
+    """The DuckDB type that DuckDB reads a Parquet column of Arrow type ``t`` as.
+
+    Raises:
+        TypeError: a type the store does not use.
+    """
+    if pa.types.is_list(t):
+        return f"{duckdb_type(t.value_type)}[]"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP WITH TIME ZONE" if t.tz else "TIMESTAMP"
+    for check, name in ((pa.types.is_string, "VARCHAR"), (pa.types.is_boolean, "BOOLEAN"),
+                        (pa.types.is_int64, "BIGINT"), (pa.types.is_int32, "INTEGER"),
+                        (pa.types.is_float64, "DOUBLE")):
+        if check(t):
+            return name
+    raise TypeError(f"no DuckDB type for Arrow type {t}")
+
+
+def sql_literal(value: Any) -> str | None:
+    """A fill value as SQL (None for NULL). Only strings and numbers are used as fills."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)
+    raise TypeError(f"no SQL literal for fill value {value!r}")
+
+
+def typed_select(columns: Sequence[Column], source: str) -> str:
+    """SELECT exactly ``columns`` from ``source`` (a ``read_parquet(..., union_by_name)``).
+
+    Files written before a column was added lack it, and while no file of the source has it
+    ``SELECT *`` would have no such column at all: the source is unioned by name with an empty
+    relation of every column's type, so a missing column reads as NULL (or its fill value) in
+    any file set, and columns that are not the table's never show. DuckDB drops the empty side
+    and still pushes filters and projections into the Parquet scan.
+    """
+    empty = ", ".join(f"NULL::{t} AS {_ident(n)}" for n, t, _ in columns)
+    cols = ", ".join(_ident(n) if fill is None else f"coalesce({_ident(n)}, {fill}) AS {_ident(n)}"
+                     for n, _, fill in columns)
+    return (f"SELECT {cols} FROM (SELECT {empty} WHERE false UNION ALL BY NAME "
+            f"SELECT * FROM {source})")
 
 
 def _ident(name: str) -> str:
@@ -623,17 +731,20 @@ SELECT __i, first, same FROM (
 """
 
 
-def stored_matches(key: Sequence[str], content: Sequence[str]) -> str:
+def stored_matches(key: Sequence[str], content: Sequence[str], columns: Sequence[Column]
+                   ) -> str:
     """SQL: batch rows (``__batch``) whose key is in the part files ``$files``.
 
     Columns: ``__i`` (batch row), ``same`` (identical content). Only the key and content columns
     are read, and the join's key filter lets Parquet statistics skip what cannot match.
+    ``columns``: the table's (:func:`typed_select`: files without an added column compare as
+    NULL, or the column's fill value).
     """
     on = " AND ".join(f"b.{_ident(k)} = s.{_ident(k)}" for k in key)
     return f"""
 SELECT b.__i, {_row('b', content)} IS NOT DISTINCT FROM {_row('s', content)} AS same
 FROM __batch AS b
-JOIN read_parquet($files, hive_partitioning = false, union_by_name = true) AS s ON {on}
+JOIN ({typed_select(columns, FILES_SOURCE)}) AS s ON {on}
 """
 
 
@@ -647,13 +758,16 @@ QUALIFY row_number() OVER (PARTITION BY {cols} ORDER BY __i) > 1
 """
 
 
-def key_lookup(key: Sequence[str], columns: Sequence[str]) -> str:
-    """SQL: stored rows (from ``$files``) whose ``key`` columns match a row of ``__batch``."""
+def key_lookup(key: Sequence[str], columns: Sequence[str], table: Sequence[Column]) -> str:
+    """SQL: stored rows (from ``$files``) whose ``key`` columns match a row of ``__batch``.
+
+    ``table``: the table's columns (:func:`typed_select`).
+    """
     on = " AND ".join(f"b.{_ident(k)} = s.{_ident(k)}" for k in key)
     cols = ", ".join(f"s.{_ident(c)}" for c in columns)
     return f"""
 SELECT {cols}
-FROM read_parquet($files, hive_partitioning = false, union_by_name = true) AS s
+FROM ({typed_select(table, FILES_SOURCE)}) AS s
 SEMI JOIN (SELECT DISTINCT * FROM __batch) AS b ON {on}
 """
 

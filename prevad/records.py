@@ -460,6 +460,29 @@ SCHEMAS: dict[type, pa.Schema] = {
     Score: SCORE_SCHEMA,
 }
 
+#: Fields added to a record after stores were first written, each with the value that a row
+#: stored before the field existed reads as (None for a nullable field). Part files and
+#: ``_schema.parquet`` written by older code lack these columns; every reader fills them in
+#: (:class:`prevad.Store`, its views, ``prevad verify``: docs/ARCHITECTURE.md, "Schema
+#: evolution"). A new field goes at the end of its schema and gets an entry here; any other
+#: change of a stored schema (a removed, renamed or retyped column) needs a migration.
+ADDED_FIELDS: dict[type, dict[str, Any]] = {
+    Video: {"feature_uri": None},
+    Annotation: {"descriptions": None, "source_index": None, "description_source": None},
+    Feature: {"dtype": "float32"},
+}
+
+
+def added_fields(cls: type) -> dict[str, Any]:
+    """Added fields of a record class -> the value older rows read as (see ADDED_FIELDS)."""
+    return ADDED_FIELDS.get(cls, {})
+
+
+def required_columns(cls: type) -> list[str]:
+    """Columns every stored part file of the record's table has (all but the added ones)."""
+    added = added_fields(cls)
+    return [n for n in SCHEMAS[cls].names if n not in added]
+
 R = TypeVar("R")
 
 

@@ -200,6 +200,10 @@ def collect_prelabels(
 ) -> list[PreLabel]:
     """Pre-labels of every clip awaiting review (judge ok, no human ``prevad`` annotation).
 
+    A clip is a row of the catalog's ``clips`` view (D1), the rule the stages and feature
+    extraction follow: a judged item that is no longer a clip (its video was cleaned again
+    into other clips, or found a duplicate since) gets no pre-label.
+
     Args:
         store: The store.
         proposer: Proposes the spans of validation clips (e.g. LaGoVAD on the stored
@@ -222,6 +226,10 @@ def collect_prelabels(
         return []
     judged = _judge_rows(store, version)
     clips = store_clips(store)
+    # only what is a clip now (the catalog's `clips` view, D1: the same rule as the stages and
+    # feature extraction): a judged item whose video was cleaned again into other clips, or
+    # found a duplicate since, gets no task (its features would never be extracted)
+    current = set(store.query(queries.CLIP_IDS).column("clip_id").to_pylist())
     segments: dict[str, dict[str, Any]] = {}  # per clip: no segment-level merging of spans
     reviewed, splits = set(), {}
     for a in store.read("annotations", ["video_id", "dataset", "annotator_kind",
@@ -238,7 +246,7 @@ def collect_prelabels(
             errors.append(TaskError(None, cid[:MAX_NAME_CHARS], f"judge {version}: {msg}"))
 
     for cid in sorted(judged):
-        if cid in reviewed:
+        if cid in reviewed or (cid in clips and cid not in current):
             continue
         best = judged[cid]
         clip = clips.get(cid)

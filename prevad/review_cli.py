@@ -20,7 +20,7 @@ import click
 import typer
 
 from prevad import review
-from prevad.cli_errors import EXIT_BAD_INPUT, exit_on
+from prevad.cli_errors import EXIT_BAD_INPUT, exit_on, number_option
 from prevad.errors import PrevadError
 from prevad.store import Store
 
@@ -54,8 +54,9 @@ CFR = typer.Option(
     "<store>/cache/review_media; spans stay frame-exact on variable-frame-rate video); "
     "--no-cfr serves whole videos as they are and cuts clips keeping their timestamps",
 )
-MEDIA_FPS = typer.Option(
-    None, "--media-fps", help="frame rate of CFR review media (default: the source's rate)",
+MEDIA_FPS = number_option(
+    None, "--media-fps", integer=False, above=0,
+    help="frame rate of CFR review media (default: the source's rate)",
 )
 
 

@@ -136,7 +136,12 @@ class Clip:
 
 
 def store_clips(store: Store) -> dict[str, Clip]:
-    """Every clip of the store by id: ``segments`` rows, and every video as a clip of itself."""
+    """Every id a clip of the store ever had: ``segments`` rows, and every video as a clip of
+    itself, each resolved to its file and span.
+
+    Wider than the catalog's ``clips`` view (``queries.CLIP_IDS``, what is a clip *now*):
+    a reviewer's annotation of a clip that a later clean run replaced is still imported.
+    """
     videos = {r["video_id"]: r for r in store.read(
         "videos", ["video_id", "uri", "duration_s", "fps", "n_frames"]).to_pylist()}
     out = {

@@ -104,7 +104,7 @@ from prevad.journal import read_journal as _read_journal_file
 FORMAT = "prevad-store"
 FORMAT_VERSION = 1
 #: Bump when the catalog's views change: stores opened writable rebuild an older catalog.
-CATALOG_VERSION = 2
+CATALOG_VERSION = 3
 WRITING_MARKER = ".writing"
 #: Held exclusively while a commit's renames are applied, shared while a reader lists the
 #: tables' files: a reader's file lists are all from one point between commits.
@@ -142,6 +142,38 @@ class TableSpec:
     def content_columns(self) -> list[str]:
         """Columns compared by duplicate detection (all but the timestamps)."""
         return [c for c in self.schema.names if c not in rec.BOOKKEEPING_COLUMNS]
+
+    @property
+    def added(self) -> dict[str, Any]:
+        """Columns added after the first format -> what rows stored without them read as."""
+        return rec.added_fields(self.record)
+
+    @property
+    def sql_columns(self) -> list[queries.Column]:
+        """The table's columns for :func:`prevad.queries.typed_select` (type, fill value)."""
+        return [(f.name, queries.duckdb_type(f.type), queries.sql_literal(self.added.get(f.name)))
+                for f in self.schema]
+
+    def fill(self, name: str, rows: int) -> pa.Array:
+        """The column ``name`` of ``rows`` rows stored before it was added."""
+        f = self.schema.field(name)
+        value = self.added.get(name)
+        return pa.nulls(rows, f.type) if value is None else pa.array([value] * rows, f.type)
+
+    def schema_problem(self, schema: pa.Schema) -> str | None:
+        """What makes a file's schema foreign to the table (None when it is the table's
+        schema, or an older one: the same columns and types without some added columns)."""
+        for f in schema:
+            if f.name not in self.schema.names:
+                return f"unexpected column {f.name!r} for table {self.name!r}"
+            want = self.schema.field(f.name).type
+            if not f.type.equals(want):
+                return f"column {f.name!r} has type {f.type}, table {self.name!r} expects {want}"
+        missing = [n for n in rec.required_columns(self.record) if n not in schema.names]
+        if missing:
+            return (f"column {missing[0]!r} of table {self.name!r} is missing (only added "
+                    f"columns {sorted(self.added)} may be)")
+        return None
 
 
 TABLES: dict[str, TableSpec] = {
@@ -200,6 +232,17 @@ def _spec(table: str) -> TableSpec:
     if table not in TABLES:
         raise UnknownTableError(f"unknown table {table!r}: must be one of {sorted(TABLES)}")
     return TABLES[table]
+
+
+def _schema_id() -> str:
+    """A digest of every table's schema: ``store.json`` records the one its schema files and
+    catalog were written for, and a writable open upgrades them when it differs."""
+    text = "\n".join(f"{t}:{s.schema}" for t, s in sorted(TABLES.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: The schemas of this version of the code (see :func:`_schema_id`).
+SCHEMA_ID = _schema_id()
 
 
 def part_rows(path: Path) -> int:
@@ -285,14 +328,45 @@ class Store:
         self._init_state()
         if self.read_only:
             return
-        if meta.get("root") != str(self.root) or meta.get("catalog") != CATALOG_VERSION:
-            # The folder moved (views hold absolute globs) or the catalog predates the current
-            # views (an older store): rebuild it.
+        if (meta.get("root") != str(self.root) or meta.get("catalog") != CATALOG_VERSION
+                or meta.get("schema") != SCHEMA_ID):
+            # The folder moved (views hold absolute globs), or the catalog or the schemas
+            # predate this code (a store written by older code, docs/ARCHITECTURE.md "Schema
+            # evolution"): bring the schema files and the catalog up to date.
             with self._locked():
+                self.upgrade_schema_files()
                 self._write_catalog()
                 atomic_write_json(self.root / "store.json", {
-                    **meta, "root": str(self.root), "catalog": CATALOG_VERSION})
+                    **meta, "root": str(self.root), "catalog": CATALOG_VERSION,
+                    "schema": SCHEMA_ID})
         self._recover_all()
+
+    def upgrade_schema_files(self) -> list[str]:
+        """Rewrite each ``_schema.parquet`` that lacks added columns (an older store) with the
+        current schema; a missing one is written, a foreign one is left for ``prevad verify``
+        and ``prevad repair``. Part files are never rewritten for this: readers fill the added
+        columns in (:data:`prevad.records.ADDED_FIELDS`).
+
+        Returns:
+            The tables whose schema file was written.
+        """
+        done = []
+        with self._locked():
+            for spec in TABLES.values():
+                path = self._table_dir(spec.name) / "_schema.parquet"
+                if path.is_symlink() or (path.exists() and not path.is_file()):
+                    continue  # not ours to replace: verify reports it, repair quarantines it
+                if path.exists():
+                    try:
+                        have = pq.read_schema(path)
+                    except (OSError, pa.ArrowException):
+                        continue
+                    if have.equals(spec.schema) or spec.schema_problem(have):
+                        continue
+                with atomic_write(path) as fh:
+                    pq.write_table(spec.schema.empty_table(), fh)
+                done.append(spec.name)
+        return done
 
     def _init_state(self) -> None:
         self._thread_lock = threading.RLock()
@@ -351,7 +425,7 @@ class Store:
                 store._write_catalog()
                 meta: dict[str, Any] = {
                     "format": FORMAT, "version": FORMAT_VERSION, "root": str(path),
-                    "catalog": CATALOG_VERSION,
+                    "catalog": CATALOG_VERSION, "schema": SCHEMA_ID,
                 }
                 if compact_threshold is not None:
                     meta["compact_threshold"] = _check_threshold(
@@ -663,10 +737,14 @@ class Store:
                         {"f": {t: [self._schema_file(t)] for t in TABLES}})
         for spec in TABLES.values():
             if snapshot:
-                con.execute(queries.SNAPSHOT_VIEW.format(view=spec.name))
+                source = queries.SNAPSHOT_SOURCE.format(view=spec.name)
             else:
                 glob = str(self.root / "tables" / spec.name / "**" / "*.parquet")
-                con.execute(queries.CATALOG_VIEW.format(view=spec.name, glob=_sql_str(glob)))
+                source = queries.CATALOG_SOURCE.format(glob=_sql_str(glob))
+            # typed: a column added after some files were written reads as NULL (or its fill
+            # value) in those files, and is there even while no file has it
+            con.execute(queries.TABLE_VIEW.format(
+                view=spec.name, select=queries.typed_select(spec.sql_columns, source)))
         for name, sql in queries.RESULT_VIEWS.items():
             con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
 
@@ -789,7 +867,7 @@ class Store:
             files = self._lookup_files(spec, keys, prune=True)
             if not files or keys.num_rows == 0:
                 return pa.schema([spec.schema.field(c) for c in cols]).empty_table()
-            sql = queries.key_lookup(keys.column_names, cols)
+            sql = queries.key_lookup(keys.column_names, cols, spec.sql_columns)
             return self._run_lookup(sql, files, keys).cast(
                 pa.schema([spec.schema.field(c) for c in cols])
             )
@@ -880,6 +958,9 @@ class Store:
     def append(self, table: str, rows: Sequence[Any] | pa.Table) -> AppendResult:
         """Append records (or a pa.Table with the exact schema) to a table, all or nothing.
 
+        A pa.Table may lack added columns (``records.ADDED_FIELDS``): they are filled as for
+        rows stored before the column existed.
+
         Rows whose key is already stored (or repeated in the batch) with identical content are
         skipped; timestamps (``created_at``, ``time``) are ignored in that comparison.
 
@@ -934,6 +1015,10 @@ class Store:
     @staticmethod
     def _as_table(spec: TableSpec, rows: Sequence[Any] | pa.Table) -> pa.Table:
         if isinstance(rows, pa.Table):
+            for name in spec.added:  # a table shaped like an older schema: filled as on read
+                if name not in rows.column_names:
+                    rows = rows.append_column(spec.schema.field(name),
+                                              spec.fill(name, rows.num_rows))
             rec.check_schema(rows, spec.schema, spec.name)
             rec.from_table(rows, spec.record)  # validate every row
             return rows.select(spec.schema.names).cast(spec.schema)
@@ -971,7 +1056,8 @@ class Store:
         probe = np.unique(hashes)
         hit_files = [f for f in files if _any_in(self._file_hashes(spec, Path(f)), probe)]
         if hit_files:
-            hits = self._run_lookup(queries.stored_matches(spec.key, cols), hit_files, indexed)
+            hits = self._run_lookup(queries.stored_matches(spec.key, cols, spec.sql_columns),
+                                    hit_files, indexed)
             for h in hits.to_pylist():
                 if h["__i"] in drop:
                     continue
@@ -1441,6 +1527,8 @@ def _marker_problem(meta: Any) -> str | None:
     catalog = meta.get("catalog")
     if "catalog" in meta and (isinstance(catalog, bool) or not isinstance(catalog, int)):
         return f"field 'catalog' must be a whole number, got {str(catalog)[:40]!r}"
+    if "schema" in meta and not isinstance(meta["schema"], str):
+        return f"field 'schema' must be a string (a digest), got {str(meta['schema'])[:40]!r}"
     return None
 
 
@@ -1566,10 +1654,9 @@ def _read_part(path: Path, spec: TableSpec, columns: Sequence[str]) -> pa.Table:
         pf = pq.ParquetFile(path)
         have = set(pf.schema_arrow.names)
         table = pf.read(columns=[c for c in columns if c in have])
-        for c in columns:  # files written before a column was added
+        for c in columns:  # files written before a column was added (records.ADDED_FIELDS)
             if c not in have:
-                table = table.append_column(spec.schema.field(c),
-                                            pa.nulls(table.num_rows, spec.schema.field(c).type))
+                table = table.append_column(spec.schema.field(c), spec.fill(c, table.num_rows))
         return table.select(list(columns)).cast(
             pa.schema([spec.schema.field(c) for c in columns]))
     except FileNotFoundError:

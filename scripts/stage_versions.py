@@ -7,8 +7,9 @@ every item of the stage)::
     git stash; python scripts/stage_versions.py > before.json; git stash pop
     diff before.json after.json
 
-The store is a fresh temporary one: with no segments (input ``videos``), with one segment
-(input ``segments``), and with one ``ok`` describe / verify result (what verify and judge read).
+The store is a fresh temporary one: with no segments, with one segment, and with one ``ok``
+describe / verify result (what verify and judge read). The model stages read the ``clips`` view
+whatever the store holds, so only the last state moves the versions (upstream versions read).
 No model is loaded: a stand-in engine object is passed, as the version does not depend on it.
 """
 

@@ -14,6 +14,7 @@ from lagovad.eval.benchmarks import BENCHMARKS, EvalError, check_name, load_benc
 from lagovad.eval.gt import GT_RESOLUTIONS
 from lagovad.eval.protocol import LOCALISATION_PROTOCOLS
 from lagovad.eval.sources import SCORE_CLASS_SOURCES
+from prevad.cli_errors import number_option
 
 DEFAULT_OUT = Path("runs/eval")
 
@@ -109,8 +110,8 @@ def eval_command(
     localisation: str = typer.Option(
         "vadclip", help="mAP@IoU protocol: vadclip (VadCLIP's getDetectionMAP) or "
                         "vadclip-ucf-quirk (also its UCF label quirk: Normal scores AP 0)."),
-    score_stride: int | None = typer.Option(
-        None, help="Frames per score in --scores (required with --scores)."),
+    score_stride: int | None = number_option(
+        None, integer=True, min=1, help="Frames per score in --scores (required with --scores)."),
     frames: Path | None = typer.Option(
         None, help="Per-video frame counts (csv/json). Every scored video needs one, and its "
                    "score count must be floor or ceil(frames / frames-per-score); frame16 "
@@ -118,7 +119,8 @@ def eval_command(
     gt_resolution: str = typer.Option(
         "feature", help="feature (official: spans x T, round half-even, end-exclusive) or "
                         "frame16 (scores repeated per frame, VadCLIP/PEL)."),
-    frame_repeat: int = typer.Option(16, help="Frames per feature step for frame16."),
+    frame_repeat: int = number_option(16, integer=True, min=1,
+                                      help="Frames per feature step for frame16."),
     native: bool = typer.Option(False, help="Use native UCF/XD frame annotations (frame16)."),
     annotations: Path | None = typer.Option(None, help="Override the annotation JSON "
                                                        "(single benchmark)."),
@@ -134,7 +136,7 @@ def eval_command(
     out: Path | None = typer.Option(None, help="Output folder (default runs/eval/<method>)."),
     method: str | None = typer.Option(None, help="Row label in the tables."),
     device: str | None = typer.Option(None, help="Torch device (default: cuda if present)."),
-    batch_size: int = typer.Option(16, help="Chunks per forward pass."),
+    batch_size: int = number_option(16, integer=True, min=1, help="Chunks per forward pass."),
     plots: bool = typer.Option(True, help="Write PNG curves and timelines."),
 ) -> None:
     """Evaluate a checkpoint, the CLIP baseline or external scores on the benchmarks."""
@@ -175,8 +177,10 @@ def eval_command(
             dev = runner.pick_device(device)
             if checkpoint is not None:
                 import lagovad
+                from lagovad.manifest import describe_checkpoint
 
                 model, _ = lagovad.load_checkpoint(checkpoint, device=dev)
+                typer.echo(describe_checkpoint(checkpoint), err=True)
                 scorer_obj = runner.ModelScorer(model, dev, prompts, batch_size)
                 label = method or f"LaGoVAD ({checkpoint.name})"
             else:

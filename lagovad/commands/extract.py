@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from lagovad.commands import handles_errors
-from prevad.cli_errors import fail
+from prevad.cli_errors import fail, number_option
 
 
 def _fail(exc: Exception) -> None:
@@ -44,11 +44,14 @@ def extract_cmd(
     model: str = typer.Option("ViT-B-16", help="open_clip model name."),
     pretrained: str = typer.Option("openai", help="open_clip pretrained tag or local checkpoint "
                                    "file; 'none' for random weights."),
-    stride: int = typer.Option(8, help="Sample one frame every STRIDE frames."),
-    offset: int = typer.Option(None, help="First sampled frame (default stride // 2)."),
-    size: int = typer.Option(None, help="Frame side, no crop (default: the model's input size)."),
-    batch_size: int = typer.Option(64, help="Frames per encoder forward."),
-    workers: int = typer.Option(2, help="Videos decoded concurrently."),
+    stride: int = number_option(8, integer=True, min=1,
+                                help="Sample one frame every STRIDE frames."),
+    offset: int = number_option(None, integer=True, min=0,
+                                help="First sampled frame (default stride // 2)."),
+    size: int = number_option(None, integer=True, min=1,
+                              help="Frame side, no crop (default: the model's input size)."),
+    batch_size: int = number_option(64, integer=True, min=1, help="Frames per encoder forward."),
+    workers: int = number_option(2, integer=True, min=1, help="Videos decoded concurrently."),
     device: str = typer.Option(None, help="cuda / cpu (default: cuda when present)."),
     model_id: str = typer.Option(None, help="Feature model id stored with the features."),
     commit_every: int = typer.Option(32, "--commit-every", min=1, help="With --store: clips "
@@ -98,9 +101,12 @@ def detect_cmd(
     clip_pretrained: str = typer.Option(None, help="Image encoder tag or checkpoint file."),
     cache_dir: Path = typer.Option(None, help="Feature cache (default ~/.cache/lagovad/features)."),
     store: Path = typer.Option(None, "--store", help="Cache features in this prevad store."),
-    threshold: float = typer.Option(0.5, help="Anomaly score threshold for intervals."),
-    min_duration: float = typer.Option(1.0, help="Minimum interval length, seconds."),
-    merge_gap: float = typer.Option(1.0, help="Merge intervals closer than this, seconds."),
+    threshold: float = number_option(0.5, integer=False, min=0, max=1,
+                                     help="Anomaly score threshold for intervals."),
+    min_duration: float = number_option(1.0, integer=False, min=0,
+                                        help="Minimum interval length, seconds."),
+    merge_gap: float = number_option(1.0, integer=False, min=0,
+                                     help="Merge intervals closer than this, seconds."),
     device: str = typer.Option(None, help="cuda / cpu."),
     plot: bool = typer.Option(True, help="Write the PNG plot."),
     normal: str = typer.Option("auto", "--normal", help=NORMAL_HELP),
@@ -113,6 +119,10 @@ def detect_cmd(
     try:
         definition = _definition(define, normal)
         net, label = load_detector(checkpoint, model, weights, device=device)
+        if checkpoint is not None:
+            from lagovad.manifest import describe_checkpoint
+
+            typer.echo(describe_checkpoint(checkpoint), err=True)
         encoder = encoder_for(net, clip_model, clip_pretrained, device=device)
         st = None
         if store is not None:
@@ -155,6 +165,10 @@ def rescore_cmd(
     try:
         definition = _definition(define, normal)
         net, label = load_detector(checkpoint, model, weights, device=device)
+        if checkpoint is not None:
+            from lagovad.manifest import describe_checkpoint
+
+            typer.echo(describe_checkpoint(checkpoint), err=True)
         summary = rescore(Store(store), net, definition, label, model_id=model_id)
     except (DefinitionError, DetectError, ValueError, OSError) as exc:
         _fail(exc)

@@ -61,6 +61,13 @@ def train_command(
     neighbour_cache: Path | None = typer.Option(
         None, help="The authors' train_search_cache.json, used as the synthesis neighbours."
     ),
+    manifest: Path | None = typer.Option(
+        None, help="Train on exactly the dataset an earlier run recorded (its dataset.parquet, "
+        "or a checkpoint folder): refused if a listed annotation or feature is gone or changed."
+    ),
+    workers: int = typer.Option(
+        2, help="DataLoader processes synthesizing batches while the model trains (0 = none)."
+    ),
     description_prob: float = typer.Option(
         0.5, help="Paper recipe: chance a batch uses descriptions instead of names."
     ),
@@ -104,6 +111,8 @@ def train_command(
         synth_cut=synth_cut,
         neighbour_cache=str(neighbour_cache) if neighbour_cache else None,
         description_prob=description_prob,
+        workers=workers,
+        manifest=str(manifest) if manifest else None,
         progress=progress,
         keep_last=keep_last,
         resume=str(resume) if resume else None,

@@ -41,7 +41,8 @@ class ClipBaseline:
         self.device = device or torch.device("cpu")
         # Same loader as extraction: QuickGELU for OpenAI weights, clear offline errors.
         try:
-            self.model = load_image_encoder(name, pretrained, device=self.device, half=False).model
+            self.model = load_image_encoder(name, pretrained, device=self.device, half=False,
+                                            option="--clip-pretrained").model
         except ImageEncoderError as exc:
             raise EvalError(f"cannot build the CLIP baseline: {exc}") from exc
         self.model.eval()

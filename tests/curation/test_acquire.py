@@ -486,7 +486,7 @@ def test_bad_settings_are_one_clear_error(bad, words):
     (["--timeout", "nan"], "--timeout (timeout_s)"),
     (["--format", "bogus[[["], "--format (format)"),
     (["--max-height", "-1"], "--max-height (max_height)"),
-    (["--extra", "{not json"], "--extra must be a JSON object"),
+    (["--extra", "{not json"], "--extra (extra) must be a JSON object"),
 ])
 def test_bad_options_exit_2_before_any_item_is_touched(store, media_server, small_mp4, args,
                                                        words):

@@ -25,6 +25,7 @@ from curation.add import AddSettings, add, candidate_id
 from curation.common import CurationError
 from curation.sources import normalize_url
 from prevad.records import video_id_for
+from tests.curation.webservers import Route, WebServer
 from toolkit.cli import app
 
 runner = CliRunner()
@@ -214,6 +215,49 @@ def test_private_addresses_are_refused_without_the_option(store, media_server, s
     assert res.status == "failed" and "private_address" in res.error
 
 
+def _redirect_chain(small_mp4) -> tuple[WebServer, WebServer, str]:
+    """``first/start`` -> 302 to ``middle/hop`` (another port) -> 302 back to
+    ``first/page.html``, a page with two videos: the chain starts and ends on ``first``."""
+    first, middle = WebServer(), WebServer()
+    for n in "ab":
+        first.add(f"{n}.mp4", Route(file=small_mp4))
+    first.add("page.html", Route(body=b"<html><body><video src='a.mp4'></video>"
+                                      b"<video src='b.mp4'></video></body></html>",
+                                 content_type="text/html"))
+    middle.add("hop", Route(redirect=first.url("page.html")))
+    return first, middle, first.add("start", Route(redirect=middle.url("hop")))
+
+
+def test_every_hop_of_an_expansion_follows_the_policy(store, small_mp4, tmp_path):
+    """A redirect chain whose first and last hops are allowed (``--allow-address`` names that
+    server only) but whose middle hop is another non-public address: the middle hop is refused
+    before it is fetched, the source fails with the reason, nothing is registered. Allowing the
+    middle hop too expands the page."""
+    first, middle, start = _redirect_chain(small_mp4)
+    try:
+        res = _run(store.root, start, "--allow-address", first.address, "--json")
+        assert res.exit_code == 0, res.output
+        [src] = json.loads(res.stdout.strip().splitlines()[-1])["per_source"]
+        assert src["error_reason"] == "private_address", src
+        assert middle.address in src["error"] and "--allow-private-network" in src["error"]
+        assert middle.hits() == 0 and first.hits("start") == 1 and first.hits("page.html") == 0
+        assert store.read("candidates").num_rows == 0
+        both = add(store, [start], AddSettings(allow_addresses=(first.address,
+                                                                middle.address)))
+        assert both.sources[0].new == 2 and middle.hits("hop") == 1
+        assert sorted(c.url for c in store.records("candidates")) == [
+            first.url("a.mp4"), first.url("b.mp4")]
+    finally:
+        first.close()
+        middle.close()
+
+
+def test_allow_address_is_checked_with_the_other_options(store):
+    res = _run(store.root, "https://example.org/a.mp4", "--allow-address", "not-a-network")
+    assert res.exit_code == 2 and res.stderr.startswith("error: --allow-address"), res.output
+    assert store.read("stage_results").num_rows == 0
+
+
 # ------------------------------------------------------------------ searches (yt-dlp plugin)
 PLUGIN = '''
 """A yt-dlp search extractor for the tests: results are JSON pages on a local server."""
@@ -373,7 +417,9 @@ def test_added_urls_are_downloaded_by_acquire(store, media_server, small_mp4, tm
     lst = tmp_path / "urls.txt"
     lst.write_text(f"{media_server.url('a.mp4')}\n{media_server.url('b.mp4')} 1 3\n")
     assert add(store, [str(lst)]).sources[0].new == 2
-    summary = acquire(store, AcquireSettings(retries=0, backoff_s=0.0, socket_timeout_s=5.0))
+    # the server is on 127.0.0.1: acquire fetches it only when told to (D4)
+    summary = acquire(store, AcquireSettings(retries=0, backoff_s=0.0, socket_timeout_s=5.0,
+                                             allow_private_network=True))
     assert (summary.ok, summary.failed, summary.rejected) == (2, 0, {})
     videos = {v.video_id: v for v in store.records("videos")}
     whole = videos[video_id_for("web", normalize_url(media_server.url("a.mp4")))]

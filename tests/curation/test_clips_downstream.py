@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from curation import describe, judge
 from curation.clean import clean
@@ -92,3 +93,71 @@ def test_describe_and_judge_give_one_result_per_clip(tmp_path, tiny_vlm, tiny_ll
     assert {j["id"] for j in judged} == set(clips)
     assert {j["video_id"] for j in judged if j["status"] != "failed"} <= {
         videos["three"].video_id, videos["two"].video_id}
+
+
+def test_items_follow_the_clips_view_after_a_second_clean_version(tmp_path, tiny_vlm):
+    """D1: after a second clean configuration the model stages see only the clips of each
+    video's latest clean decision (not the overlapping clips of the first run, still stored),
+    a video clean never saw is a clip of itself (segment_id None), a split video is not an item
+    of its own, and the duplicate has none."""
+    from curation.clean import CleanPolicy
+
+    store, videos = _compilations(tmp_path)
+    first = {s.segment_id for s in store.records("segments")}
+    s = clean(store, CleanPolicy(dissolves=False, min_clip_s=0.5))
+    assert s.ok == 2
+    segments = {s.segment_id: s for s in store.records("segments")}
+    assert set(segments) > first  # the first run's clips are still stored
+    late = Video.create("web", "late", uri=str(tmp_path / "three_shots.mp4"))
+    store.append("videos", [late])
+
+    d = describe.run(store, _ecfg(tiny_vlm), describe.DescribeConfig(FRAMES, min_chars=4,
+                                                                     max_chars=12))
+    current = {c for r in store.records("stage_results")  # the second run's decisions
+               if r.stage == "clean" and r.run_id == s.run_id
+               for c in (r.output or {}).get("segment_ids", [])}
+    assert current and current < set(segments)
+    described = {r["id"]: json.loads(r["output_json"] or "{}") for r in
+                 queries.latest_status(store, "describe").to_pylist()}
+    assert set(described) == current | {late.video_id} and d.items == len(described)
+    assert not {videos["three"].video_id, videos["two"].video_id,
+                videos["copy"].video_id} & set(described)
+    for cid, out in described.items():
+        if out:  # what every output says of its item: parent video, clip's segment row
+            assert (out["video_id"], out["segment_id"]) == (
+                (late.video_id, None) if cid == late.video_id else (segments[cid].video_id, cid))
+    rows = store.query("SELECT * FROM clips").to_pylist()
+    items = {i.item_id: i for i in items_of(store, "clips", rows)}
+    assert (items[late.video_id].segment_id, items[late.video_id].start_s) == (None, None)
+    for sid in current:
+        seg = segments[sid]
+        assert (items[sid].video_id, items[sid].segment_id, items[sid].start_s,
+                items[sid].end_s) == (seg.video_id, sid, seg.start_s, seg.end_s)
+
+
+def test_an_annotation_of_a_clip_is_read_from_the_clip_span_of_its_parent(tmp_path):
+    """describe-anomaly's items: an annotation's video_id is a clip id (D1); its spans are
+    relative to the clip, so its frames come from that part of the parent's file (not a
+    missing file, as when the id was looked up among videos)."""
+    from prevad.records import Annotation
+
+    store, videos = _compilations(tmp_path)
+    seg = max(store.records("segments"), key=lambda s: s.start_s)
+    length = seg.end_s - seg.start_s
+    anns = [Annotation("on-clip", seg.segment_id, "prevad", "human", "r", "Fire", True,
+                       spans=[[0.5, 1.0]], split="train"),
+            Annotation("on-video", videos["three"].video_id, "prevad", "human", "r", "Fire",
+                       True, spans=[], split="train")]
+    store.append("annotations", anns)
+    rows = store.query("SELECT * FROM annotations ORDER BY annotation_id").to_pylist()
+    items = {i.item_id: i for i in items_of(store, "annotations", rows)}
+    clip = items["on-clip"]
+    assert (clip.video_id, clip.segment_id) == (seg.video_id, seg.segment_id)
+    assert clip.path == Path(videos[next(k for k, v in videos.items()
+                                         if v.video_id == seg.video_id)].uri)
+    assert clip.start_s == pytest.approx(seg.start_s + 0.5 * length)
+    assert clip.end_s == pytest.approx(seg.end_s)
+    assert FrameSource(store, FRAMES).frames(clip).shape == (FRAMES.n, FRAMES.size,
+                                                             FRAMES.size, 3)
+    whole = items["on-video"]
+    assert (whole.segment_id, whole.start_s, whole.end_s) == (None, None, None)

@@ -67,11 +67,19 @@ def test_describe_segments(described: Store) -> None:
     assert len(list((store.root / "cache" / "frames").glob("*.npy"))) == 2
 
 
-def test_describe_prefers_segments_then_videos(video_store: Store, tiny_vlm: Path) -> None:
-    assert describe.make_stage(video_store, ecfg(tiny_vlm), DCFG).input_table == "segments"
-    empty = Store.init(video_store.root.parent / "s2")
-    empty.append("videos", video_store.records("videos"))
-    assert describe.make_stage(empty, ecfg(tiny_vlm), DCFG).input_table == "videos"
+def test_describe_reads_clips(video_store: Store, tiny_vlm: Path) -> None:
+    """Items are the rows of the catalog's ``clips`` view (D1): the segments of a split video,
+    and a video that was never split as a clip of itself (output segment_id None)."""
+    assert describe.make_stage(video_store, ecfg(tiny_vlm), DCFG).input_table == "clips"
+    whole = Store.init(video_store.root.parent / "s2")
+    whole.append("videos", video_store.records("videos"))
+    (whole.root / "media").symlink_to(video_store.root / "media")
+    s = describe.run(whole, ecfg(tiny_vlm), DCFG)
+    assert (s.items, s.ok, s.failed) == (3, 2, 1)
+    for r in latest(whole, "describe").values():
+        if r["status"] == "ok":
+            out = json.loads(r["output_json"])
+            assert out["video_id"] == r["id"] and out["segment_id"] is None
 
 
 def test_rerun_only_retries_what_failed(described: Store, tiny_vlm: Path) -> None:
@@ -180,10 +188,10 @@ def test_over_long_description_is_rejected(video_store: Store, tiny_llm: Path) -
                     output_json=json.dumps({"description": "word " * 1000})),
     ])
     stage = judge.make_stage(store, ecfg(tiny_llm), JCFG)
-    res = stage.process([{"segment_id": s.segment_id, "video_id": s.video_id,
-                          "start_s": s.start_s, "end_s": s.end_s, "uri": None} for s in segs])
-    assert res[0].reason == "description_too_long"
-    assert all("no describe result" in r.error for r in res[1:])
+    rows = queries.work_list(store, stage.name, stage.version, stage.input_table).to_pylist()
+    results = dict(zip([r["clip_id"] for r in rows], stage.process(rows), strict=True))
+    assert results.pop(segs[0].segment_id).reason == "description_too_long"
+    assert len(results) == 2 and all("no describe result" in r.error for r in results.values())
 
 
 def test_new_describe_version_puts_verify_and_judge_back_to_work(
@@ -244,7 +252,8 @@ def test_cli_describe_and_errors(video_store: Store, tiny_vlm: Path, tmp_path: P
     root = str(video_store.root)
     res = runner.invoke(app, ["curate", "describe", root, "--model", str(tiny_vlm),
                               "--device", "cpu", "--frames", "4", "--frame-size", "56",
-                              "--min-chars", "4", "--max-chars", "12", "--max-tokens", "80"])
+                              "--min-chars", "4", "--max-chars", "12", "--max-tokens", "80",
+                              "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert (summary["items"], summary["ok"], summary["failed"]) == (3, 2, 1)
@@ -253,7 +262,11 @@ def test_cli_describe_and_errors(video_store: Store, tiny_vlm: Path, tmp_path: P
         (["--model", str(tmp_path / "nope")], "does not exist"),
         (["--model", "m", "--engine", "openai"], "--base-url"),
         (["--model", str(tiny_vlm), "--engine", "vllm"], "pip install"),
-        (["--model", "m", "--engine", "tgi"], "--engine must be one of"),
+        (["--model", "m", "--engine", "tgi"], "--engine (engine) must be one of"),
+        (["--model", "m", "--frames", "0"], "--frames (frames) must be a whole number >= 1"),
+        (["--model", "m", "--min-chars", "30", "--max-chars", "20"], "--min-chars (30) must be "
+         "at most --max-chars (20)"),
+        (["--model", "m", "--limit", "0"], "--limit must be a whole number >= 1"),
     ]:
         res = runner.invoke(app, ["curate", "describe", root, *args])
         assert res.exit_code == 2, res.output
@@ -273,7 +286,7 @@ def test_cli_judge_and_verify_take_their_own_options(video_store: Store, tiny_vl
     ])
     # judge's own option reaches its config: by default it judges only verified items (none
     # here); with --no-require-verified the model's answer is used for every item
-    base = ["curate", "judge", root, "--model", str(tiny_llm), "--device", "cpu"]
+    base = ["curate", "judge", root, "--model", str(tiny_llm), "--device", "cpu", "--json"]
     for args in ([], ["--no-require-verified"]):
         res = runner.invoke(app, [*base, *args])
         assert res.exit_code == 0, res.output
@@ -304,7 +317,7 @@ def tiny_judge(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _summary(res) -> dict:
     assert res.exit_code == 0, res.output
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return json.loads(res.stdout.strip().splitlines()[-1])  # the command was given --json
 
 
 @pytest.mark.slow
@@ -321,11 +334,11 @@ def test_a_failed_judge_configuration_hides_nothing(video_store: Store, tiny_jud
 
     store.append("stage_results", upstream("describe", "v1-desc", "a car hits a wall")
                  + upstream("verify", "v2-verified", ""))
-    working = ["curate", "judge", root, "--model", str(tiny_judge), "--device", "cpu"]
+    working = ["curate", "judge", root, "--model", str(tiny_judge), "--device", "cpu", "--json"]
     # a judge configuration that cannot work: an OpenAI server that is not there
     failed = _summary(runner.invoke(app, [
         "curate", "judge", root, "--engine", "openai", "--base-url", "http://127.0.0.1:9/v1",
-        "--model", "served-judge", "--timeout", "2"]))
+        "--model", "served-judge", "--timeout", "2", "--json"]))
     assert (failed["items"], failed["failed"]) == (3, 3)
     # the working configuration then does every item, and review gets its tasks
     good = _summary(runner.invoke(app, working))

@@ -115,7 +115,6 @@ def test_a_stage_built_only_from_a_spec_runs_through_the_runner(
     stage = tags.stage(store, ecfg(tiny_vlm))
     assert run_stage(store, stage).items == 1
     assert tags.stage(store, ecfg(tiny_vlm), TagsConfig(max_tags=2)).version != stage.version
-    assert tags.stage(store, ecfg(tiny_vlm), input_table="videos").version != stage.version
 
     # the text stage reads the tags of ONE tags version, named in its own version
     ok = [i for i, r in rows.items() if r["status"] == "ok"]
@@ -161,12 +160,8 @@ def test_a_spec_without_its_upstream_version_field_is_refused(specs) -> None:
 def test_the_command_of_a_spec_has_its_upstream_option(specs, video_store: Store) -> None:
     _, headline = specs
 
-    def options(max_chars: int = typer.Option(12)) -> HeadlineConfig:
-        """Headline of each tagged segment."""
-        return HeadlineConfig(max_chars)
-
     app = typer.Typer()
-    opt.registrar(headline, options)(app)
+    opt.registrar(headline)(app)
     app.command("noop")(lambda: None)  # two commands: the group keeps "headline" by name
     res = CliRunner().invoke(app, ["headline", str(video_store.root), "--model", "m",
                                    "--tags-version", "v9-none"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from prevad.store import Store
@@ -18,7 +19,7 @@ def test_run_command_runs_a_stage_and_resumes(tmp_path):
     store = Store.init(tmp_path / "s")
     add_videos(store, 6)
     args = ["curate", "run", str(store.root), CLEAN, "--param", "min_duration=3",
-            "--engine", "local"]
+            "--engine", "local", "--json"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
@@ -45,15 +46,19 @@ def test_run_command_bad_input_is_one_error_line(tmp_path):
         assert "Traceback" not in res.output
 
 
-# Each case: a stage and its -p items -> the words the one error line must contain.
+# Each case: a stage and its -p items -> the words the one error line must contain. Types are
+# checked against the options' hints ("expected ..."); ranges by the stage's config class, with
+# the message its command gives ("--flag (keyword) must be ...").
 BAD_PARAMS = [
-    ("acquire", ["max_height=-1"], "max_height=-1: expected an integer > 0"),
+    ("acquire", ["max_height=-1"], "--max-height (max_height) must be a whole number > 0, got -1"),
     ("acquire", ["max_height=480.5"], "max_height=480.5: expected an integer"),
     ("acquire", ["max_height=true"], "max_height=True: expected an integer"),
-    ("acquire", ["socket_timeout_s=NaN"], "socket_timeout_s=nan: expected a finite number"),
-    ("acquire", ["socket_timeout_s=Infinity"], "socket_timeout_s=inf"),
-    ("acquire", ["socket_timeout_s=0"], "socket_timeout_s=0: expected a number > 0"),
-    ("acquire", ["backoff_s=-1"], "backoff_s=-1: expected a number >= 0"),
+    ("acquire", ["socket_timeout_s=NaN"], "(socket_timeout_s) must be a finite number > 0, "
+     "got nan"),
+    ("acquire", ["socket_timeout_s=Infinity"], "(socket_timeout_s) must be a finite number > 0, "
+     "got inf"),
+    ("acquire", ["socket_timeout_s=0"], "(socket_timeout_s) must be a finite number > 0, got 0"),
+    ("acquire", ["backoff_s=-1"], "--backoff (backoff_s) must be a finite number >= 0, got -1"),
     ("acquire", ["retries=three"], "retries='three': expected an integer"),
     ("acquire", ["precise_cuts=1"], "precise_cuts=1: expected true or false"),
     ("acquire", ["extra=[1,2]"], "extra=[1, 2]: expected a JSON object"),
@@ -62,17 +67,22 @@ BAD_PARAMS = [
     ("acquire", ["max_heigth=480"], "has no parameter(s) max_heigth"),
     ("acquire", ["max_height=1", "max_height=2"], "--param max_height is given twice"),
     ("acquire", ["url_template={\"a\": 1}"], "url_template={'a': 1}: expected"),
-    ("clean", ["black_fraction=1.5"], "black_fraction=1.5: expected a number between 0 and 1"),
-    ("clean", ["threshold=-27"], "threshold=-27: expected a number >= 0"),
-    ("clean", ["detect_width=0"], "detect_width=0: expected an integer > 0"),
-    ("record", ["io_timeout_s=-Infinity"], "io_timeout_s=-inf"),
+    ("clean", ["black_fraction=1.5"], "(black_fraction) must be a finite number >= 0 and <= 1"),
+    ("clean", ["threshold=-27"], "--threshold (threshold) must be a finite number > 0, got -27"),
+    ("clean", ["detect_width=0"], "--detect-width (detect_width) must be a whole number >= 16"),
+    ("record", ["socket_timeout_s=-Infinity"], "(socket_timeout_s) must be a finite number > 0, "
+     "got -inf"),
     ("record", ["reencode=maybe"], "reencode='maybe': expected true or false"),
-    ("describe", ["model=m", "frames=0"], "frames=0: expected an integer > 0"),
-    ("describe", ["model=m", "temperature=NaN"], "temperature=nan"),
+    ("dedup", ["rate=31"], "--rate (rate) must be a finite number > 0 and <= 30, got 31"),
+    ("describe", ["model=m", "frames=0"], "--frames (frames) must be a whole number >= 1, got 0"),
+    ("describe", ["model=m", "temperature=NaN"], "(temperature) must be a finite number >= 0, "
+     "got nan"),
     ("describe", ["model=m", "batch_size=[8]"], "batch_size=[8]: expected an integer"),
-    ("verify", ["model=m", "min_clip_mean=NaN"], "min_clip_mean=nan"),
+    ("describe", ["frames=8"], "--model (model) must be a non-empty one-line text, got ''"),
+    ("verify", ["model=m", "min_clip_mean=NaN"], "(min_clip_mean) must be a finite number"),
     ("judge", ["model=m", "require_verified=null"], "require_verified=None"),
     ("judge", ["model=m", "1bad=2"], "'1bad' is not a parameter name"),
+    ("judge", ["model=m", "engine=openai"], "--engine openai needs --base-url"),
 ]
 
 
@@ -116,6 +126,32 @@ def test_run_command_text_parameters_keep_what_was_written(tmp_path):
     store = Store.init(tmp_path / "s")
     res = runner.invoke(app, ["curate", "run", str(store.root), "acquire", "--engine", "local",
                               "-p", "format=123", "-p", "socket_timeout_s=5",
-                              "-p", "schemes=[\"https\"]"])
+                              "-p", "schemes=[\"https\"]", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["items"] == 0
+
+
+@pytest.mark.parametrize("stage, flag, key, value", [
+    ("clean", "--threshold", "threshold", "-27"),
+    ("clean", "--max-clip", "max_clip_s", "1.5"),
+    ("dedup", "--rate", "rate", "31"),
+    ("acquire", "--timeout", "timeout_s", "nan"),
+    ("record", "--short-fraction", "short_fraction", "2"),
+    ("describe", "--frames", "frames", "0"),
+    ("verify", "--max-claims", "max_claims", "0"),
+    ("judge", "--temperature", "temperature", "-1"),
+])
+def test_the_command_and_curate_run_refuse_a_value_with_the_same_line(tmp_path, stage, flag,
+                                                                      key, value):
+    """One declaration, one check: ``prevad curate STAGE --flag V`` and ``prevad curate run
+    STAGE -p key=V`` print the same error line, and nothing is written."""
+    store = Store.init(tmp_path / "s")
+    add_videos(store, 2)
+    model = ["--model", "m"] if stage in ("describe", "verify", "judge") else []
+    cli = runner.invoke(app, ["curate", stage, str(store.root), *model, flag, value])
+    run = runner.invoke(app, ["curate", "run", str(store.root), stage, "--engine", "local",
+                              *(["-p", "model=m"] if model else []), "-p", f"{key}={value}"])
+    assert cli.exit_code == run.exit_code == 2, (cli.output, run.output)
+    assert cli.stderr.startswith(f"error: {flag} ({key}) must be "), cli.stderr
+    assert cli.stderr == run.stderr
+    assert store.read("stage_results").num_rows == 0

@@ -125,3 +125,19 @@ def test_chain_runs_stages_in_order_and_resumes(store):
     with pytest.raises(ValidationError, match="unknown stage 'nope'"):
         chain(str(store.root), stages=[CLEAN, "nope"], engine="local", card=False)
     assert len(list((store.root / "stage_runs").rglob("*.json"))) == runs_before
+
+
+def test_every_stage_of_a_chain_is_checked_before_the_first_runs(store):
+    """A value the last stage's options refuse (the same check and message as its command)
+    stops the chain before the first stage touches an item."""
+    params = {"clean_stage": {"min_duration": 3.0},
+              "judge": {"model": "m", "max_reason_chars": 0}}
+    with pytest.raises(ValidationError, match=r"--max-reason-chars \(max_reason_chars\) must "
+                       r"be a whole number >= 1, got 0"):
+        chain(str(store.root), stages=[CLEAN, "judge"], params=params, engine="local",
+              card=False)
+    with pytest.raises(ValidationError, match=r"stage 'clean' has no parameter\(s\) treshold"):
+        stage_flow(str(store.root), "clean", {"treshold": 20}, engine="local", card=False)
+    assert store.read("stage_results").num_rows == 0
+    assert not (store.root / "stage_runs").exists() or not any(
+        (store.root / "stage_runs").rglob("*.json"))

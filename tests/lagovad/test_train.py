@@ -463,6 +463,6 @@ def test_training_data_keeps_every_description_and_synthesis_uses_them_all(tmp_p
     video = next(v for v in videos if v.video_id == target["video_id"])
     assert video.descriptions == tuple(descs)  # not only the first
     synth = DynamicSynthesizer(videos, {}, seed=0)
-    index = [v.video_id for v in synth.abnormal].index(video.video_id)
+    index = [synth.clips.video_ids[row] for row in synth.abnormal].index(video.video_id)
     used = {synth.sample(index, epoch).description for epoch in range(60)}
     assert used == set(descs)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from prevad import review
+from prevad import queries, review
 from prevad.store import Store
 from toolkit.cli import app
 
@@ -142,8 +142,11 @@ def test_prelabels_are_one_per_judged_clip(tmp_path):
     assert pres["seg1"].duration_s == pytest.approx(0.7)
     assert pres["seg1"].spans == []  # no span of the parent's other clips leaks in
     assert (pres["seg2"].spans, pres["seg2"].span_source) == ([[0.25, 0.5]], "judge")
-    old = review.collect_prelabels(store, judge_version=JUDGE_VERSION)
-    assert [p.clip_id for p in old] == [v.video_id]  # the video-level version, on request
+    # The older version judged the whole video, which has been split into clips since: it is
+    # no clip any more (D1), so it gets no task, as feature extraction makes it no features.
+    assert review.collect_prelabels(store, judge_version=JUDGE_VERSION) == []
+    clips = store.query(queries.CLIPS_OF_VIDEOS, {"clean_version": None}).to_pylist()
+    assert sorted(c["clip_id"] for c in clips) == ["seg0", "seg1", "seg2"]
     for a, b in [(1, 1), (1, 50), (7, 19), (33, 50)]:
         assert review.relative_to_frames(review.frames_to_relative(a, b, 50), 50) == (a, b)
 
