@@ -12,9 +12,9 @@ careful reviewer would have labelled it:
   ranges;
 - a **description**: the world's caption of the anomalous video (what a reviewer would write).
 
-Each task names an *item*: today a video (``data.video_id``); once ``clean`` splits videos into
-clips (``docs/DECISIONS.md`` D1), a clip, that is a ``segments`` row with its parent video and
-span (``data.clip_id`` / ``data.segment_id``, or a clip id in ``data.video_id``). The item is
+Each task names an *item*: a single-shot clip that ``clean`` cut (``docs/DECISIONS.md`` D1), that
+is a ``segments`` row with its parent video and span (``data.clip_id`` / ``data.segment_id``,
+or a clip id in ``data.video_id``), or a video that was never split (``data.video_id``). The item is
 resolved through the store to (parent video, ``start_s``, ``end_s``) — the ``clips`` view when
 the store has one, else ``segments``, else ``videos`` — and the parent video to its world file
 (its source id, URL or file name carries the world id; a downloaded section adds its start).

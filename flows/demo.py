@@ -7,14 +7,15 @@ On Prefect's embedded server, each step a thin task or flow over the library:
    broken files and one visual anomaly event per anomalous video, the truth table, and a
    held-out test split (never curated) in the benchmarks' annotation format;
 2. the world served on 127.0.0.1 (byte ranges on and off, one HLS stream); the chain runs on
-   it: retrieve (dense captions) -> acquire (yt-dlp) -> record (ffmpeg, the stream) -> clean
-   (PySceneDetect) -> describe / verify / judge on tiny random-weight Qwen2-VL / Qwen2 models
-   built locally (their words are noise: every item gets the same pre-label);
+   it: retrieve (dense captions) -> acquire (yt-dlp) -> record (ffmpeg, the stream) -> dedup
+   (exact and near copies dropped) -> clean (PySceneDetect: single-shot clips, the unit of
+   every later step) -> describe / verify / judge on tiny random-weight Qwen2-VL / Qwen2
+   models built locally (their words are noise: every clip gets the same pre-label);
 3. review through the Label Studio export/import files, by a **simulated reviewer**
    (:mod:`curation.simulated_review`, annotator ``simulated-reviewer``) that corrects the AI
-   pre-labels from the truth table (category, anomaly yes/no, frame-exact spans); the demo
-   prints how many pre-labels it changed;
-4. CLIP frame features of the curated videos as decoded (tiny random CLIP; nothing planted);
+   pre-labels of the clips from the truth table (category, anomaly yes/no, frame-exact spans
+   relative to the clip); the demo prints how many pre-labels it changed;
+4. CLIP frame features of the curated clips as decoded (tiny random CLIP; nothing planted);
 5. ``lagovad train --labels human`` on the reviewed labels;
 6. zero-shot evaluation on the held-out world split (``lagovad eval --benchmark world
    --annotations ... --definition ...``) and ``lagovad detect`` on one held-out video under a
@@ -59,7 +60,7 @@ JUDGE_SEED = 4
 FEATURES = {"model": CLIP_TINY, "pretrained": "none", "device": "cpu", "batch_size": 64,
             "workers": 2}
 #: Training of lagovad-tiny on the reviewed labels.
-TRAIN = {"epochs": 20, "batch_size": 8, "lr": 5e-3}
+TRAIN = {"epochs": 20, "batch_size": 8, "lr": 1e-2}
 HUMAN_LABELS = """
 SELECT split, count(*) AS n, count(*) FILTER (WHERE is_anomaly) AS abnormal
 FROM annotations WHERE dataset = 'prevad' AND annotator_kind = 'human'
@@ -118,6 +119,20 @@ def human_labels(root: str) -> list[dict[str, Any]]:
     from prevad import Store
 
     return Store(root).query(HUMAN_LABELS, {"annotator": REVIEWER}).to_pylist()
+
+
+@task(cache_policy=NO_CACHE)
+def curated_counts(root: str, steps: dict[str, Any]) -> dict[str, Any]:
+    """What the chain kept: videos downloaded, copies dedup dropped, single-shot clips."""
+    from prevad import Store
+
+    store = Store(root)
+    dedup = steps.get("dedup") or {}
+    clips = store.read("segments", ["segment_id", "video_id"])
+    return {"videos": store.read("videos", ["video_id"]).num_rows,
+            "duplicates": dict(dedup.get("rejected") or {}),
+            "clips": clips.num_rows,
+            "clipped_videos": len(set(clips.column("video_id").to_pylist()))}
 
 
 @task(cache_policy=NO_CACHE)
@@ -245,7 +260,7 @@ def demo(out: str = "runs/demo", videos: int = 80, test_videos: int = 24, seed: 
     params = {
         "acquire": {"retries": 1, "backoff_s": 0.2,
                     **_network_params("curation.acquire:AcquireSettings")},
-        "record": {"io_timeout_s": 15.0, **_network_params("curation.record:RecordSettings")},
+        "record": {"socket_timeout_s": 15.0, **_network_params("curation.record:RecordSettings")},
         "describe": {**vlm, **FRAMES, "min_chars": 4, "max_chars": 40},
         "verify": {**vlm, **FRAMES, "min_score": 0.0, "min_clip_mean": None,
                    "clip_model": CLIP_TINY, "clip_pretrained": None, "max_claims": 2,
@@ -256,12 +271,13 @@ def demo(out: str = "runs/demo", videos: int = 80, test_videos: int = 24, seed: 
     with WorldServer(world) as server:
         corpus = server.corpus(out_dir / "corpus.csv")
         summary["curate"] = curate(
-            root, steps=["retrieve", "acquire", "record", "clean", "describe", "verify",
+            root, steps=["retrieve", "acquire", "record", "dedup", "clean", "describe", "verify",
                          "judge"],
             corpus=str(corpus), retrieve=RETRIEVE, streams=[server.stream_url],
             stream_seconds=stream_seconds, params=params, engine="local", retries=0,
             card=False)
         summary["served"] = dict(server.stats)
+    summary["curated"] = curated_counts(root, summary["curate"]["steps"])
     review_dir = str(Path(root) / "review")
     exported = review_export_task(root, review_dir, None, "train")
     reviewed = simulated_review_task(root, exported["tasks"], world)
@@ -305,6 +321,7 @@ def report(summary: dict[str, Any]) -> str:
     lines = ["", "PreVAD demo finished.",
              f"  world           {w['corpus']} corpus videos ({w['anomalous']} anomalous "
              f"captions), {w['test']} held-out",
+             _curated_line(summary["curated"]),
              f"  review          the simulated reviewer changed {rev['changed']} of "
              f"{rev['tasks']} pre-labels ({rev['category_changed']} categories, "
              f"{rev['anomaly_flipped']} anomaly yes/no, {rev['spans_drawn']} items with spans)"]
@@ -329,6 +346,14 @@ def report(summary: dict[str, Any]) -> str:
               "Prefect UI on these runs (stored in $PREFECT_HOME, default ~/.prefect):",
               "  prefect server start --host 127.0.0.1   # then open http://127.0.0.1:4200/runs"]
     return "\n".join(lines)
+
+
+def _curated_line(c: dict[str, Any]) -> str:
+    dups = c["duplicates"]
+    kinds = ", ".join(f"{n} {k.removesuffix('_duplicate')}" for k, n in sorted(dups.items()))
+    return (f"  curated         {c['videos']} videos stored, {sum(dups.values())} copies dropped "
+            f"by dedup ({kinds or 'none'}), {c['clips']} single-shot clips from "
+            f"{c['clipped_videos']} videos")
 
 
 def failure(summary: dict[str, Any]) -> str | None:

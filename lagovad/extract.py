@@ -7,10 +7,12 @@ the model always sees full batches. A video's features are written (atomically) 
 frames are encoded.
 
 Outputs:
-- a prevad store: one atomic commit per video (`Store.write_features` with `extra_rows`): the
-  .npy, its Feature row and its "ok" StageResult row land together or not at all; failures are
-  StageResult rows (stage "extract_features", status "failed", reason). Only the rows it needs
-  are read (named queries in `prevad.queries`), never whole tables.
+- a prevad store: finished clips are committed together, up to `commit_every` clips (default
+  32, or every 5 s) in one atomic commit (`Store.feature_commit` + `Store.append_many`): each
+  clip's .npy, its Feature row and its "ok" StageResult row land together or not at all, and a
+  crash loses at most the clips awaiting their commit (extracted again by the next run).
+  Failures are StageResult rows (stage "extract_features", status "failed", reason). Only the
+  rows it needs are read (named queries in `prevad.queries`), never whole tables.
 - a plain folder: `<out>/<video stem>.npy` (the authors' layout), `<out>/failures.jsonl` (this
   run's failures) and `<out>/extract_protocol.json` (model and sampling, checked on rerun).
 `export_dir` additionally writes, in store mode, `<export_dir>/<source name>.npy` for every
@@ -45,7 +47,12 @@ from lagovad.extraction.jobs import (  # noqa: F401 - re-exported: the public fr
     unique_stems,
 )
 from lagovad.extraction.pipeline import run_extraction  # noqa: F401
-from lagovad.extraction.sinks import FolderSink, StoreSink, save_npy  # noqa: F401
+from lagovad.extraction.sinks import (  # noqa: F401
+    COMMIT_ITEMS,
+    FolderSink,
+    StoreSink,
+    save_npy,
+)
 from lagovad.image_encoder import ImageEncoder
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -92,6 +99,7 @@ def extract(
     decode_workers: int = 2,
     model_id: str | None = None,
     progress: bool = True,
+    commit_every: int = COMMIT_ITEMS,
 ) -> ExtractSummary:
     """Extract CLIP frame features for files/folders, or for every video of a store.
 
@@ -108,6 +116,7 @@ def extract(
         decode_workers: Videos decoded concurrently.
         model_id: Name stored with the features (default `encoder.model_id`).
         progress: Show a progress bar.
+        commit_every: In store mode, clips per store commit (1: one commit per clip).
 
     Returns:
         The run summary; failures are in `summary.failures` and in the outputs.
@@ -123,7 +132,8 @@ def extract(
     protocol = make_protocol(encoder, stride, offset, size)
     model_id = model_id or encoder.model_id
     if store is not None:
-        sink: FolderSink | StoreSink = StoreSink(store, model_id, protocol, export_dir)
+        sink: FolderSink | StoreSink = StoreSink(store, model_id, protocol, export_dir,
+                                                 commit_items=commit_every)
         paths = None if inputs is None else expand_inputs(inputs)
     else:
         if inputs is None:

@@ -54,6 +54,9 @@ def extract_cmd(
     workers: int = number_option(2, integer=True, min=1, help="Videos decoded concurrently."),
     device: str = typer.Option(None, help="cuda / cpu (default: cuda when present)."),
     model_id: str = typer.Option(None, help="Feature model id stored with the features."),
+    commit_every: int = typer.Option(32, "--commit-every", min=1, help="With --store: clips "
+                                     "per store commit (also every 5 s); a crash loses at "
+                                     "most these, extracted again on the next run."),
 ) -> None:
     """Extract CLIP frame features (default: the authors' protocol, ViT-B/16 openai, 4, 12, ...)."""
     from lagovad.extract import ExtractError, extract
@@ -68,7 +71,8 @@ def extract_cmd(
             st = Store(store)
         summary = extract(inputs or None, encoder, out_dir=out, store=st, export_dir=export,
                           stride=stride, offset=offset, size=size, batch_size=batch_size,
-                          decode_workers=workers, model_id=model_id)
+                          decode_workers=workers, model_id=model_id,
+                          commit_every=commit_every)
     except (ExtractError, ImageEncoderError, ValueError, OSError) as exc:
         _fail(exc)
     typer.echo(

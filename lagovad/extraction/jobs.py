@@ -105,6 +105,7 @@ class ExtractSummary:
         n_frames: Decoded frame count per extracted video key.
         exported: Arrays written to the export folder (store mode with an export folder:
             every requested clip, extracted in this run or before).
+        commits: Store commits made (store mode; several clips per commit).
     """
 
     total: int = 0
@@ -119,6 +120,7 @@ class ExtractSummary:
     counts: dict[str, int] = field(default_factory=dict)
     n_frames: dict[str, int] = field(default_factory=dict)
     exported: int = 0
+    commits: int = 0
 
     @property
     def frames_per_s(self) -> float:

@@ -197,11 +197,13 @@ def run_extraction(
                 _Batcher(todo, sink, encoder, protocol, batch_size, summary,
                          bar).run(decode_workers)
     finally:
-        sink.close()
+        # commits what is buffered, also when interrupted: finished clips are kept
+        late_failures(summary, sink.close())
         bar.update(summary)
         bar.close()
     summary.seconds = time.perf_counter() - t0
     summary.exported = getattr(sink, "exported", 0)
+    summary.commits = getattr(sink, "commits", 0)
     return summary
 
 
@@ -234,6 +236,17 @@ def _export_done(sink: StoreSink, job: VideoJob, summary: ExtractSummary) -> Non
         summary.failures.append(failure_dict(job, exc))
 
 
+def late_failures(summary: ExtractSummary,
+                  failed: Sequence[tuple[VideoJob, BaseException]]) -> None:
+    """Count clips whose buffered commit failed as failed, not extracted."""
+    for job, exc in failed:
+        if summary.counts.pop(job.key, None) is not None:
+            summary.extracted -= 1
+            summary.n_frames.pop(job.key, None)
+        summary.failed += 1
+        summary.failures.append(failure_dict(job, exc))
+
+
 class _Batcher:
     """Packs decoded frames into encoder batches and scatters features back per video."""
 
@@ -252,7 +265,7 @@ class _Batcher:
 
     def run(self, workers: int) -> None:
         with _Decoder(self.jobs, self.protocol, self.batch_size, workers,
-                      max_chunks=max(4, 2 * workers)) as decoder:
+                      max_chunks=max(16, 4 * workers)) as decoder:  # decode-ahead
             for item in decoder:
                 self._handle(item)
                 while self.n_pending >= self.batch_size:
@@ -288,9 +301,10 @@ class _Batcher:
         dropped = [c for c in self.pending if c.job == i]
         self.pending = [c for c in self.pending if c.job != i]
         self.n_pending -= sum(len(c.indices) for c in dropped)
-        self.sink.fail(self.jobs[i], exc)
+        late = self.sink.fail(self.jobs[i], exc)
         self.summary.failed += 1
         self.summary.failures.append(failure_dict(self.jobs[i], exc))
+        late_failures(self.summary, late)
 
     def _encode(self, n: int) -> None:
         parts: list[tuple[int, int]] = []  # (job, frames taken) in batch order
@@ -330,15 +344,17 @@ class _Batcher:
                     f"{p.offset} (a video needs at least offset + 1 = {p.offset + 1} frames)"
                 )
             features = np.concatenate(parts)
-            self.sink.write(job, features, stats.n_frames)
+            late = self.sink.write(job, features, stats.n_frames)
         except Exception as exc:  # noqa: BLE001 - a write failure fails this video only
             self.dead.add(i)
-            self.sink.fail(job, exc)
+            late = self.sink.fail(job, exc)
             self.summary.failed += 1
             self.summary.failures.append(failure_dict(job, exc))
+            late_failures(self.summary, late)
             return
         self.summary.extracted += 1
         self.summary.counts[job.key] = len(features)
         self.summary.n_frames[job.key] = stats.n_frames
+        late_failures(self.summary, late)  # clips of an earlier commit, or this one
 
 

@@ -9,6 +9,7 @@ or whose spans are off by one frame fails this test.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -47,8 +48,12 @@ def _expected(store: Store, item: str, n: int, truth: dict) -> tuple[str, list[l
     video = videos[item]
     t = truth[world_id_of(video["source_video_id"], video["uri"])]
     # a downloaded section (video start_s) or a clip starts at its first frame shown at or after
-    # its start time
-    first = math.ceil((float(video.get("start_s") or 0.0) + start) * t["fps"] - 0.25)
+    # its start time (every frame's time in a variable frame rate file)
+    at = float(video.get("start_s") or 0.0) + start
+    if t["vfr"]:
+        first = bisect.bisect_left(t["frame_times"], at - 0.25 / t["fps"])
+    else:
+        first = math.ceil(at * t["fps"] - 0.25)
     spans = [[(max(a - first, 0)) / n, min(b - first, n) / n]
              for a, b in t["anomaly_frames"] if b > first and a - first < n]
     return (t["category"] if spans else "Normal"), spans
@@ -85,6 +90,29 @@ def test_reviewer_corrections_are_stored_frame_exact(run):
     train = [r for r in human.values() if r["split"] == "train"]
     assert m and (int(m.group(1)), int(m.group(2))) == (
         len(train), sum(r["is_anomaly"] for r in train))
+
+
+def test_reviewed_items_are_clips_of_kept_videos(run):
+    """dedup ran before clean: no clip, task or label is made of a copy; the printed counts
+    are the store's."""
+    summary, text = run
+    store = Store(summary["outputs"]["store"])
+    dedup = {r["id"]: r for r in store.read("stage_results").to_pylist()
+             if r["stage"] == "dedup"}
+    copies = {v for v, r in dedup.items() if r["status"] == "rejected"}
+    assert copies, "the world plants duplicates: dedup must drop some"
+    segments = {s["segment_id"]: s["video_id"] for s in store.read("segments").to_pylist()}
+    assert segments and not copies & set(segments.values())
+    human = {r["video_id"] for r in store.query(LABELS).to_pylist()
+             if r["annotator_kind"] == "human"}
+    assert human <= set(segments)  # every reviewed item is a clip (D1)
+    assert len(segments) > len(set(segments.values()))  # compilations were split
+    m = re.search(r"curated\s+(\d+) videos stored, (\d+) copies dropped by dedup .*?, "
+                  r"(\d+) single-shot clips from (\d+) videos", text)
+    assert m, text
+    assert [int(g) for g in m.groups()] == [
+        store.read("videos").num_rows, len(copies), len(segments),
+        len(set(segments.values()))]
 
 
 def test_training_on_reviewed_labels_and_held_out_evaluation(run):
