@@ -54,9 +54,9 @@ def extract_cmd(
     workers: int = number_option(2, integer=True, min=1, help="Videos decoded concurrently."),
     device: str = typer.Option(None, help="cuda / cpu (default: cuda when present)."),
     model_id: str = typer.Option(None, help="Feature model id stored with the features."),
-    commit_every: int = typer.Option(32, "--commit-every", min=1, help="With --store: clips "
-                                     "per store commit (also every 5 s); a crash loses at "
-                                     "most these, extracted again on the next run."),
+    commit_every: int = number_option(32, integer=True, min=1, help="With --store: clips per "
+                                      "store commit (also every 5 s); a crash loses at most "
+                                      "these, extracted again on the next run."),
 ) -> None:
     """Extract CLIP frame features (default: the authors' protocol, ViT-B/16 openai, 4, 12, ...)."""
     from lagovad.extract import ExtractError, extract
