@@ -186,3 +186,44 @@ def test_band_index_finds_a_noisy_copy_among_thousands_without_pairwise_work(tmp
     # random 16-bit band collisions touch many videos, but only the copy is aligned in full
     assert sum(1 for v in votes.values() if v >= 2) > 10
     assert deduper.candidates(query) == [1777]
+
+
+
+def _world_event_video(dst: Path, scene_seed: int, hue: float, pattern: str,
+                       n: int = 75) -> Path:
+    """A generated-world scene (320x240) with the world's ``pattern`` overlaid on all but its
+    first and last half second: most of the picture is the same as in any other such video."""
+    from curation.world.media import SceneLook, encode, event_overlay, scene_frame
+
+    look, lead = SceneLook(scene_seed, hue), FPS // 2
+
+    def frames():
+        for t in range(n):
+            img = scene_frame(look, t, 320, 240).copy()
+            if lead <= t < n - lead:
+                event_overlay(img, pattern, t - lead, n - 2 * lead, seed=7)
+            yield img
+
+    encode(dst, frames(), FPS, 320, 240)
+    return dst
+
+
+def test_distinct_videos_sharing_a_large_overlay_stay_apart_while_its_copy_merges(tmp_path):
+    # two different scenes under the same large event for most of their length (as the
+    # generated world's anomalies of one class): their aligned frames match on the overlay,
+    # so only the mean distance over the whole overlap tells them apart from a copy
+    street = _world_event_video(tmp_path / "street_beast.mp4", 2, 0.6, "striped_beast")
+    park = _world_event_video(tmp_path / "park_beast.mp4", 4, 0.6, "striped_beast")
+    park_copy = copy_video(park, tmp_path / "park_beast_reencoded.mp4", crf=36, scale=0.75)
+    m = match(frame_hashes(park), frame_hashes(street))
+    assert m is not None and m.share >= DedupConfig().min_match  # the share alone would merge
+    store = Store.init(tmp_path / "store")
+    videos = _add(store, [street, park, park_copy])
+    dedup(store, DedupConfig())
+    got = _decisions(store)
+    vid = {name: v.video_id for name, v in videos.items()}
+    assert got[vid["street_beast"]][0] == "ok"
+    assert got[vid["park_beast"]][0] == "ok", got[vid["park_beast"]]
+    status, reason, out = got[vid["park_beast_reencoded"]]
+    assert (status, reason, out["duplicate_of"]) == ("rejected", "near_duplicate",
+                                                     vid["park_beast"])
