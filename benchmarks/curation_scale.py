@@ -650,6 +650,12 @@ def expected_kept(t: dict[str, Any]) -> tuple[int, int]:
     return start, end
 
 
+def _away(span: tuple[float, float], edges: list[float], gap_s: float = 1.0) -> bool:
+    """Whether a transition's centre is more than ``gap_s`` from every event start or end."""
+    c = (span[0] + span[1]) / 2
+    return all(abs(c - e) > gap_s for e in edges)
+
+
 def clean_scores(videos: list[dict[str, Any]], wid: dict[str, str | None],
                  truth: dict[str, dict[str, Any]], clean: dict[str, dict[str, Any]]
                  ) -> dict[str, Any]:
@@ -657,7 +663,7 @@ def clean_scores(videos: list[dict[str, Any]], wid: dict[str, str | None],
     whole corpus files (a downloaded section shifts its frames)."""
     from curation.shot_eval import EMPTY, cut_scores, transition_scores
 
-    cuts = dissolves = gradual = EMPTY
+    cuts = dissolves = gradual = calm = EMPTY
     trim_err: list[int] = []
     files = 0
     for v in videos:
@@ -672,13 +678,19 @@ def clean_scores(videos: list[dict[str, Any]], wid: dict[str, str | None],
         planted = [tuple(d) for d in t["dissolves_s"]]
         dissolves += transition_scores(diss, planted, 0.5)
         gradual += transition_scores(diss + fades, planted, 0.5)
+        # the world's events fade in and out (they must not be cuts): where one does not fade
+        # out within the shot its ramp is, on the pixels, a gradual transition; scored apart
+        edges = [x for span in (t["anomaly_s"] or []) for x in span]
+        away = [d for d in diss if _away(d, edges)]
+        calm += transition_scores(away, [d for d in planted if _away(d, edges)], 0.5)
         kept = kept_frames(o)
         if kept:
             want = expected_kept(t)
             trim_err += [abs(kept[0] - want[0]), abs(kept[1] - want[1])]
     out: dict[str, Any] = {"files": files, "hard_cuts_f1_1frame": cuts.to_dict(),
                            "dissolves_f1_0.5s": dissolves.to_dict(),
-                           "dissolves_or_fades_f1_0.5s": gradual.to_dict()}
+                           "dissolves_or_fades_f1_0.5s": gradual.to_dict(),
+                           "dissolves_f1_0.5s_away_from_event_edges_1s": calm.to_dict()}
     if trim_err:
         e = np.array(trim_err)
         out["intro_outro_trim_error_frames"] = {
@@ -1026,7 +1038,7 @@ def write_report(res: dict[str, Any], out: Path) -> tuple[Path, Path]:
     lines += ["", "## Correctness against the truth table", ""]
     cl = c.get("clean") or {}
     for k in ("hard_cuts_f1_1frame", "dissolves_f1_0.5s", "dissolves_or_fades_f1_0.5s",
-              "intro_outro_trim_error_frames"):
+              "dissolves_f1_0.5s_away_from_event_edges_1s", "intro_outro_trim_error_frames"):
         if k in cl:
             lines.append(f"- **{k}** ({cl.get('files')} whole corpus files): "
                          f"`{_short(cl[k])}`")
