@@ -72,6 +72,7 @@ from curation.fetch import (
     PolicyProxy,
     Response,
     TooLarge,
+    YtdlpLog,
     cookie_header,
     load_cookies,
 )
@@ -103,6 +104,7 @@ from prevad.stage import (
     Rejected,
     Stage,
     StageSummary,
+    pid_alive,
     run_stage,
     stage_version,
 )
@@ -254,25 +256,6 @@ class AcquireSettings(FetchSettings):
 
 
 # ------------------------------------------------------------------------------- classification
-class _Log:
-    """yt-dlp logger that keeps the messages (the original error text) instead of printing."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    def debug(self, msg: str) -> None:
-        pass
-
-    def info(self, msg: str) -> None:
-        pass
-
-    def warning(self, msg: str) -> None:
-        pass
-
-    def error(self, msg: str) -> None:
-        self.errors.append(str(msg))
-
-
 def _chain(exc: BaseException) -> list[BaseException]:
     """The exception and everything it wraps (yt-dlp nests causes in exc_info and .cause)."""
     seen: list[BaseException] = []
@@ -682,11 +665,11 @@ class Acquirer:
         proxy.budget = budget
         return proxy
 
-    def _ytdlp(self, proxy: PolicyProxy) -> tuple[Any, _Log]:
-        def make() -> tuple[Any, _Log]:
+    def _ytdlp(self, proxy: PolicyProxy) -> tuple[Any, YtdlpLog]:
+        def make() -> tuple[Any, YtdlpLog]:
             import yt_dlp
 
-            log = _Log()
+            log = YtdlpLog()
             _ffmpeg_on_path()
             headers = {"User-Agent": self.s.user_agent} if self.s.user_agent else {}
             opts: dict[str, Any] = {
@@ -785,7 +768,7 @@ class Acquirer:
             raise FetchError(f"ffmpeg: {exc}", reason, kind == "transient") from None
         return Fetched(out, {**details, "method": "yt-dlp+ffmpeg"}, cut_done=True)
 
-    def _ytdlp_download(self, ydl: Any, log: _Log, info: dict[str, Any], start: float | None,
+    def _ytdlp_download(self, ydl: Any, log: YtdlpLog, info: dict[str, Any], start: float | None,
                         end: float | None, work: _Work, details: dict[str, Any]) -> Fetched:
         """Other protocols (DASH segments, ...): yt-dlp's own downloader, through the proxy."""
         ydl.params["outtmpl"] = {"default": str(work / "media.%(ext)s")}
@@ -809,18 +792,8 @@ def _remove_stale_folders(partial: Path) -> None:
         return
     for folder in partial.glob(f"{STAGE}-*-*"):
         pid = folder.name.split("-")[1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _meta(row: dict[str, Any]) -> dict[str, Any]:

@@ -783,3 +783,22 @@ def _relay(client: socket.socket, upstream: socket.socket, budget: Budget, host:
         return
     finally:
         sel.close()
+
+
+class YtdlpLog:
+    """yt-dlp logger that keeps the messages (the original error text) instead of printing."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def debug(self, msg: str) -> None:
+        pass
+
+    def info(self, msg: str) -> None:
+        pass
+
+    def warning(self, msg: str) -> None:
+        pass
+
+    def error(self, msg: str) -> None:
+        self.errors.append(str(msg))

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.common import CurationError
-from curation.fetch import Budget, DeadlineExceeded, HttpClient, PolicyProxy
+from curation.fetch import Budget, DeadlineExceeded, HttpClient, PolicyProxy, YtdlpLog
 from curation.netpolicy import NetworkPolicy, UrlRefused
 from prevad import taxonomy
 
@@ -750,7 +750,7 @@ def expand(target: str, origin: dict[str, Any], policy: NetworkPolicy, limits: E
 
     params = {
         "extract_flat": "in_playlist", "skip_download": True, "quiet": True,
-        "no_warnings": True, "noprogress": True, "logger": _QuietLog(), "cachedir": False,
+        "no_warnings": True, "noprogress": True, "logger": YtdlpLog(), "cachedir": False,
         "socket_timeout": limits.socket_timeout_s, "retries": 0, "extractor_retries": 0,
         "enable_file_urls": allow_file, "playlistend": limits.max_entries,
         "noplaylist": False, "ignoreerrors": False,
@@ -879,17 +879,3 @@ def _classify(exc: BaseException) -> ExpansionError:
     return ExpansionError("extract_error", text)
 
 
-class _QuietLog:
-    """yt-dlp logger that keeps quiet (errors come back as exceptions)."""
-
-    def debug(self, msg: str) -> None:
-        pass
-
-    def info(self, msg: str) -> None:
-        pass
-
-    def warning(self, msg: str) -> None:
-        pass
-
-    def error(self, msg: str) -> None:
-        pass

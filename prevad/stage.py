@@ -281,7 +281,7 @@ def _load_claims(store: Store, stage: Stage) -> dict[str, dict[str, Any]]:
     for item, c in claims.items():
         if c.get("until", 0) < now:
             continue
-        if c.get("host") == host and not _pid_alive(int(c.get("pid", 0))):
+        if c.get("host") == host and not pid_alive(int(c.get("pid", 0))):
             continue
         live[item] = c
     return live
@@ -307,7 +307,8 @@ def _release_claims(store: Store, stage: Stage, run_id: str) -> None:
             _save_claims(store, stage, kept)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a non-positive id never does)."""
     if pid <= 0:
         return False
     try:
