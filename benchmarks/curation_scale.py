@@ -680,7 +680,7 @@ def clean_scores(videos: list[dict[str, Any]], wid: dict[str, str | None],
         gradual += transition_scores(diss + fades, planted, 0.5)
         # the world's events fade in and out (they must not be cuts): where one does not fade
         # out within the shot its ramp is, on the pixels, a gradual transition; scored apart
-        edges = [x for span in (t["anomaly_s"] or []) for x in span]
+        edges = [x for span in (t.get("anomaly_s") or []) for x in span]
         away = [d for d in diss if _away(d, edges)]
         calm += transition_scores(away, [d for d in planted if _away(d, edges)], 0.5)
         kept = kept_frames(o)

@@ -67,6 +67,19 @@ def test_clean_scores_against_planted_truth(bench):
     assert s["dissolves_f1_0.5s"]["f1"] == 1.0
     assert s["intro_outro_trim_error_frames"]["edges"] == 2
     assert s["intro_outro_trim_error_frames"]["mean"] == pytest.approx((1 + 2) / 2)
+    away = s["dissolves_f1_0.5s_away_from_event_edges_1s"]
+    assert (away["tp"], away["fp"], away["fn"]) == (1, 0, 0)
+
+
+def test_dissolves_at_an_event_edge_are_scored_apart(bench):
+    # an event that fades in at 1.0 s reads as a dissolve there; a real dissolve at 5 s is missed
+    truth = {"w1": _truth(dissolves_s=[[4.8, 5.2]], anomaly_s=[[1.0, 3.0]])}
+    clean = {"v1": {"_status": "ok", "cut_frames": [],
+                    "dissolves": [{"start_s": 0.8, "end_s": 1.2}], "fades": []}}
+    s = bench.clean_scores([{"video_id": "v1", "start_s": None}], {"v1": "w1"}, truth, clean)
+    every, away = s["dissolves_f1_0.5s"], s["dissolves_f1_0.5s_away_from_event_edges_1s"]
+    assert (every["tp"], every["fp"], every["fn"]) == (0, 1, 1)
+    assert (away["tp"], away["fp"], away["fn"]) == (0, 0, 1)
 
 
 def test_dedup_scores_count_planted_copies_among_acquired_videos(bench):
