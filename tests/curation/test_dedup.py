@@ -188,7 +188,6 @@ def test_band_index_finds_a_noisy_copy_among_thousands_without_pairwise_work(tmp
     assert deduper.candidates(query) == [1777]
 
 
-
 def _world_event_video(dst: Path, scene_seed: int, hue: float, pattern: str,
                        n: int = 75) -> Path:
     """A generated-world scene (320x240) with the world's ``pattern`` overlaid on all but its
