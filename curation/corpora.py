@@ -77,17 +77,34 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _read_text(path: Path, max_bytes: int = MAX_CORPUS_BYTES) -> str:
-    """The file as text, after the checks of the module docstring."""
+def check_input_file(path: Path, what: str, max_bytes: int,
+                     error: type[Exception] = MalformedFileError, hint: str = "") -> int:
+    """The size of ``path``, a regular file of at most ``max_bytes`` bytes that users gave us.
+
+    Args:
+        path: the file.
+        what: what it is, for the messages ("corpus", "input").
+        max_bytes: the largest size accepted.
+        error: the exception raised.
+        hint: appended to the size message (the option that sets the limit).
+
+    Raises:
+        error: missing, not a regular file (folders, devices, FIFOs are never read), too big.
+    """
     if not path.exists():
-        raise MalformedFileError(f"corpus file not found: {path}")
+        raise error(f"{what} file not found: {path}")
     if not path.is_file():
-        raise MalformedFileError(f"corpus {path} is not a regular file (folders, devices and "
-                                 "FIFOs are never read)")
+        raise error(f"{what} {path} is not a regular file (folders, devices and FIFOs are "
+                    "never read)")
     size = path.stat().st_size
     if size > max_bytes:
-        raise MalformedFileError(f"corpus file {path} has {size} bytes, over the limit of "
-                                 f"{max_bytes}")
+        raise error(f"{what} file {path} has {size} bytes, over the limit of {max_bytes}{hint}")
+    return size
+
+
+def _read_text(path: Path, max_bytes: int = MAX_CORPUS_BYTES) -> str:
+    """The file as text, after the checks of the module docstring."""
+    check_input_file(path, "corpus", max_bytes)
     with open(path, "rb") as fh:
         data = fh.read(max_bytes + 1)  # a file growing while read is cut, not followed
     if len(data) > max_bytes:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.common import CurationError
+from curation.corpora import check_input_file
 from curation.fetch import Budget, DeadlineExceeded, HttpClient, PolicyProxy, YtdlpLog
 from curation.netpolicy import NetworkPolicy, UrlRefused
 from prevad import taxonomy
@@ -316,15 +317,7 @@ def file_digest(path: Path, max_bytes: int) -> str:
     Raises:
         CurationError: missing, not a regular file, too big, or binary (NUL bytes at its start).
     """
-    if not path.exists():
-        raise CurationError(f"input file not found: {path}")
-    if not path.is_file():
-        raise CurationError(f"input {path} is not a regular file (folders, devices and FIFOs "
-                            "are never read)")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise CurationError(f"input file {path} has {size} bytes, over the limit of {max_bytes} "
-                            "(--max-file-bytes)")
+    check_input_file(path, "input", max_bytes, CurationError, " (--max-file-bytes)")
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         head = fh.read(8192)
